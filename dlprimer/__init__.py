@@ -1,0 +1,29 @@
+"""dlprimer: a deep-learning framework that measures the systems side of training.
+
+``import dlprimer as dp``; see API.md for the contract.
+"""
+from __future__ import annotations
+
+from . import _dtype
+from ._dtype import bool_, float16, float32, float64, int8, int32, int64, uint8
+from .autograd import Function, detect_anomaly, enable_grad, is_grad_enabled, no_grad
+from .backend import cuda_available, get_backend, set_backend, use_backend
+from .tensor import (Tensor, arange, empty, from_dlpack, from_numpy, full, manual_seed, ones,
+                     ones_like, rand, randn, tensor, zeros, zeros_like)
+from . import ops  # installs the Tensor operators
+from .ops import (abs, broadcast_to, clip, concat, exp, log, matmul, maximum, mean, minimum,
+                  relu, reshape, sigmoid, sqrt, stack, sum, tanh, transpose, where)
+from .gradcheck import GradcheckError, gradcheck
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor", "tensor", "zeros", "ones", "empty", "full", "zeros_like", "ones_like", "randn",
+    "rand", "arange", "from_numpy", "from_dlpack", "manual_seed",
+    "set_backend", "get_backend", "use_backend", "cuda_available",
+    "Function", "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly",
+    "gradcheck", "GradcheckError",
+    "matmul", "exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "concat", "stack", "where",
+    "maximum", "minimum", "clip", "reshape", "transpose", "broadcast_to", "sum", "mean",
+    "float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool_",
+]

@@ -1,0 +1,63 @@
+"""dtype names and the rules that turn Python data into arrays.
+
+dlprimer's dtypes are NumPy dtype objects (CuPy uses the same ones), so
+``t.dtype == dp.float32`` works on either backend.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+float16 = np.dtype("float16")
+float32 = np.dtype("float32")
+float64 = np.dtype("float64")
+int8 = np.dtype("int8")
+int32 = np.dtype("int32")
+int64 = np.dtype("int64")
+uint8 = np.dtype("uint8")
+bool_ = np.dtype("bool")
+
+VALID = {
+    "float16": float16, "float32": float32, "float64": float64,
+    "int8": int8, "int32": int32, "int64": int64, "uint8": uint8, "bool": bool_,
+}
+DEFAULT_FLOAT = float32
+DEFAULT_INT = int64
+
+
+def as_dtype(dtype) -> np.dtype | None:
+    """Return the NumPy dtype for ``dtype`` (a name, a NumPy dtype, a scalar type) or None.
+
+    Raises ValueError listing the valid names for anything else.
+    """
+    if dtype is None:
+        return None
+    try:
+        d = np.dtype(dtype)
+    except TypeError:
+        d = None
+    if d is None or d.name not in VALID:
+        raise ValueError(
+            f"unknown dtype {dtype!r}; valid dtypes are: {', '.join(VALID)}")
+    return d
+
+
+def infer_dtype(data) -> np.dtype:
+    """The dtype dlprimer gives Python data: floats float32, ints int64, bools bool."""
+    if isinstance(data, (bool, np.bool_)):
+        return bool_
+    if isinstance(data, int):
+        return int64
+    if isinstance(data, float):
+        return float32
+    arr = np.asarray(data)
+    if arr.dtype == np.float64:
+        return float32
+    if arr.dtype.kind in "iu":
+        return int64
+    if arr.dtype.kind == "b":
+        return bool_
+    return as_dtype(arr.dtype)
+
+
+def is_float(dtype) -> bool:
+    return np.dtype(dtype).kind == "f"

@@ -1,0 +1,293 @@
+"""Reverse-mode automatic differentiation.
+
+A :class:`Function` computes on raw backend arrays: ``forward(*arrays)`` returns
+the output array and saves (with :meth:`Function.save`) only what ``backward``
+needs; ``backward(gy)`` returns one gradient per positional input. Applying a
+Function to Tensors records a node that points at its inputs' nodes (or at the
+leaf Tensors themselves), never at the input arrays, so the graph keeps exactly
+the saved arrays alive and nothing more.
+
+The engine (:func:`run_backward`) is iterative: one pass counts how many
+consumers each node has, a second processes nodes once all their consumers are
+done (a reverse topological order), so a graph of any depth backpropagates
+without recursion. Each node's saved arrays are released as soon as it has run,
+unless ``retain_graph=True``.
+
+This is the chapter's backpropagation, dL/dW_l = dL/dh_l * dh_l/dW_l, as
+bookkeeping: each node applies its local Jacobian to the incoming gradient.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import traceback
+
+from .backend import get_backend
+
+_grad_enabled = True
+_anomaly_enabled = False
+_observers: list = []
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+# -- grad mode -------------------------------------------------------------------
+class _GradMode:
+    _value = True
+
+    def __enter__(self):
+        global _grad_enabled
+        self._prev = _grad_enabled
+        _grad_enabled = self._value
+        return self
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._prev
+        return False
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.__class__():
+                return fn(*args, **kwargs)
+        return wrapper
+
+
+class no_grad(_GradMode):
+    """Context manager / decorator: operations inside record no graph."""
+    _value = False
+
+
+class enable_grad(_GradMode):
+    """Context manager / decorator: re-enable recording inside ``no_grad``."""
+    _value = True
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+# -- anomaly mode and observers ------------------------------------------------------
+@contextlib.contextmanager
+def detect_anomaly(enabled: bool = True):
+    """Record where each Function is created; a NaN/inf produced by a backward
+    raises naming the op and the user's source line that created it."""
+    global _anomaly_enabled
+    prev = _anomaly_enabled
+    _anomaly_enabled = enabled
+    try:
+        yield
+    finally:
+        _anomaly_enabled = prev
+
+
+def is_anomaly_enabled() -> bool:
+    return _anomaly_enabled
+
+
+@contextlib.contextmanager
+def observe(observer):
+    """Attach an observer for the duration of the block.
+
+    The observer may define ``on_forward(node)`` (after a node is recorded; the
+    node has ``in_shapes`` and ``out_shape`` then) and
+    ``on_backward_begin(node)`` / ``on_backward_end(node)`` around each node's
+    backward. The profiler counts FLOPs and times backward ops this way.
+    """
+    _observers.append(observer)
+    try:
+        yield observer
+    finally:
+        _observers.remove(observer)
+
+
+class AnomalyError(RuntimeError):
+    """A backward produced NaN or inf (raised under :func:`detect_anomaly`)."""
+
+    def __init__(self, message, op=None, location=None):
+        super().__init__(message)
+        self.op = op
+        self.location = location
+
+
+def _user_frame(stack):
+    for fr in reversed(stack):
+        if not os.path.abspath(fr.filename).startswith(_PKG_DIR):
+            return fr
+    return stack[-1] if stack else None
+
+
+# -- Function ----------------------------------------------------------------------
+class Function:
+    """One differentiable operation; subclass it and call ``Cls.apply(...)``.
+
+    Attributes set on a recorded node: ``needs_input_grad`` (tuple of bool per
+    positional input), ``next_edges`` (per input: the producing node, the leaf
+    Tensor, or None), ``saved`` (what :meth:`save` kept).
+    FLOPs: override :meth:`flops`; the default counts ``fwd_flops_per_elem`` per
+    output element forward and ``bwd_flops_per_elem`` per output element for each
+    input that needs a gradient.
+    """
+
+    fwd_flops_per_elem = 1
+    bwd_flops_per_elem = 1
+    saved = None
+    _record = False
+    _freed = False
+    trace = None
+    in_shapes = ()
+    out_shape = ()
+
+    def save(self, *arrays):
+        """Keep arrays for backward (dropped when no graph is recorded)."""
+        if self._record:
+            self.saved = arrays
+
+    def forward(self, *arrays, **kwargs):
+        raise NotImplementedError
+
+    def backward(self, gy):
+        raise NotImplementedError
+
+    def flops(self):
+        """(forward FLOPs, backward FLOPs) for this node's shapes."""
+        n = 1
+        for s in self.out_shape:
+            n *= s
+        k = sum(1 for r in self.needs_input_grad if r) if self._record else 0
+        return self.fwd_flops_per_elem * n, self.bwd_flops_per_elem * n * k
+
+    @property
+    def name(self):
+        return type(self).__name__
+
+    def _release(self):
+        self.saved = None
+        self._freed = True
+
+    @classmethod
+    def apply(cls, *inputs, **kwargs):
+        from .tensor import Tensor
+        node = cls()
+        arrays = []
+        needs = []
+        backend = None
+        for x in inputs:
+            if isinstance(x, Tensor):
+                if backend is None:
+                    backend = x._backend
+                elif x._backend is not backend:
+                    raise RuntimeError(
+                        f"{cls.__name__}: tensors on two backends, {backend.name!r} and "
+                        f"{x._backend.name!r}; move one with .to({backend.name!r})")
+                arrays.append(x.data)
+                needs.append(x.requires_grad)
+            else:
+                arrays.append(x)
+                needs.append(False)
+        if backend is None:
+            backend = get_backend()
+        record = _grad_enabled and any(needs)
+        node._record = record
+        node.needs_input_grad = tuple(needs) if record else ()
+        node.backend = backend
+        out = node.forward(*arrays, **kwargs)
+        result = Tensor(out, record, node.backend)
+        if record:
+            node.next_edges = tuple(
+                (x._node if x._node is not None else x) if (isinstance(x, Tensor) and x.requires_grad) else None
+                for x in inputs)
+            result._node = node
+            if _anomaly_enabled:
+                node.trace = traceback.extract_stack()[:-1]
+            if _observers:
+                node.in_shapes = tuple(getattr(a, "shape", ()) for a in arrays)
+                node.out_shape = out.shape
+                for o in _observers:
+                    fn = getattr(o, "on_forward", None)
+                    if fn is not None:
+                        fn(node)
+        return result
+
+    def describe(self) -> str:
+        """The op's name and, under anomaly mode, the user line that created it."""
+        fr = _user_frame(self.trace) if self.trace else None
+        if fr is None:
+            return self.name
+        return f"{self.name} (created at {fr.filename}:{fr.lineno}: {fr.line})"
+
+
+# -- engine --------------------------------------------------------------------------
+def _check_finite(node, grads):
+    xp = node.backend.xp
+    for g in grads:
+        if g is not None and getattr(g, "dtype", None) is not None and g.dtype.kind == "f":
+            if not bool(xp.isfinite(g).all()):
+                fr = _user_frame(node.trace) if node.trace else None
+                loc = f"{fr.filename}:{fr.lineno}" if fr else None
+                raise AnomalyError(
+                    f"backward of {node.describe()} produced NaN or inf", op=node.name, location=loc)
+
+
+def run_backward(root, grad, retain_graph: bool = False):
+    """Backpropagate ``grad`` (an array shaped like ``root``) from Tensor ``root``."""
+    from .tensor import Tensor
+    node0 = root._node
+    if node0 is None:
+        root._accumulate_grad(grad)
+        return
+    deps: dict = {}
+    stack = [node0]
+    seen = {node0}
+    while stack:
+        n = stack.pop()
+        if n._freed:
+            raise RuntimeError(
+                f"trying to backward through the graph a second time (the saved arrays of "
+                f"{n.name} were freed); pass retain_graph=True to the first backward")
+        for e in n.next_edges:
+            if e is not None and not isinstance(e, Tensor):
+                deps[e] = deps.get(e, 0) + 1
+                if e not in seen:
+                    seen.add(e)
+                    stack.append(e)
+    grads = {node0: grad}
+    ready = [node0]
+    observers = list(_observers)
+    anomaly = _anomaly_enabled
+    while ready:
+        n = ready.pop()
+        gy = grads.pop(n, None)
+        edges = n.next_edges
+        if gy is None:
+            gxs = (None,) * len(edges)
+        else:
+            for o in observers:
+                f = getattr(o, "on_backward_begin", None)
+                if f is not None:
+                    f(n)
+            gxs = n.backward(gy)
+            if not isinstance(gxs, tuple):
+                gxs = (gxs,)
+            for o in observers:
+                f = getattr(o, "on_backward_end", None)
+                if f is not None:
+                    f(n)
+            if anomaly:
+                _check_finite(n, gxs)
+        if not retain_graph:
+            n._release()
+        for e, g in zip(edges, gxs):
+            if e is None:
+                continue
+            if isinstance(e, Tensor):
+                if g is not None:
+                    e._accumulate_grad(g)
+                continue
+            if g is not None:
+                prev = grads.get(e)
+                grads[e] = g if prev is None else prev + g
+            deps[e] -= 1
+            if deps[e] == 0:
+                ready.append(e)

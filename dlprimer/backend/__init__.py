@@ -1,0 +1,150 @@
+"""Backend selection: ``set_backend``, ``get_backend``, ``use_backend``.
+
+The default comes from the environment variable ``DLPRIMER_BACKEND`` (``cpu``,
+``cuda`` or ``auto``), else ``auto``: CUDA when CuPy and a usable GPU are
+present, the CPU otherwise. This package is the only place that imports CuPy.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from .base import Backend, MemoryMeter, Timer
+from .cpu import CPUBackend
+
+NAMES = ("cpu", "cuda", "auto")
+
+_instances: dict[str, Backend] = {}
+_current: Backend | None = None
+_cuda_probe: str | None | bool = False  # False: not probed yet; None: usable; str: why not
+_seed: int | None = None  # the last manual_seed, applied to backends created later
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when CUDA is usable, else a sentence saying which check failed."""
+    global _cuda_probe
+    if _cuda_probe is not False:
+        return _cuda_probe
+    reason = None
+    try:
+        import cupy  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install raising anything
+        reason = (f"CuPy is not installed or failed to import ({type(e).__name__}: {e}); "
+                  "install it with `pip install dlprimer[cuda13]` (or [cuda12])")
+    if reason is None:
+        try:
+            import cupy
+            version = cupy.cuda.runtime.driverGetVersion()
+            if version == 0:
+                reason = "no NVIDIA driver is loaded (driver version 0)"
+        except Exception as e:
+            reason = f"no usable NVIDIA driver ({type(e).__name__}: {e})"
+    if reason is None:
+        try:
+            import cupy
+            n = cupy.cuda.runtime.getDeviceCount()
+            if n < 1:
+                reason = "the NVIDIA driver reports no CUDA device"
+        except Exception as e:
+            reason = f"no CUDA device found ({type(e).__name__}: {e})"
+    _cuda_probe = reason
+    return reason
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports, a driver is loaded and at least one device is visible."""
+    return cuda_unavailable_reason() is None
+
+
+def _make(name: str) -> Backend:
+    if name == "cpu":
+        return CPUBackend()
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(
+            f"backend 'cuda' is not usable: {reason}. Fall back with "
+            "dp.set_backend('cpu') or DLPRIMER_BACKEND=cpu, or use 'auto'.")
+    from .cuda import CUDABackend  # noqa: WPS433 (only reached with a usable GPU)
+    return CUDABackend()
+
+
+def _resolve_name(name) -> str:
+    if isinstance(name, Backend):
+        return name.name
+    if not isinstance(name, str) or name.lower() not in NAMES:
+        raise ValueError(f"unknown backend {name!r}; valid backends are: {', '.join(NAMES)}")
+    name = name.lower()
+    if name == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return name
+
+
+def backend_for(name) -> Backend:
+    """The (single) Backend instance for a name or Backend; ``None`` gives the current one."""
+    if name is None:
+        return get_backend()
+    if isinstance(name, Backend):
+        return name
+    key = _resolve_name(name)
+    b = _instances.get(key)
+    if b is None:
+        b = _instances[key] = _make(key)
+        if _seed is not None:
+            b.manual_seed(_seed)
+    return b
+
+
+def seed_all(seed: int):
+    """Seed every backend's random stream, including backends created later."""
+    global _seed
+    _seed = int(seed)
+    for b in _instances.values():
+        b.manual_seed(_seed)
+
+
+def set_backend(name) -> Backend:
+    """Make ``name`` ('cpu', 'cuda' or 'auto') the current backend and return it."""
+    global _current
+    _current = backend_for(name)
+    return _current
+
+
+def get_backend() -> Backend:
+    """The current backend (initialised from DLPRIMER_BACKEND on first use)."""
+    global _current
+    if _current is None:
+        env = os.environ.get("DLPRIMER_BACKEND", "auto")
+        try:
+            _current = backend_for(env)
+        except ValueError as e:
+            raise ValueError(f"DLPRIMER_BACKEND={env!r}: {e}") from None
+    return _current
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Scoped ``set_backend``: the previous backend is restored on exit."""
+    global _current
+    prev = _current
+    _current = backend_for(name)
+    try:
+        yield _current
+    finally:
+        _current = prev
+
+
+def backend_of_array(a) -> Backend:
+    """The backend whose library owns array ``a`` (NumPy arrays are the CPU's)."""
+    cpu = backend_for("cpu")
+    if cpu.is_array(a):
+        return cpu
+    if "cuda" in _instances and _instances["cuda"].is_array(a):
+        return _instances["cuda"]
+    mod = type(a).__module__.split(".")[0]
+    if mod == "cupy":
+        return backend_for("cuda")
+    return cpu
+
+
+__all__ = ["Backend", "MemoryMeter", "Timer", "set_backend", "get_backend", "use_backend",
+           "cuda_available", "cuda_unavailable_reason", "backend_for", "backend_of_array"]
