@@ -27,3 +27,11 @@ __all__ = [
     "maximum", "minimum", "clip", "reshape", "transpose", "broadcast_to", "sum", "mean",
     "float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool_",
 ]
+
+# -- measuring: profiler, gradient checkpointing, estimator, fusion switch (measure) --
+from . import profiler  # noqa: E402
+from .checkpoint import checkpoint, checkpoint_sequential  # noqa: E402
+from .profiler.estimate import estimate  # noqa: E402
+from .unfused import fusion, fusion_enabled  # noqa: E402
+
+__all__ += ["profiler", "checkpoint", "checkpoint_sequential", "estimate", "fusion", "fusion_enabled"]
