@@ -136,8 +136,9 @@ def measure_step_memory(step_phases, backend, params, optimizer, batch) -> dict:
     phases = {
         "forward": {"peak": res_total + fwd[0], "after": res_total + fwd[1]},
         "backward": {"peak": res_total + bwd[0], "after": res_total + bwd[1]},
-        "step": {"peak": res_total + stp[0], "after": res_total + stp[1]},
     }
+    if optimizer is not None:
+        phases["step"] = {"peak": res_total + stp[0], "after": res_total + stp[1]}
     peak = max(p["peak"] for p in phases.values())
     split = {
         "params": resident["params"],
