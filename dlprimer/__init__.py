@@ -28,6 +28,12 @@ __all__ = [
     "float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool_",
 ]
 
+# -- nn: layers, losses and model files (nn) --
+from . import nn  # noqa: E402
+from .io import load, save  # noqa: E402
+
+__all__ += ["nn", "save", "load"]
+
 # -- measuring: profiler, gradient checkpointing, estimator, fusion switch (measure) --
 from . import profiler  # noqa: E402
 from .checkpoint import checkpoint, checkpoint_sequential  # noqa: E402
