@@ -54,7 +54,8 @@ def _arrays_in(obj, backend, depth=0, seen=None):
             yield obj.grad.data
         return
     if backend.is_array(obj):
-        yield obj
+        if getattr(obj.dtype, "kind", "") == "f":
+            yield obj
         return
     if isinstance(obj, dict):
         items = list(obj.values())
