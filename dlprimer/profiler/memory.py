@@ -12,6 +12,7 @@ when parameters are views into an arena.
 """
 from __future__ import annotations
 
+from ..backend import Backend
 from ..tensor import Tensor
 
 
@@ -45,8 +46,8 @@ def _arrays_in(obj, backend, depth=0, seen=None):
     layout."""
     if seen is None:
         seen = set()
-    if id(obj) in seen or depth > 5:
-        return
+    if id(obj) in seen or depth > 5 or isinstance(obj, Backend):
+        return  # a backend's scratch buffers are workspace, not optimizer state
     seen.add(id(obj))
     if isinstance(obj, Tensor):
         yield obj.data
