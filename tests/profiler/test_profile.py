@@ -121,3 +121,15 @@ def test_checkpoint_tradeoff_errors(rng):
         dp.profiler.checkpoint_tradeoff(net, F.cross_entropy, x)
     with pytest.raises(TypeError, match="no child layers"):
         dp.profiler.checkpoint_tradeoff(nn.Linear(20, 5), F.cross_entropy, (x, y))
+
+
+def test_leaf_model_is_one_row_with_its_own_times(rng):
+    lin = nn.Linear(20, 5)
+    x = dp.tensor(rng.standard_normal((8, 20)).astype("float32"))
+    y = dp.tensor(rng.integers(0, 5, 8))
+    rep = dp.profiler.profile(lin, F.cross_entropy, (x, y), warmup=1, repeats=3, memory=False)
+    rows = {r["name"]: r for r in rep.layers}
+    assert set(rows) == {"(model)", "(loss)"}
+    m = rows["(model)"]
+    assert m["forward"]["median"] > 0 and m["backward"]["median"] > 0
+    assert m["fwd_flops"] == 2 * 8 * 20 * 5 + 8 * 5 and m["time_ratio"] is not None
