@@ -77,3 +77,21 @@ def test_profile_memory_split_matches_the_arrays_and_the_estimate(rng):
         assert mem["phases"][ph]["peak"] >= mem["phases"][ph]["after"] > 0
     text = rep.table()
     assert "activations" in text and "peak of the step" in text
+
+
+def test_saved_tracker_counts_the_graph_like_the_estimator(rng):
+    import dlprimer.nn as nn
+    import dlprimer.nn.functional as F
+    from dlprimer.autograd import observe
+    from dlprimer.profiler import SavedTracker
+    net = nn.MLP([12, 24, 24, 5], activation="gelu")
+    x = dp.tensor(rng.standard_normal((7, 12)).astype("float32"))
+    y = dp.tensor(rng.integers(0, 5, 7))
+    with observe(SavedTracker(exclude=[p.data for p in net.parameters()])) as t:
+        loss = F.cross_entropy(net(x), y)
+        after_forward = t.current
+        loss.backward()
+    est = dp.estimate(net, x, optimizer="sgd")
+    # the first Linear keeps the batch and the loss the targets (inputs, to the estimator)
+    assert after_forward == t.peak == est.activation_bytes + x.nbytes + y.nbytes
+    assert t.current == 0 and not t.live

@@ -100,12 +100,14 @@ def test_compare_fusion_same_model_same_data(rng):
 
 
 def test_checkpoint_tradeoff_marks_sqrt_and_saves_memory(rng):
-    net, x, y = _setup(rng, sizes=(32,) + (128,) * 16 + (4,), B=64, activation="gelu", dropout=0.1)
+    net, x, y = _setup(rng, sizes=(16,) + (48,) * 16 + (4,), B=16, activation="gelu", dropout=0.1)
     tr = dp.profiler.checkpoint_tradeoff(net, F.cross_entropy, (x, y), segments=[1, 2, 8], repeats=1, warmup=0)
     assert tr.depth == 17 and tr.sqrt_choice == 4
     assert [r["segments"] for r in tr.rows] == [1, 2, 4, 8]
     assert tr.row(1)["memory_ratio"] == 1.0
-    assert tr.row(4)["peak_bytes"] < 0.6 * tr.row(1)["peak_bytes"]
+    assert tr.row(4)["peak_saved_bytes"] < 0.5 * tr.row(1)["peak_saved_bytes"]
+    assert tr.row(4)["saved_ratio"] == tr.row(4)["peak_saved_bytes"] / tr.row(1)["peak_saved_bytes"]
+    assert tr.row(4)["peak_bytes"] < tr.row(1)["peak_bytes"]
     assert tr.row(4)["kept_after_forward"] < tr.row(1)["kept_after_forward"]
     assert "<- sqrt(L)" in tr.table()
     json.dumps(tr.to_dict())
