@@ -99,3 +99,19 @@ def test_errors_name_the_problem(rng):
         dp.estimate(Seq(Linear(3, 3, rng=rng), c), 2)
     with pytest.raises(ValueError, match="cannot tell"):
         state_arrays(object())
+
+
+def test_reads_state_from_dlprimer_optimizers():
+    import dlprimer.nn as nn
+    from dlprimer import optim
+    net = nn.Linear(6, 3)
+    assert state_arrays(optim.Adam(nn.Linear(6, 3).parameters())) == 2
+    assert state_arrays(optim.SGD(nn.Linear(6, 3).parameters(), lr=0.1)) == 0
+    assert state_arrays(optim.SGD(nn.Linear(6, 3).parameters(), lr=0.1, momentum=0.9)) == 1
+    assert state_arrays(optim.Adam) == 2          # the class, by name
+    lin64 = nn.Linear(6, 3)
+    for p in lin64.parameters():
+        p.data = p.data.astype("float64")
+    assert state_arrays(optim.AdamW(lin64.parameters())) == 2
+    e = dp.estimate(net, 4, optimizer=optim.Adam(net.parameters()))
+    assert e.optimizer_bytes == 8 * e.params and e.bytes_per_param == 16
