@@ -3,6 +3,8 @@ including parameters that straddle the CPU backend's cache blocks."""
 import numpy as np
 import pytest
 
+import dlprimer as dp
+
 from optim_refs import RefAdam, RefLAMB, RefLARS, RefSGD
 
 SIZES = [37, 1, 100, 64, 3]  # with 64-element blocks, parameters straddle blocks
@@ -10,10 +12,12 @@ SIZES = [37, 1, 100, 64, 3]  # with 64-element blocks, parameters straddle block
 
 @pytest.fixture
 def small_blocks(backend, monkeypatch):
-    if hasattr(backend, "OPT_BLOCK"):
-        monkeypatch.setattr(backend, "OPT_BLOCK", 64)
-        monkeypatch.setattr(backend, "_opt_scratch_cache", {}, raising=False)
-    return backend
+    """The backend object, with 64-element blocks on the CPU so parameters straddle them."""
+    be = dp.get_backend()
+    if hasattr(be, "OPT_BLOCK"):
+        monkeypatch.setattr(be, "OPT_BLOCK", 64)
+        monkeypatch.setattr(be, "_opt_scratch_cache", {}, raising=False)
+    return be
 
 
 def _arena(seed, dtype=np.float64):
