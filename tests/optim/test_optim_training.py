@@ -118,3 +118,41 @@ def test_state_dict_is_numpy_and_indexed_like_torch():
     st = sd["state"][3]
     assert st["step"] == 2 and isinstance(st["exp_avg"], np.ndarray)
     assert st["exp_avg"].shape == (16,) and st["exp_avg_sq"].dtype == np.float32
+
+
+def _nn_model(seed):
+    dp.manual_seed(seed)
+    nn = dp.nn
+    return nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.GELU(),
+                         nn.Linear(32, 1))
+
+
+def _nn_train(model, opt, x, y, steps):
+    losses = []
+    for _ in range(steps):
+        model.zero_grad()  # the Module's zero_grad (grad = None) works with the arena
+        loss = dp.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        dp.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_nn_module_trains_and_resumes_through_the_arena():
+    x, y = _data()
+    model = _nn_model(0)
+    opt = dp.optim.AdamW(model.named_parameters(), lr=0.01, weight_decay=0.01)
+    assert "'0.weight'" in opt.arenas[0].names[0]
+    assert all(np.shares_memory(p.data, opt.arenas[0].data) for p in model.parameters())
+    losses = _nn_train(model, opt, x, y, 60)
+    assert losses[-1] < 0.35 * losses[0]
+    ckpt = ({k: v.numpy().copy() for k, v in model.state_dict().items()}, opt.state_dict())
+    straight = _nn_train(model, opt, x, y, 10)
+
+    model2 = _nn_model(1)
+    opt2 = dp.optim.AdamW(model2.named_parameters(), lr=0.01, weight_decay=0.01)
+    model2.load_state_dict(ckpt[0])  # in place: the parameters stay arena views
+    opt2.load_state_dict(ckpt[1])
+    assert all(p.data is v for p, v in zip(model2.parameters(), opt2.arenas[0].views))
+    assert _nn_train(model2, opt2, x, y, 10) == straight
