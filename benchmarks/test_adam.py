@@ -7,7 +7,6 @@ Sizes: 10M parameters; DLPRIMER_BENCH_QUICK=1 uses 1M.
 Run: python -m pytest benchmarks/test_adam.py -s  (figures print and go to extra_info).
 """
 import os
-import time
 
 import numpy as np
 import pytest
