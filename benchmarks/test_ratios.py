@@ -57,3 +57,25 @@ def test_backward_forward_ratio(benchmark, sizes, batch):
     assert t["fwd_flops"] == pytest.approx(est.fwd_flops, rel=1e-3)
     assert t["bwd_flops"] == pytest.approx(est.bwd_flops, rel=1e-3)
     assert rep.memory["split"]["optimizer"] == 8 * est.params
+
+
+def test_what_fusion_buys(benchmark):
+    """Same GELU MLP, same data, same run: fused ops against their unfused
+    compositions (dp.fusion(False)), forward, backward and the Adam step."""
+    sizes, batch = ([784, 256, 10], 128) if QUICK else ([784, 1024, 1024, 10], 256)
+    rng = np.random.default_rng(0)
+    dp.manual_seed(0)
+    with dp.use_backend("cpu"), blas_threads():
+        net = nn.MLP(sizes, activation="gelu")
+        opt = optim.Adam(net.parameters(), lr=1e-3)
+        x = dp.tensor(rng.standard_normal((batch, sizes[0])).astype("float32"))
+        y = dp.tensor(rng.integers(0, sizes[-1], batch))
+        cmp = benchmark.pedantic(
+            lambda: dp.profiler.compare_fusion(net, F.cross_entropy, (x, y), optimizer=opt, warmup=2,
+                                               repeats=REPEATS, rounds=2),
+            rounds=1, iterations=1)
+    print(f"\nGELU MLP {'-'.join(map(str, sizes))}, batch {batch}: unfused / fused time")
+    print(cmp.table())
+    benchmark.extra_info.update({f"{k}_unfused_over_fused": v for k, v in cmp.ratios().items()})
+    assert cmp.fused.total["fwd_flops"] == cmp.unfused.total["fwd_flops"]
+    assert set(cmp.ratios()) == {"forward", "backward", "step"}

@@ -52,7 +52,9 @@ class Tradeoff:
     high-water mark above the model state: activations plus workspace such as
     weight-gradient temporaries), ``kept_after_forward`` (allocator), ``step`` (time
     stats), and the ratios to the first row (``saved_ratio``, ``memory_ratio``,
-    ``time_ratio``); ``sqrt_choice`` is the row nearest sqrt(L)."""
+    ``time_ratio`` of medians, ``time_ratio_min`` of the fastest steps, which other
+    processes on a shared machine can only slow down); ``sqrt_choice`` is the row
+    nearest sqrt(L)."""
 
     def __init__(self, rows, depth, sqrt_choice, meta):
         self.rows, self.depth, self.sqrt_choice, self.meta = rows, depth, sqrt_choice, meta
@@ -70,13 +72,13 @@ class Tradeoff:
         lines = [f"checkpoint trade-off  L={self.depth} layers, sqrt(L)={math.sqrt(self.depth):.2f}  "
                  f"backend={self.meta['backend']}",
                  f"{'segments':>9}{'peak saved act.':>17}{'ratio':>7}{'alloc. peak':>13}{'ratio':>7}"
-                 f"{'kept after fwd':>16}{'step time':>12}{'ratio':>7}"]
+                 f"{'kept after fwd':>16}{'step median':>13}{'ratio':>7}{'step min':>11}{'ratio':>7}"]
         for r in self.rows:
             mark = "  <- sqrt(L)" if r["segments"] == self.sqrt_choice else ""
             lines.append(f"{r['segments']:>9}{fmt_bytes(r['peak_saved_bytes']):>17}{r['saved_ratio']:>7.2f}"
                          f"{fmt_bytes(r['peak_bytes']):>13}{r['memory_ratio']:>7.2f}"
-                         f"{fmt_bytes(r['kept_after_forward']):>16}{fmt_time(r['step']['median']):>12}"
-                         f"{r['time_ratio']:>7.2f}{mark}")
+                         f"{fmt_bytes(r['kept_after_forward']):>16}{fmt_time(r['step']['median']):>13}"
+                         f"{r['time_ratio']:>7.2f}{fmt_time(r['step']['min']):>11}{r['time_ratio_min']:>7.2f}{mark}")
         return "\n".join(lines)
 
     def __str__(self):
@@ -154,6 +156,7 @@ def checkpoint_tradeoff(model, loss_fn, batch, segments=(1, 2, 4, 8), optimizer=
         r["saved_ratio"] = (r["peak_saved_bytes"] / b0["peak_saved_bytes"]
                             if b0["peak_saved_bytes"] else float("nan"))
         r["time_ratio"] = r["step"]["median"] / b0["step"]["median"] if b0["step"]["median"] else float("nan")
+        r["time_ratio_min"] = r["step"]["min"] / b0["step"]["min"] if b0["step"]["min"] else float("nan")
     choice = min(segs, key=lambda k: (abs(k - math.sqrt(depth)), k))
     return Tradeoff(rows, depth, choice, {"backend": backend.name, "repeats": repeats,
                                           "warmup": warmup, "layers": len(layers)})
