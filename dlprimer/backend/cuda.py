@@ -316,11 +316,11 @@ class CUDABackend(Backend):
         self._check_p(kernel, p)
         (a,) = self._arrays(kernel, (name, a))
         if p >= 1.0:
-            return a * 0  # nothing kept (NaN stays NaN, as x * mask)
+            return cp.zeros_like(a)  # nothing kept, as the NumPy backend
         out = cp.empty_like(a)
         self._launch(self._fn("dropout", kernel, a.dtype), a.size,
                      (a, out, np.int64(a.size), *self._key_args(key), np.float32(p),
-                      a.dtype.type(1.0 - p)))
+                      a.dtype.type(1.0 / (1.0 - p))))
         return out
 
     def dropout_forward(self, x, p, key):
@@ -352,34 +352,37 @@ class CUDABackend(Backend):
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
         t = cp.ascontiguousarray(target, dtype=cp.int64)
-        T = x.dtype.type
-        c = x.shape[1]
-        return x, t, T(1.0 - label_smoothing), T(label_smoothing / c)
+        return x, t, float(label_smoothing)
 
     def softmax_cross_entropy_forward(self, logits, target, label_smoothing=0.0):
         """Row-wise; a target outside [0, C) gives that row a NaN loss (no device assert,
         no host synchronisation)."""
-        x, t, ome, eoc = self._sce_args("softmax_cross_entropy_forward", logits, "logits",
-                                        target, label_smoothing)
+        x, t, eps = self._sce_args("softmax_cross_entropy_forward", logits, "logits", target,
+                                   label_smoothing)
         rows, c = x.shape
+        T = x.dtype.type
         loss = cp.empty(rows, x.dtype)
         probs = cp.empty_like(x)
         block = min(256, max(32, 1 << (int(c) - 1).bit_length()))
         grid = min(rows, self._sm_count * 32)
         self._launch(self._fn("softmax_cross_entropy", "softmax_cross_entropy_forward", x.dtype),
-                     rows, (x, t, loss, probs, np.int64(rows), np.int64(c), ome, eoc),
+                     rows, (x, t, loss, probs, np.int64(rows), np.int64(c), T(1.0 - eps), T(eps)),
                      block=block, grid=grid)
         return loss, probs
 
     def softmax_cross_entropy_backward(self, probs, target, gy, label_smoothing=0.0):
-        p, t, ome, eoc = self._sce_args("softmax_cross_entropy_backward", probs, "probs",
-                                        target, label_smoothing)
+        p, t, eps = self._sce_args("softmax_cross_entropy_backward", probs, "probs", target,
+                                   label_smoothing)
         (gy,) = self._arrays("softmax_cross_entropy_backward", ("gy", gy))
-        if gy.shape != (p.shape[0],) or gy.dtype != p.dtype:
+        if gy.dtype != p.dtype or gy.shape not in ((p.shape[0],), ()):
             raise ValueError(f"softmax_cross_entropy_backward: gy must be {p.dtype} of shape "
-                             f"({p.shape[0]},), got {gy.dtype} {gy.shape}")
+                             f"({p.shape[0]},) or a scalar, got {gy.dtype} {gy.shape}")
+        if gy.ndim == 0:
+            gy = cp.ascontiguousarray(cp.broadcast_to(gy, (p.shape[0],)))
         gx = cp.empty_like(p)
         rows, c = p.shape
+        T = p.dtype.type
+        ome, eoc = T(1.0 - eps), T(eps / c)
         self._launch(self._fn("softmax_cross_entropy", "softmax_cross_entropy_backward",
                               p.dtype),
                      gx.size, (p, t, gy, gx, np.int64(rows), np.int64(c), ome, eoc))
@@ -435,6 +438,7 @@ class CUDABackend(Backend):
                      (param, grad, buf if has_buf else param, np.int64(param.size), T(lr),
                       T(momentum), T(1.0 - dampening), T(weight_decay), np.int32(has_buf),
                       np.int32(bool(nesterov)), np.int32(bool(first_step))))
+        return param
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
                     decoupled=False):
@@ -443,11 +447,13 @@ class CUDABackend(Backend):
         self._arena("adam_update", param, grad, ("m", m), ("v", v))
         T = param.dtype.type
         bc1 = 1.0 - beta1 ** step
-        bc2 = 1.0 - beta2 ** step
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
         self._launch(self._fn("optimizers", "adam_update", param.dtype), param.size,
                      (param, grad, m, v, np.int64(param.size), T(1.0 - beta1), T(beta2),
-                      T(1.0 - beta2), T(eps), T(weight_decay), T(1.0 - lr * weight_decay),
-                      T(lr / bc1), T(math.sqrt(bc2)), np.int32(bool(decoupled))))
+                      T(1.0 - beta2), T(eps * bc2_sqrt), T(weight_decay),
+                      T(1.0 - lr * weight_decay), T(-lr * bc2_sqrt / bc1),
+                      np.int32(bool(decoupled))))
+        return param
 
     def lamb_update(self, param, grad, m, v, offsets, lr, beta1, beta2, eps, weight_decay, step):
         if step < 1:
@@ -456,18 +462,21 @@ class CUDABackend(Backend):
         chunk = self._chunk(param.size)
         off, block_seg, block_start = self._segments("lamb_update", offsets, param.size, chunk)
         if block_seg.size == 0:
-            return
+            return param
         T = param.dtype.type
         sums = cp.zeros(2 * (off.size - 1), cp.float64)
-        bc1, bc2 = T(1.0 - beta1 ** step), T(1.0 - beta2 ** step)
+        inv_bc1 = T(1.0 / (1.0 - beta1 ** step))
+        inv_bc2_sqrt = T(1.0 / math.sqrt(1.0 - beta2 ** step))
         seg = (off, block_seg, block_start, np.int64(chunk), sums)
         grid = block_seg.size
         self._launch(self._fn("optimizers", "lamb_moments_norms", param.dtype), param.size,
-                     (param, grad, m, v, *seg, T(1.0 - beta1), T(beta2), T(1.0 - beta2), bc1,
-                      bc2, T(eps), T(weight_decay)), grid=grid)
+                     (param, grad, m, v, *seg, T(1.0 - beta1), T(beta2), T(1.0 - beta2),
+                      inv_bc1, inv_bc2_sqrt, T(eps), T(weight_decay)), grid=grid)
         self._launch(self._fn("optimizers", "lamb_apply", param.dtype), param.size,
-                     (param, m, v, *seg, np.float64(lr), bc1, bc2, T(eps), T(weight_decay)),
+                     (param, m, v, *seg, np.float64(lr), inv_bc1, inv_bc2_sqrt, T(eps),
+                      T(weight_decay)),
                      grid=grid)
+        return param
 
     def lars_update(self, param, grad, buf, offsets, lr, momentum, weight_decay,
                     trust_coefficient, eps=1e-9):
@@ -477,18 +486,17 @@ class CUDABackend(Backend):
         chunk = self._chunk(param.size)
         off, block_seg, block_start = self._segments("lars_update", offsets, param.size, chunk)
         if block_seg.size == 0:
-            return
+            return param
         T = param.dtype.type
         sums = cp.zeros(2 * (off.size - 1), cp.float64)
         seg = (off, block_seg, block_start, np.int64(chunk), sums)
-        has_buf = buf is not None
-        grid = block_seg.size
-        self._launch(self._fn("optimizers", "lars_norms", param.dtype), param.size,
+XX, param.dtype), param.size,
                      (param, grad, *seg), grid=grid)
         self._launch(self._fn("optimizers", "lars_apply", param.dtype), param.size,
                      (param, grad, buf if has_buf else param, *seg, T(lr), T(momentum),
                       T(weight_decay), np.float64(trust_coefficient), np.float64(eps),
                       np.int32(has_buf)), grid=grid)
+        return param
 
     def grad_norm(self, arrays, norm_type=2.0):
         """One device accumulator, one launch per array, one synchronisation."""

@@ -25,12 +25,12 @@ __global__ void sgd_update(T* __restrict__ p, const T* __restrict__ g, T* __rest
 template <typename T>
 __global__ void adam_update(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
                             T* __restrict__ v, long long n, T one_minus_beta1, T beta2,
-                            T one_minus_beta2, T eps, T weight_decay, T decay, T step_size,
-                            T bias_correction2_sqrt, int decoupled) {
+                            T one_minus_beta2, T eps_hat, T weight_decay, T keep, T neg_alpha,
+                            int decoupled) {
     DLP_GRID_STRIDE_LOOP(i, n) {
         T pi = p[i], mi = m[i], vi = v[i];
-        dlp::adam_step(pi, g[i], mi, vi, one_minus_beta1, beta2, one_minus_beta2, eps,
-                       weight_decay, decay, step_size, bias_correction2_sqrt, decoupled != 0);
+        dlp::adam_step(pi, g[i], mi, vi, one_minus_beta1, beta2, one_minus_beta2, eps_hat,
+                       weight_decay, keep, neg_alpha, decoupled != 0);
         p[i] = pi;
         m[i] = mi;
         v[i] = vi;
@@ -50,17 +50,16 @@ __global__ void lamb_moments_norms(const T* __restrict__ p, const T* __restrict_
                                    const long long* __restrict__ block_seg,
                                    const long long* __restrict__ block_start, long long chunk,
                                    double* __restrict__ sums, T one_minus_beta1, T beta2,
-                                   T one_minus_beta2, T bias_correction1, T bias_correction2,
-                                   T eps, T weight_decay) {
+                                   T one_minus_beta2, T inv_bc1, T inv_bc2_sqrt, T eps,
+                                   T weight_decay) {
     DLP_SEGMENT_BLOCK(s, start, end)
     double p_sq = 0.0, u_sq = 0.0;
     for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
         T mi = m[i], vi = v[i], pi = p[i];
-        dlp::lamb_moments(g[i], mi, vi, one_minus_beta1, beta2, one_minus_beta2);
+        dlp::adam_moments(g[i], mi, vi, one_minus_beta1, beta2, one_minus_beta2);
         m[i] = mi;
         v[i] = vi;
-        T u = dlp::lamb_direction(pi, mi, vi, bias_correction1, bias_correction2, eps,
-                                  weight_decay);
+        T u = dlp::lamb_direction(pi, mi, vi, inv_bc1, inv_bc2_sqrt, eps, weight_decay);
         p_sq += (double)pi * (double)pi;
         u_sq += (double)u * (double)u;
     }
@@ -72,21 +71,20 @@ __global__ void lamb_moments_norms(const T* __restrict__ p, const T* __restrict_
     }
 }
 
-// LAMB pass 2: p -= lr * trust(s) * u, u recomputed from the updated m, v.
+// LAMB pass 2: p += u * (-lr trust(s)), u recomputed from the updated m, v.
 template <typename T>
 __global__ void lamb_apply(T* __restrict__ p, const T* __restrict__ m, const T* __restrict__ v,
                            const long long* __restrict__ offsets,
                            const long long* __restrict__ block_seg,
                            const long long* __restrict__ block_start, long long chunk,
-                           const double* __restrict__ sums, double lr, T bias_correction1,
-                           T bias_correction2, T eps, T weight_decay) {
+                           const double* __restrict__ sums, double lr, T inv_bc1,
+                           T inv_bc2_sqrt, T eps, T weight_decay) {
     DLP_SEGMENT_BLOCK(s, start, end)
-    const T scale = (T)(lr * dlp::lamb_trust(sums[2 * s], sums[2 * s + 1]));
+    const T scale = (T)(-lr * dlp::lamb_trust(sums[2 * s], sums[2 * s + 1]));
     for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
         T pi = p[i];
-        T u = dlp::lamb_direction(pi, m[i], v[i], bias_correction1, bias_correction2, eps,
-                                  weight_decay);
-        p[i] = pi + (-scale) * u;
+        T u = dlp::lamb_direction(pi, m[i], v[i], inv_bc1, inv_bc2_sqrt, eps, weight_decay);
+        p[i] = pi + u * scale;
     }
 }
 

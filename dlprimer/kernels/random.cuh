@@ -32,10 +32,11 @@ DLP_HOST_DEVICE bool dropout_keep(u64 seed, u64 counter, u64 index, float p) {
     return counter_uniform(seed, counter, index) >= p;
 }
 
-// x * mask / (1 - p): a dropped NaN stays NaN (NaN * 0), as in the NumPy backend.
+// (x * scale) * mask with scale = 1 / (1 - p), in the NumPy backend's order; a
+// dropped NaN stays NaN (NaN * 0).
 template <typename T>
-DLP_HOST_DEVICE T dropout_apply(T x, bool keep, T one_minus_p) {
-    return (x * (keep ? T(1) : T(0))) / one_minus_p;
+DLP_HOST_DEVICE T dropout_apply(T x, bool keep, T scale) {
+    return (x * scale) * (keep ? T(1) : T(0));
 }
 
 }  // namespace dlp

@@ -1,10 +1,12 @@
 // Per-row and per-element math of the fused softmax cross-entropy.
 //
-// With lse = m + log(sum_j e^(x_j - m)) (m the row max, for stability), the
-// probabilities are p_j = e^(x_j - m) / s and, against the label-smoothed target
-// q = (1 - eps) onehot(t) + eps / C, the loss is
-//     -sum_j q_j log p_j = lse - (1 - eps) x_t - (eps / C) sum_j x_j,
-// and its gradient with respect to the logits is (p - q) * gy.
+// Work in shifted logits z = x - m (m the row max, for stability): with
+// s = sum_j e^(z_j), p_j = e^(z_j) / s, and against the label-smoothed target
+// q = (1 - eps) onehot(t) + eps / C the loss (the chapter's cross-entropy
+// -sum y log y_hat, with y = q) is
+//     -sum_j q_j log p_j = (1 - eps) (log s - z_t) + eps (log s - (1/C) sum_j z_j);
+// its gradient with respect to the logits is (p - q) * gy. The operation order
+// follows the NumPy backend's, so the two round alike.
 #pragma once
 #include "common.cuh"
 
@@ -14,33 +16,33 @@ template <typename T>
 DLP_HOST_DEVICE T sce_prob(T x, T m, T s) { return exp_(x - m) / s; }
 
 template <typename T>
-DLP_HOST_DEVICE T sce_loss(T lse, T x_target, T sum_x, T one_minus_eps, T eps_over_c) {
-    return lse - one_minus_eps * x_target - eps_over_c * sum_x;
+DLP_HOST_DEVICE T sce_loss(T log_s, T z_target, T sum_z, T one_minus_eps, T eps, T c) {
+    T nll = log_s - z_target;
+    if (eps == T(0)) return nll;
+    return one_minus_eps * nll + eps * (log_s - sum_z / c);
 }
 
+// (p - eps / C) - (1 - eps) [j == t], times gy
 template <typename T>
 DLP_HOST_DEVICE T sce_grad(T p, bool is_target, T one_minus_eps, T eps_over_c, T gy) {
-    T q = is_target ? one_minus_eps + eps_over_c : eps_over_c;
-    return (p - q) * gy;
+    return ((p - eps_over_c) - (is_target ? one_minus_eps : T(0))) * gy;
 }
 
 // One row, serially (the host twin of the block-parallel kernel; same formulas,
 // the sums in a different order). A target outside [0, C) gives a NaN loss.
 template <typename T>
-DLP_HOST_DEVICE void sce_row_forward(const T* x, i64 c, i64 t, T one_minus_eps, T eps_over_c,
+DLP_HOST_DEVICE void sce_row_forward(const T* x, i64 c, i64 t, T one_minus_eps, T eps,
                                      T* probs, T* loss) {
     T m = x[0];
     for (i64 j = 1; j < c; ++j) m = nan_max(m, x[j]);
-    T s = T(0), sum_x = T(0);
+    T s = T(0), sum_z = T(0);
     for (i64 j = 0; j < c; ++j) {
         s += exp_(x[j] - m);
-        sum_x += x[j];
+        sum_z += x[j] - m;
     }
     for (i64 j = 0; j < c; ++j) probs[j] = sce_prob(x[j], m, s);
-    T lse = m + log_(s);
-    bool ok = t >= 0 && t < c;
-    T x_t = ok ? x[t] : T(0);
-    *loss = ok ? sce_loss(lse, x_t, sum_x, one_minus_eps, eps_over_c) : quiet_nan<T>();
+    const bool ok = t >= 0 && t < c;
+    *loss = ok ? sce_loss(log_(s), x[t] - m, sum_z, one_minus_eps, eps, T(c)) : quiet_nan<T>();
 }
 
 }  // namespace dlp

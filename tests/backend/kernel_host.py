@@ -63,7 +63,7 @@ class HostMath:
                 "sce_fwd": [p, p, i64, i64, t, t, p, p],
                 "sce_bwd": [p, p, p, p, i64, i64, t, t],
                 "sgd": [p, p, p, i64, t, t, t, t, ctypes.c_int, ctypes.c_int],
-                "adam": [p, p, p, p, i64, t, t, t, t, t, t, t, t, ctypes.c_int],
+                "adam": [p, p, p, p, i64, t, t, t, t, t, t, t, ctypes.c_int],
                 "lamb": [p, p, p, p, p, i64, p, f64, t, t, t, t, t, t, t],
                 "lars": [p, p, p, p, i64, p, t, t, t, f64, f64],
                 "norm": [p, i64, f64, ctypes.c_int],
@@ -132,7 +132,7 @@ class HostMath:
         x = self._arr(x)
         y = np.empty_like(x)
         self._fn("dropout_apply", x.dtype)(_ptr(x), _ptr(y), x.size, key[0] % 2**64,
-                                           key[1] % 2**64, p, x.dtype.type(1.0 - p))
+                                           key[1] % 2**64, p, x.dtype.type(1.0 / (1.0 - p)))
         return y
 
     # -- softmax cross-entropy ----------------------------------------------------------
@@ -144,7 +144,7 @@ class HostMath:
         probs = np.empty_like(x)
         T = x.dtype.type
         self._fn("sce_fwd", x.dtype)(_ptr(x), _ptr(t), rows, c, T(1.0 - label_smoothing),
-                                     T(label_smoothing / c), _ptr(loss), _ptr(probs))
+                                     T(label_smoothing), _ptr(loss), _ptr(probs))
         return loss, probs
 
     def sce_backward(self, probs, target, gy, label_smoothing=0.0):
@@ -161,18 +161,19 @@ class HostMath:
     def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
                    weight_decay=0.0, first_step=False):
         T = param.dtype.type
-        self._fn("sgd", param.dtype)(_ptr(param), _ptr(grad), _ptr(buf), param.size, T(lr),
+        self._fn("sgd", param.dtype)(_ptr(param), _ptr(grad), _ptr(buf if momentum else None),
+                                     param.size, T(lr),
                                      T(momentum), T(1.0 - dampening), T(weight_decay),
                                      int(nesterov), int(first_step))
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
                     decoupled=False):
         T = param.dtype.type
-        bc1, bc2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
+        bc1, bc2_sqrt = 1.0 - beta1 ** step, (1.0 - beta2 ** step) ** 0.5
         self._fn("adam", param.dtype)(
             _ptr(param), _ptr(grad), _ptr(m), _ptr(v), param.size, T(1.0 - beta1), T(beta2),
-            T(1.0 - beta2), T(eps), T(weight_decay), T(1.0 - lr * weight_decay),
-            T(lr / bc1), T(bc2 ** 0.5), int(decoupled))
+            T(1.0 - beta2), T(eps * bc2_sqrt), T(weight_decay), T(1.0 - lr * weight_decay),
+            T(-lr * bc2_sqrt / bc1), int(decoupled))
 
     def lamb_update(self, param, grad, m, v, offsets, lr, beta1, beta2, eps, weight_decay, step):
         T = param.dtype.type
@@ -180,8 +181,8 @@ class HostMath:
         sums = np.zeros(2 * (off.size - 1))
         self._fn("lamb", param.dtype)(
             _ptr(param), _ptr(grad), _ptr(m), _ptr(v), _ptr(off), off.size - 1, _ptr(sums),
-            float(lr), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(1.0 - beta1 ** step),
-            T(1.0 - beta2 ** step), T(eps), T(weight_decay))
+            float(lr), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(1.0 / (1.0 - beta1 ** step)),
+            T(1.0 / (1.0 - beta2 ** step) ** 0.5), T(eps), T(weight_decay))
 
     def lars_update(self, param, grad, buf, offsets, lr, momentum, weight_decay,
                     trust_coefficient, eps=1e-9):
@@ -189,7 +190,7 @@ class HostMath:
         off = np.asarray(offsets, np.int64)
         sums = np.zeros(2 * (off.size - 1))
         self._fn("lars", param.dtype)(
-            _ptr(param), _ptr(grad), _ptr(buf), _ptr(off), off.size - 1, _ptr(sums), T(lr),
+            _ptr(param), _ptr(grad), _ptr(buf if momentum else None), _ptr(off), off.size - 1, _ptr(sums), T(lr),
             T(momentum), T(weight_decay), float(trust_coefficient), float(eps))
 
     def norm(self, x, norm_type=2.0):

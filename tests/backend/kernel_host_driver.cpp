@@ -63,18 +63,16 @@ static void bias_gelu_bwd(const T* x, const T* b, const T* gy, T* gx, i64 n, i64
 }
 
 template <typename T>
-static void dropout_apply(const T* x, T* y, i64 n, u64 seed, u64 counter, float p,
-                          T one_minus_p) {
+static void dropout_apply(const T* x, T* y, i64 n, u64 seed, u64 counter, float p, T scale) {
     for (i64 i = 0; i < n; ++i)
-        y[i] = dlp::dropout_apply(x[i], dlp::dropout_keep(seed, counter, (u64)i, p), one_minus_p);
+        y[i] = dlp::dropout_apply(x[i], dlp::dropout_keep(seed, counter, (u64)i, p), scale);
 }
 
 template <typename T>
-static void sce_fwd(const T* x, const i64* target, i64 rows, i64 c, T one_minus_eps,
-                    T eps_over_c, T* loss, T* probs) {
+static void sce_fwd(const T* x, const i64* target, i64 rows, i64 c, T one_minus_eps, T eps,
+                    T* loss, T* probs) {
     for (i64 r = 0; r < rows; ++r)
-        dlp::sce_row_forward(x + r * c, c, target[r], one_minus_eps, eps_over_c, probs + r * c,
-                             loss + r);
+        dlp::sce_row_forward(x + r * c, c, target[r], one_minus_eps, eps, probs + r * c, loss + r);
 }
 template <typename T>
 static void sce_bwd(const T* probs, const i64* target, const T* gy, T* gx, i64 rows, i64 c,
@@ -95,23 +93,23 @@ static void sgd(T* p, const T* g, T* buf, i64 n, T lr, T momentum, T one_minus_d
 
 template <typename T>
 static void adam(T* p, const T* g, T* m, T* v, i64 n, T one_minus_beta1, T beta2,
-                 T one_minus_beta2, T eps, T weight_decay, T decay, T step_size,
-                 T bias_correction2_sqrt, int decoupled) {
+                 T one_minus_beta2, T eps_hat, T weight_decay, T keep, T neg_alpha,
+                 int decoupled) {
     for (i64 i = 0; i < n; ++i)
-        dlp::adam_step(p[i], g[i], m[i], v[i], one_minus_beta1, beta2, one_minus_beta2, eps,
-                       weight_decay, decay, step_size, bias_correction2_sqrt, decoupled != 0);
+        dlp::adam_step(p[i], g[i], m[i], v[i], one_minus_beta1, beta2, one_minus_beta2, eps_hat,
+                       weight_decay, keep, neg_alpha, decoupled != 0);
 }
 
 // Both passes of the LAMB kernels; sums has 2 * nseg doubles.
 template <typename T>
 static void lamb(T* p, const T* g, T* m, T* v, const i64* offsets, i64 nseg, double* sums,
-                 double lr, T one_minus_beta1, T beta2, T one_minus_beta2, T bc1, T bc2, T eps,
-                 T weight_decay) {
+                 double lr, T one_minus_beta1, T beta2, T one_minus_beta2, T inv_bc1,
+                 T inv_bc2_sqrt, T eps, T weight_decay) {
     for (i64 s = 0; s < nseg; ++s) {
         double p_sq = 0.0, u_sq = 0.0;
         for (i64 i = offsets[s]; i < offsets[s + 1]; ++i) {
-            dlp::lamb_moments(g[i], m[i], v[i], one_minus_beta1, beta2, one_minus_beta2);
-            T u = dlp::lamb_direction(p[i], m[i], v[i], bc1, bc2, eps, weight_decay);
+            dlp::adam_moments(g[i], m[i], v[i], one_minus_beta1, beta2, one_minus_beta2);
+            T u = dlp::lamb_direction(p[i], m[i], v[i], inv_bc1, inv_bc2_sqrt, eps, weight_decay);
             p_sq += (double)p[i] * (double)p[i];
             u_sq += (double)u * (double)u;
         }
@@ -119,10 +117,10 @@ static void lamb(T* p, const T* g, T* m, T* v, const i64* offsets, i64 nseg, dou
         sums[2 * s + 1] = u_sq;
     }
     for (i64 s = 0; s < nseg; ++s) {
-        const T scale = (T)(lr * dlp::lamb_trust(sums[2 * s], sums[2 * s + 1]));
+        const T scale = (T)(-lr * dlp::lamb_trust(sums[2 * s], sums[2 * s + 1]));
         for (i64 i = offsets[s]; i < offsets[s + 1]; ++i) {
-            T u = dlp::lamb_direction(p[i], m[i], v[i], bc1, bc2, eps, weight_decay);
-            p[i] = p[i] + (-scale) * u;
+            T u = dlp::lamb_direction(p[i], m[i], v[i], inv_bc1, inv_bc2_sqrt, eps, weight_decay);
+            p[i] = p[i] + u * scale;
         }
     }
 }
@@ -169,12 +167,12 @@ static double norm(const T* x, i64 n, double ord, int inf) {
                              int approx) {                                                       \
         bias_gelu_bwd<T>(x, b, gy, gx, n, h, approx);                                            \
     }                                                                                            \
-    void dropout_apply_##SFX(const T* x, T* y, i64 n, u64 seed, u64 counter, float p, T omp) {   \
-        dropout_apply<T>(x, y, n, seed, counter, p, omp);                                        \
+    void dropout_apply_##SFX(const T* x, T* y, i64 n, u64 seed, u64 counter, float p, T sc) {    \
+        dropout_apply<T>(x, y, n, seed, counter, p, sc);                                         \
     }                                                                                            \
-    void sce_fwd_##SFX(const T* x, const i64* t, i64 rows, i64 c, T ome, T eoc, T* loss,         \
+    void sce_fwd_##SFX(const T* x, const i64* t, i64 rows, i64 c, T ome, T eps, T* loss,         \
                        T* probs) {                                                               \
-        sce_fwd<T>(x, t, rows, c, ome, eoc, loss, probs);                                        \
+        sce_fwd<T>(x, t, rows, c, ome, eps, loss, probs);                                        \
     }                                                                                            \
     void sce_bwd_##SFX(const T* probs, const i64* t, const T* gy, T* gx, i64 rows, i64 c, T ome, \
                        T eoc) {                                                                  \
@@ -184,13 +182,13 @@ static double norm(const T* x, i64 n, double ord, int inf) {
                    int first) {                                                                  \
         sgd<T>(p, g, buf, n, lr, mom, omd, wd, nesterov, first);                                 \
     }                                                                                            \
-    void adam_##SFX(T* p, const T* g, T* m, T* v, i64 n, T omb1, T b2, T omb2, T eps, T wd,      \
-                    T decay, T step_size, T bc2_sqrt, int decoupled) {                           \
-        adam<T>(p, g, m, v, n, omb1, b2, omb2, eps, wd, decay, step_size, bc2_sqrt, decoupled);  \
+    void adam_##SFX(T* p, const T* g, T* m, T* v, i64 n, T omb1, T b2, T omb2, T eps_hat, T wd,  \
+                    T keep, T neg_alpha, int decoupled) {                                        \
+        adam<T>(p, g, m, v, n, omb1, b2, omb2, eps_hat, wd, keep, neg_alpha, decoupled);         \
     }                                                                                            \
     void lamb_##SFX(T* p, const T* g, T* m, T* v, const i64* offsets, i64 nseg, double* sums,    \
-                    double lr, T omb1, T b2, T omb2, T bc1, T bc2, T eps, T wd) {                \
-        lamb<T>(p, g, m, v, offsets, nseg, sums, lr, omb1, b2, omb2, bc1, bc2, eps, wd);         \
+                    double lr, T omb1, T b2, T omb2, T ibc1, T ibc2s, T eps, T wd) {             \
+        lamb<T>(p, g, m, v, offsets, nseg, sums, lr, omb1, b2, omb2, ibc1, ibc2s, eps, wd);      \
     }                                                                                            \
     void lars_##SFX(T* p, const T* g, T* buf, const i64* offsets, i64 nseg, double* sums, T lr,  \
                     T mom, T wd, double tc, double eps) {                                        \
