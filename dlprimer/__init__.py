@@ -27,3 +27,9 @@ __all__ = [
     "maximum", "minimum", "clip", "reshape", "transpose", "broadcast_to", "sum", "mean",
     "float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool_",
 ]
+
+# -- nn: layers, losses and model files (nn) --
+from . import nn  # noqa: E402
+from .io import load, save  # noqa: E402
+
+__all__ += ["nn", "save", "load"]
