@@ -14,6 +14,9 @@ from . import ops  # installs the Tensor operators
 from .ops import (abs, broadcast_to, clip, concat, exp, log, matmul, maximum, mean, minimum,
                   relu, reshape, sigmoid, sqrt, stack, sum, tanh, transpose, where)
 from .gradcheck import GradcheckError, gradcheck
+# -- optim --
+from . import optim, utils
+# -- end optim --
 
 __version__ = "0.1.0"
 
