@@ -490,7 +490,9 @@ class CUDABackend(Backend):
         T = param.dtype.type
         sums = cp.zeros(2 * (off.size - 1), cp.float64)
         seg = (off, block_seg, block_start, np.int64(chunk), sums)
-XX, param.dtype), param.size,
+        has_buf = momentum != 0.0
+        grid = block_seg.size
+        self._launch(self._fn("optimizers", "lars_norms", param.dtype), param.size,
                      (param, grad, *seg), grid=grid)
         self._launch(self._fn("optimizers", "lars_apply", param.dtype), param.size,
                      (param, grad, buf if has_buf else param, *seg, T(lr), T(momentum),
@@ -506,12 +508,13 @@ XX, param.dtype), param.size,
         arrays = [a for a in arrays if a is not None]
         if not arrays:
             return 0.0
-        inf = math.isinf(norm_type)
-        acc = cp.zeros(1, cp.float64)
         for i, a in enumerate(arrays):
             if not isinstance(a, cp.ndarray):
                 raise TypeError(f"grad_norm: arrays[{i}] must be a CuPy array, got "
                                 f"{type(a).__module__}.{type(a).__name__}")
+        inf = math.isinf(norm_type)
+        acc = cp.zeros(1, cp.float64)
+        for a in arrays:
             if a.dtype not in _FLOAT_DTYPES:
                 a = a.astype(cp.float32)
             a = cp.ascontiguousarray(a)
@@ -521,7 +524,7 @@ XX, param.dtype), param.size,
             else:
                 self._launch(self._fn("reductions", "norm_pow_sum", a.dtype), a.size,
                              (a, np.int64(a.size), np.float64(norm_type), acc))
-        total = float(acc.get()[0])
+        total = float(acc[0])
         if inf:
             return total
         return math.sqrt(total) if norm_type == 2.0 else total ** (1.0 / norm_type)
