@@ -373,12 +373,12 @@ class CUDABackend(Backend):
     def softmax_cross_entropy_backward(self, probs, target, gy, label_smoothing=0.0):
         p, t, eps = self._sce_args("softmax_cross_entropy_backward", probs, "probs", target,
                                    label_smoothing)
+        if isinstance(gy, cp.ndarray) and gy.ndim == 0:
+            gy = cp.broadcast_to(gy, (p.shape[0],))
         (gy,) = self._arrays("softmax_cross_entropy_backward", ("gy", gy))
-        if gy.dtype != p.dtype or gy.shape not in ((p.shape[0],), ()):
+        if gy.dtype != p.dtype or gy.shape != (p.shape[0],):
             raise ValueError(f"softmax_cross_entropy_backward: gy must be {p.dtype} of shape "
                              f"({p.shape[0]},) or a scalar, got {gy.dtype} {gy.shape}")
-        if gy.ndim == 0:
-            gy = cp.ascontiguousarray(cp.broadcast_to(gy, (p.shape[0],)))
         gx = cp.empty_like(p)
         rows, c = p.shape
         T = p.dtype.type

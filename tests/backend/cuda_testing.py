@@ -55,3 +55,15 @@ def assert_close(got, want, x=None, gy=None, what="", factor=1.0):
         xs = "" if x is None else f" at x={np.asarray(x)[ok][i]!r}"
         raise AssertionError(f"{what}: {bad.sum()} of {bad.size} values off{xs}: got {g64[i]!r}, "
                              f"want {w[i]!r} (tolerance {tol[i]:.3g})")
+
+
+_compiled = {}
+
+
+def nvrtc_compiled(family, arch):
+    """``_kernels.nvrtc_compile`` memoised for the test session (NVRTC takes seconds)."""
+    from dlprimer.backend import _kernels
+    key = (family, arch)
+    if key not in _compiled:
+        _compiled[key] = _kernels.nvrtc_compile(family, arch)
+    return _compiled[key]
