@@ -203,7 +203,7 @@ class CUDABackend(Backend):
             elif same_shape and a.shape != first[1].shape:
                 raise ValueError(f"{op}: {name} has shape {a.shape} but {first[0]} has "
                                  f"shape {first[1].shape}")
-            out.append(cp.ascontiguousarray(a))
+            out.append(cp.ascontiguousarray(a).reshape(a.shape))  # keeps 0-d arrays 0-d
         return out
 
     def _unary(self, kernel, op, x, *scalars):

@@ -143,6 +143,8 @@ def test_every_launch_matches_its_kernel(fake, dtype):
         y = getattr(fake, f"{name}_forward")(x, *args)
         assert y.shape == x.shape and y.dtype == x.dtype
         getattr(fake, f"{name}_backward")(x, gy, *args)
+    assert fake.relu_forward(np.ones((), dtype)).shape == ()
+    assert fake.gelu_forward(x.T).shape == x.T.shape  # non-contiguous input
     fake.gelu_forward(x, approximate="tanh")
     fake.gelu_backward(x, gy, approximate="tanh")
     fake.bias_gelu_forward(x, b, "tanh")
