@@ -403,7 +403,6 @@ class CPUBackend(Backend):
         np.multiply(g, gy.reshape(-1, 1) if np.ndim(gy) else gy, out=g)
         return g
 
-
     # -- fused optimizer updates (optim) ------------------------------------------------
     # Each update is an in-place ufunc chain (out=) over cache-sized blocks of the flat
     # arena: a block of param/grad/state stays in L2 while the whole chain runs on it,

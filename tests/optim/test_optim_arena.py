@@ -30,7 +30,7 @@ def test_move_into_arena_keeps_values_and_identity(backend, cls):
     arena = opt.arenas[0]
     assert [id(p) for p in arena.params] == ids
     assert arena.numel == sum(a.size for a in arrays) and arena.data.ndim == 1
-    xp = backend.xp
+    xp = dp.get_backend().xp
     for p, a, view in zip(params, arrays, arena.views):
         assert p.data is view and p.shape == a.shape
         np.testing.assert_array_equal(p.numpy(), a)
@@ -77,7 +77,7 @@ def test_user_replacing_data_and_grad_is_absorbed(backend):
     opt = dp.optim.SGD(params, lr=0.5)
     arena = opt.arenas[0]
     new_w = np.full((3, 4), 2.0, np.float32)
-    params[0].data = backend.asarray(new_w)                 # replaced weights
+    params[0].data = dp.get_backend().asarray(new_w)                 # replaced weights
     _loss(params).backward()
     params[1].grad = dp.tensor(np.ones(4, np.float32), backend=backend)   # replaced gradient
     params[2].grad = None                                     # dropped gradient: no update
