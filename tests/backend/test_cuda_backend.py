@@ -16,7 +16,7 @@ import pytest
 
 import dlprimer as dp
 import dlprimer.backend as backend_mod
-from cuda_testing import SeededRng, assert_close, grads, sample
+from .cuda_testing import SeededRng, assert_close, grads, sample
 from dlprimer.backend.base import Backend, MemoryMeter, Timer
 from dlprimer.backend.cpu import CPUBackend
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import scipy.special as sp
 
-import kernel_host
-from cuda_testing import SeededRng, assert_close, grads, sample
+from . import kernel_host
+from .cuda_testing import SeededRng, assert_close, grads, sample
 from dlprimer.backend.cpu import CPUBackend
 
 DTYPES = (np.float32, np.float64)

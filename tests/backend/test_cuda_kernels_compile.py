@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from cuda_testing import nvrtc_compiled
+from .cuda_testing import nvrtc_compiled
 from dlprimer.backend import _kernels
 
 

@@ -15,7 +15,7 @@ import types
 import numpy as np
 import pytest
 
-from cuda_testing import nvrtc_compiled
+from .cuda_testing import nvrtc_compiled
 from dlprimer.backend import _kernels
 
 pytest.importorskip("cupy", reason="CuPy is not installed (install the kernels-check extra)")
