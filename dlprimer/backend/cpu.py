@@ -604,7 +604,8 @@ class CPUBackend(Backend):
                     x = flat[s:e]
                     total += float(np.dot(x, x))
             elif norm_type == float("inf"):
-                total = max(total, float(np.max(np.abs(flat))))
+                m = float(np.max(np.abs(flat)))
+                total = m if (m != m or m > total) else total  # max() would drop a NaN
             else:
                 t = self._opt_scratch(flat.dtype)[0]
                 for s, e in self._opt_blocks(0, flat.shape[0]):

@@ -1,0 +1,146 @@
+"""Where the CUDA kernels live and how NVRTC compiles them (no CuPy import at top level).
+
+The kernel sources ship inside the package (``dlprimer/kernels/*.cu`` and the
+``*.cuh`` headers they include). One function, :func:`nvrtc_options`, holds the
+options and include path; the CUDA backend passes it to ``cupy.RawModule`` and
+the CI check (:func:`nvrtc_compile`) passes it, completed exactly as CuPy
+completes it at run time, to CuPy's low-level NVRTC bindings, which need no GPU
+and no driver. So a kernel that does not compile fails CI on any machine.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
+
+#: C++ type of each supported array dtype.
+CTYPES = {"float32": "float", "float64": "double"}
+
+#: family (file stem) -> kernels; True: a template over CTYPES, False: extern "C".
+FAMILIES: dict[str, dict[str, bool]] = {
+    "activations": {name: True for name in (
+        "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
+        "elu_forward", "elu_backward", "gelu_erf_forward", "gelu_erf_backward",
+        "gelu_tanh_forward", "gelu_tanh_backward", "silu_forward", "silu_backward",
+        "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
+        "bias_gelu_forward", "bias_gelu_backward")},
+    "dropout": {"dropout_forward": True, "dropout_backward": True,
+                "dropout_keep_mask": False, "counter_uniform_fill": False},
+    "softmax_cross_entropy": {"softmax_cross_entropy_forward": True,
+                              "softmax_cross_entropy_backward": True},
+    "optimizers": {name: True for name in (
+        "sgd_update", "adam_update", "lamb_moments_norms", "lamb_apply", "lars_norms",
+        "lars_apply")},
+    "reductions": {"norm_pow_sum": True, "norm_max_abs": True},
+}
+
+#: the architectures CI compiles every kernel for (Ampere, Hopper)
+CHECK_ARCHS = ("80", "90")
+
+
+class KernelCompileError(RuntimeError):
+    """NVRTC rejected a kernel file; the message names the file and carries the log."""
+
+
+def source_path(family: str) -> Path:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown kernel family {family!r}; known: {', '.join(FAMILIES)}")
+    return KERNEL_DIR / f"{family}.cu"
+
+
+def header_paths() -> list[Path]:
+    return sorted(KERNEL_DIR.glob("*.cuh"))
+
+
+def kernel_name(family: str, kernel: str, ctype: str | None = None) -> str:
+    """The NVRTC name expression of a kernel: ``relu_forward<float>`` or ``dropout_keep_mask``."""
+    templated = FAMILIES[family][kernel]
+    if templated:
+        if ctype is None:
+            raise ValueError(f"kernel {kernel!r} is a template: give a C type")
+        return f"{kernel}<{ctype}>"
+    return kernel
+
+
+def name_expressions(family: str) -> list[str]:
+    names = []
+    for kernel, templated in FAMILIES[family].items():
+        if templated:
+            names.extend(kernel_name(family, kernel, c) for c in CTYPES.values())
+        else:
+            names.append(kernel)
+    return names
+
+
+def nvrtc_options() -> tuple[str, ...]:
+    """dlprimer's NVRTC options: C++17 and the kernel directory on the include path.
+
+    No fast-math: the device math must match the host compilation CI compares
+    with NumPy (CuPy itself adds ``-ftz=true`` and the architecture).
+    """
+    return ("--std=c++17", f"-I{KERNEL_DIR}")
+
+
+def headers_digest() -> str:
+    """Hash of all headers: CuPy's kernel cache keys on the source text only, so the
+    source we hand it carries this line and a header edit recompiles."""
+    h = hashlib.sha256()
+    for p in header_paths():
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def read_source(family: str) -> str:
+    path = source_path(family)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise FileNotFoundError(
+            f"CUDA kernel source {path} is missing ({e}); reinstall dlprimer") from None
+    return f"// dlprimer {path.name}, headers {headers_digest()}\n{text}"
+
+
+def compile_error(family: str, log: str, arch: str | None = None) -> KernelCompileError:
+    where = f" for sm_{arch}" if arch else ""
+    return KernelCompileError(
+        f"NVRTC failed to compile {source_path(family)}{where}:\n{log.strip()}")
+
+
+def cupy_runtime_options(arch: str) -> tuple[str, ...]:
+    """The full option list CuPy hands NVRTC when ``cupy.RawModule`` compiles our
+    source at run time for ``arch``: CuPy's include paths around ours
+    (``assemble_cupy_compiler_options``), then ``-ftz=true``, the architecture and
+    ``--device-as-default-execution-space`` (cupy/cuda/compiler.py)."""
+    from cupy._core import core
+    assemble = getattr(core, "assemble_cupy_compiler_options", None)
+    opts = tuple(assemble(nvrtc_options())) if assemble is not None else nvrtc_options()
+    return opts + ("-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
+
+
+def nvrtc_compile(family: str, arch: str, source: str | None = None) -> dict:
+    """Compile one kernel file to a cubin for ``sm_<arch>`` through CuPy's NVRTC
+    bindings, as CuPy would at run time; needs no GPU.
+
+    Returns ``{"cubin": bytes, "lowered": {name expression: mangled name},
+    "log": str}``; raises :class:`KernelCompileError` naming the file.
+    """
+    from cupy_backends.cuda.libs import nvrtc
+
+    src = read_source(family) if source is None else source
+    names = name_expressions(family)
+    prog = nvrtc.createProgram(src, source_path(family).name, [], [])
+    try:
+        for name in names:
+            nvrtc.addNameExpression(prog, name)
+        try:
+            nvrtc.compileProgram(prog, list(cupy_runtime_options(arch)))
+        except nvrtc.NVRTCError:
+            raise compile_error(family, nvrtc.getProgramLog(prog), arch) from None
+        log = nvrtc.getProgramLog(prog)
+        lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
+        cubin = nvrtc.getCUBIN(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    return {"cubin": cubin, "lowered": lowered, "log": log}

@@ -1,0 +1,69 @@
+// Elementwise activation kernels: forward and backward of ReLU, Leaky ReLU, ELU,
+// GELU (erf and tanh), SiLU, sigmoid and tanh, and the fused bias + GELU.
+// Instantiated for float and double; the math is in activations.cuh.
+#include "activations.cuh"
+#include "reduce.cuh"
+
+#define DLP_UNARY(NAME, EXPR)                                                             \
+    template <typename T>                                                                \
+    __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n) {      \
+        DLP_GRID_STRIDE_LOOP(i, n) y[i] = EXPR;                                          \
+    }
+#define DLP_UNARY_P(NAME, EXPR)                                                           \
+    template <typename T>                                                                \
+    __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n, T a) { \
+        DLP_GRID_STRIDE_LOOP(i, n) y[i] = EXPR;                                          \
+    }
+#define DLP_BINARY(NAME, EXPR)                                                            \
+    template <typename T>                                                                \
+    __global__ void NAME(const T* __restrict__ x, const T* __restrict__ gy,              \
+                         T* __restrict__ gx, long long n) {                              \
+        DLP_GRID_STRIDE_LOOP(i, n) gx[i] = EXPR;                                         \
+    }
+#define DLP_BINARY_P(NAME, EXPR)                                                          \
+    template <typename T>                                                                \
+    __global__ void NAME(const T* __restrict__ x, const T* __restrict__ gy,              \
+                         T* __restrict__ gx, long long n, T a) {                         \
+        DLP_GRID_STRIDE_LOOP(i, n) gx[i] = EXPR;                                         \
+    }
+
+// For relu/sigmoid/tanh backward the first argument is the output y.
+DLP_UNARY(relu_forward, dlp::relu_fwd(x[i]))
+DLP_BINARY(relu_backward, dlp::relu_bwd(x[i], gy[i]))
+DLP_UNARY_P(leaky_relu_forward, dlp::leaky_relu_fwd(x[i], a))
+DLP_BINARY_P(leaky_relu_backward, dlp::leaky_relu_bwd(x[i], gy[i], a))
+DLP_UNARY_P(elu_forward, dlp::elu_fwd(x[i], a))
+DLP_BINARY_P(elu_backward, dlp::elu_bwd(x[i], gy[i], a))
+DLP_UNARY(gelu_erf_forward, dlp::gelu_erf_fwd(x[i]))
+DLP_BINARY(gelu_erf_backward, dlp::gelu_erf_bwd(x[i], gy[i]))
+DLP_UNARY(gelu_tanh_forward, dlp::gelu_tanh_fwd(x[i]))
+DLP_BINARY(gelu_tanh_backward, dlp::gelu_tanh_bwd(x[i], gy[i]))
+DLP_UNARY(silu_forward, dlp::silu_fwd(x[i]))
+DLP_BINARY(silu_backward, dlp::silu_bwd(x[i], gy[i]))
+DLP_UNARY(sigmoid_forward, dlp::sigmoid_fwd(x[i]))
+DLP_BINARY(sigmoid_backward, dlp::sigmoid_bwd(x[i], gy[i]))
+DLP_UNARY(tanh_forward, dlp::tanh_fwd(x[i]))
+DLP_BINARY(tanh_backward, dlp::tanh_bwd(x[i], gy[i]))
+
+// gelu(x + b) with b broadcast over the last axis (h = its length): one read of x,
+// one write of y, where separate ops would write and re-read x + b.
+// The column index advances with the grid stride (one modulo per thread, not per element).
+#define DLP_BIAS_LOOP(i, col, n, h)                                                  \
+    const long long dlp_stride = (long long)blockDim.x * gridDim.x;                  \
+    const long long dlp_step = dlp_stride % (h);                                     \
+    long long col = ((long long)blockIdx.x * blockDim.x + threadIdx.x) % (h);        \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);     \
+         i += dlp_stride, col = (col + dlp_step >= (h)) ? col + dlp_step - (h) : col + dlp_step)
+
+template <typename T>
+__global__ void bias_gelu_forward(const T* __restrict__ x, const T* __restrict__ b,
+                                  T* __restrict__ y, long long n, long long h, int approx_tanh) {
+    DLP_BIAS_LOOP(i, col, n, h) y[i] = dlp::gelu_fwd(x[i] + b[col], approx_tanh);
+}
+// gx only; gb = gx summed over rows is a column reduction left to the caller.
+template <typename T>
+__global__ void bias_gelu_backward(const T* __restrict__ x, const T* __restrict__ b,
+                                   const T* __restrict__ gy, T* __restrict__ gx, long long n,
+                                   long long h, int approx_tanh) {
+    DLP_BIAS_LOOP(i, col, n, h) gx[i] = dlp::gelu_bwd(x[i] + b[col], gy[i], approx_tanh);
+}

@@ -1,0 +1,18 @@
+// Per-element terms of the vector norms used for the global gradient norm:
+// ||x||_p = (sum |x_i|^p)^(1/p), accumulated in double; p = inf is max |x_i|.
+#pragma once
+#include "common.cuh"
+
+namespace dlp {
+
+template <typename T>
+DLP_HOST_DEVICE double norm_term(T x, double ord) {
+    const double a = fabs_((double)x);
+    return ord == 2.0 ? a * a : (ord == 1.0 ? a : pow_(a, ord));
+}
+
+DLP_HOST_DEVICE double norm_finish(double total, double ord) {
+    return ord == 2.0 ? sqrt_(total) : (ord == 1.0 ? total : pow_(total, 1.0 / ord));
+}
+
+}  // namespace dlp

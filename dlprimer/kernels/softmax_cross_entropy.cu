@@ -1,0 +1,50 @@
+// Row-wise softmax cross-entropy over (N, C) logits with integer targets (N,),
+// optionally label-smoothed. Forward: one block per row, three passes over the
+// row (max; sums of e^(x - m) and of x - m; probabilities), writing the row's
+// loss and its probabilities (what backward needs). Backward: elementwise
+// (p - q) * gy. The formulas are in softmax_cross_entropy.cuh.
+#include "softmax_cross_entropy.cuh"
+#include "reduce.cuh"
+
+template <typename T>
+__global__ void softmax_cross_entropy_forward(const T* __restrict__ logits,
+                                              const long long* __restrict__ target,
+                                              T* __restrict__ loss, T* __restrict__ probs,
+                                              long long rows, long long c, T one_minus_eps,
+                                              T eps) {
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* x = logits + r * c;
+        T* p = probs + r * c;
+        T m = x[0];
+        for (long long j = threadIdx.x; j < c; j += blockDim.x) m = dlp::nan_max(m, x[j]);
+        m = dlp::block_reduce(m, dlp::MaxOp(), m);
+        T s = T(0), sum_z = T(0);
+        for (long long j = threadIdx.x; j < c; j += blockDim.x) {
+            const T z = x[j] - m;
+            s += dlp::exp_(z);
+            sum_z += z;
+        }
+        s = dlp::block_reduce(s, dlp::SumOp(), T(0));
+        if (eps != T(0)) sum_z = dlp::block_reduce(sum_z, dlp::SumOp(), T(0));
+        for (long long j = threadIdx.x; j < c; j += blockDim.x) p[j] = dlp::sce_prob(x[j], m, s);
+        if (threadIdx.x == 0) {
+            const long long t = target[r];
+            const bool ok = t >= 0 && t < c;
+            loss[r] = ok ? dlp::sce_loss(dlp::log_(s), x[t] - m, sum_z, one_minus_eps, eps,
+                                         T(c))
+                         : dlp::quiet_nan<T>();
+        }
+    }
+}
+
+template <typename T>
+__global__ void softmax_cross_entropy_backward(const T* __restrict__ probs,
+                                               const long long* __restrict__ target,
+                                               const T* __restrict__ gy, T* __restrict__ gx,
+                                               long long rows, long long c, T one_minus_eps,
+                                               T eps_over_c) {
+    DLP_GRID_STRIDE_LOOP(i, rows * c) {
+        const long long r = i / c, j = i - r * c;
+        gx[i] = dlp::sce_grad(probs[i], target[r] == j, one_minus_eps, eps_over_c, gy[r]);
+    }
+}

@@ -1,0 +1,213 @@
+// Host driver for the CUDA kernels' per-element math (dlprimer/kernels/*.cuh).
+//
+// Built with the host C++ compiler by tests/backend/kernel_host.py and loaded
+// through ctypes: each entry point loops over arrays the way the matching kernel
+// does over threads, calling the very same __host__ __device__ functions, so the
+// GPU math is checked against NumPy on machines without a GPU.
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "activations.cuh"
+#include "optimizers.cuh"
+#include "random.cuh"
+#include "reductions.cuh"
+#include "softmax_cross_entropy.cuh"
+
+using dlp::i64;
+using dlp::u64;
+
+enum Act { RELU, LEAKY_RELU, ELU, GELU_ERF, GELU_TANH, SILU, SIGMOID, TANH };
+
+template <typename T>
+static void act_fwd(int op, const T* x, T* y, i64 n, T a) {
+    for (i64 i = 0; i < n; ++i) {
+        switch (op) {
+            case RELU: y[i] = dlp::relu_fwd(x[i]); break;
+            case LEAKY_RELU: y[i] = dlp::leaky_relu_fwd(x[i], a); break;
+            case ELU: y[i] = dlp::elu_fwd(x[i], a); break;
+            case GELU_ERF: y[i] = dlp::gelu_erf_fwd(x[i]); break;
+            case GELU_TANH: y[i] = dlp::gelu_tanh_fwd(x[i]); break;
+            case SILU: y[i] = dlp::silu_fwd(x[i]); break;
+            case SIGMOID: y[i] = dlp::sigmoid_fwd(x[i]); break;
+            case TANH: y[i] = dlp::tanh_fwd(x[i]); break;
+            default: abort();
+        }
+    }
+}
+
+// xy is the output y for relu / sigmoid / tanh, the input x otherwise
+template <typename T>
+static void act_bwd(int op, const T* xy, const T* gy, T* gx, i64 n, T a) {
+    for (i64 i = 0; i < n; ++i) {
+        switch (op) {
+            case RELU: gx[i] = dlp::relu_bwd(xy[i], gy[i]); break;
+            case LEAKY_RELU: gx[i] = dlp::leaky_relu_bwd(xy[i], gy[i], a); break;
+            case ELU: gx[i] = dlp::elu_bwd(xy[i], gy[i], a); break;
+            case GELU_ERF: gx[i] = dlp::gelu_erf_bwd(xy[i], gy[i]); break;
+            case GELU_TANH: gx[i] = dlp::gelu_tanh_bwd(xy[i], gy[i]); break;
+            case SILU: gx[i] = dlp::silu_bwd(xy[i], gy[i]); break;
+            case SIGMOID: gx[i] = dlp::sigmoid_bwd(xy[i], gy[i]); break;
+            case TANH: gx[i] = dlp::tanh_bwd(xy[i], gy[i]); break;
+            default: abort();
+        }
+    }
+}
+
+template <typename T>
+static void bias_gelu_fwd(const T* x, const T* b, T* y, i64 n, i64 h, int approx) {
+    for (i64 i = 0; i < n; ++i) y[i] = dlp::gelu_fwd(x[i] + b[i % h], approx);
+}
+template <typename T>
+static void bias_gelu_bwd(const T* x, const T* b, const T* gy, T* gx, i64 n, i64 h, int approx) {
+    for (i64 i = 0; i < n; ++i) gx[i] = dlp::gelu_bwd(x[i] + b[i % h], gy[i], approx);
+}
+
+template <typename T>
+static void dropout_apply(const T* x, T* y, i64 n, u64 seed, u64 counter, float p, T scale) {
+    for (i64 i = 0; i < n; ++i)
+        y[i] = dlp::dropout_apply(x[i], dlp::dropout_keep(seed, counter, (u64)i, p), scale);
+}
+
+template <typename T>
+static void sce_fwd(const T* x, const i64* target, i64 rows, i64 c, T one_minus_eps, T eps,
+                    T* loss, T* probs) {
+    for (i64 r = 0; r < rows; ++r)
+        dlp::sce_row_forward(x + r * c, c, target[r], one_minus_eps, eps, probs + r * c, loss + r);
+}
+template <typename T>
+static void sce_bwd(const T* probs, const i64* target, const T* gy, T* gx, i64 rows, i64 c,
+                    T one_minus_eps, T eps_over_c) {
+    for (i64 i = 0; i < rows * c; ++i) {
+        const i64 r = i / c, j = i - r * c;
+        gx[i] = dlp::sce_grad(probs[i], target[r] == j, one_minus_eps, eps_over_c, gy[r]);
+    }
+}
+
+template <typename T>
+static void sgd(T* p, const T* g, T* buf, i64 n, T lr, T momentum, T one_minus_dampening,
+                T weight_decay, int nesterov, int first_step) {
+    for (i64 i = 0; i < n; ++i)
+        dlp::sgd_step(p[i], g[i], buf ? buf + i : (T*)0, lr, momentum, one_minus_dampening,
+                      weight_decay, nesterov != 0, first_step != 0);
+}
+
+template <typename T>
+static void adam(T* p, const T* g, T* m, T* v, i64 n, T one_minus_beta1, T beta2,
+                 T one_minus_beta2, T eps_hat, T weight_decay, T keep, T neg_alpha,
+                 int decoupled) {
+    for (i64 i = 0; i < n; ++i)
+        dlp::adam_step(p[i], g[i], m[i], v[i], one_minus_beta1, beta2, one_minus_beta2, eps_hat,
+                       weight_decay, keep, neg_alpha, decoupled != 0);
+}
+
+// Both passes of the LAMB kernels; sums has 2 * nseg doubles.
+template <typename T>
+static void lamb(T* p, const T* g, T* m, T* v, const i64* offsets, i64 nseg, double* sums,
+                 double lr, T one_minus_beta1, T beta2, T one_minus_beta2, T inv_bc1,
+                 T inv_bc2_sqrt, T eps, T weight_decay) {
+    for (i64 s = 0; s < nseg; ++s) {
+        double p_sq = 0.0, u_sq = 0.0;
+        for (i64 i = offsets[s]; i < offsets[s + 1]; ++i) {
+            dlp::adam_moments(g[i], m[i], v[i], one_minus_beta1, beta2, one_minus_beta2);
+            T u = dlp::lamb_direction(p[i], m[i], v[i], inv_bc1, inv_bc2_sqrt, eps, weight_decay);
+            p_sq += (double)p[i] * (double)p[i];
+            u_sq += (double)u * (double)u;
+        }
+        sums[2 * s] = p_sq;
+        sums[2 * s + 1] = u_sq;
+    }
+    for (i64 s = 0; s < nseg; ++s) {
+        const T scale = (T)(-lr * dlp::lamb_trust(sums[2 * s], sums[2 * s + 1]));
+        for (i64 i = offsets[s]; i < offsets[s + 1]; ++i) {
+            T u = dlp::lamb_direction(p[i], m[i], v[i], inv_bc1, inv_bc2_sqrt, eps, weight_decay);
+            p[i] = p[i] + u * scale;
+        }
+    }
+}
+
+template <typename T>
+static void lars(T* p, const T* g, T* buf, const i64* offsets, i64 nseg, double* sums, T lr,
+                 T momentum, T weight_decay, double trust_coefficient, double eps) {
+    for (i64 s = 0; s < nseg; ++s) {
+        double w_sq = 0.0, g_sq = 0.0;
+        for (i64 i = offsets[s]; i < offsets[s + 1]; ++i) {
+            w_sq += (double)p[i] * (double)p[i];
+            g_sq += (double)g[i] * (double)g[i];
+        }
+        sums[2 * s] = w_sq;
+        sums[2 * s + 1] = g_sq;
+    }
+    for (i64 s = 0; s < nseg; ++s) {
+        const T local_lr = (T)dlp::lars_local_lr(sums[2 * s], sums[2 * s + 1], trust_coefficient,
+                                                 (double)weight_decay, eps);
+        for (i64 i = offsets[s]; i < offsets[s + 1]; ++i)
+            dlp::lars_step(p[i], g[i], buf ? buf + i : (T*)0, lr, momentum, weight_decay,
+                           local_lr);
+    }
+}
+
+template <typename T>
+static double norm(const T* x, i64 n, double ord, int inf) {
+    double acc = 0.0;
+    for (i64 i = 0; i < n; ++i)
+        acc = inf ? dlp::nan_max(acc, (double)dlp::fabs_(x[i])) : acc + dlp::norm_term(x[i], ord);
+    return inf ? acc : dlp::norm_finish(acc, ord);
+}
+
+#define DLP_EXPORT_ALL(T, SFX)                                                                   \
+    extern "C" {                                                                                 \
+    void act_fwd_##SFX(int op, const T* x, T* y, i64 n, T a) { act_fwd<T>(op, x, y, n, a); }     \
+    void act_bwd_##SFX(int op, const T* xy, const T* gy, T* gx, i64 n, T a) {                    \
+        act_bwd<T>(op, xy, gy, gx, n, a);                                                        \
+    }                                                                                            \
+    void bias_gelu_fwd_##SFX(const T* x, const T* b, T* y, i64 n, i64 h, int approx) {           \
+        bias_gelu_fwd<T>(x, b, y, n, h, approx);                                                 \
+    }                                                                                            \
+    void bias_gelu_bwd_##SFX(const T* x, const T* b, const T* gy, T* gx, i64 n, i64 h,           \
+                             int approx) {                                                       \
+        bias_gelu_bwd<T>(x, b, gy, gx, n, h, approx);                                            \
+    }                                                                                            \
+    void dropout_apply_##SFX(const T* x, T* y, i64 n, u64 seed, u64 counter, float p, T sc) {    \
+        dropout_apply<T>(x, y, n, seed, counter, p, sc);                                         \
+    }                                                                                            \
+    void sce_fwd_##SFX(const T* x, const i64* t, i64 rows, i64 c, T ome, T eps, T* loss,         \
+                       T* probs) {                                                               \
+        sce_fwd<T>(x, t, rows, c, ome, eps, loss, probs);                                        \
+    }                                                                                            \
+    void sce_bwd_##SFX(const T* probs, const i64* t, const T* gy, T* gx, i64 rows, i64 c, T ome, \
+                       T eoc) {                                                                  \
+        sce_bwd<T>(probs, t, gy, gx, rows, c, ome, eoc);                                         \
+    }                                                                                            \
+    void sgd_##SFX(T* p, const T* g, T* buf, i64 n, T lr, T mom, T omd, T wd, int nesterov,      \
+                   int first) {                                                                  \
+        sgd<T>(p, g, buf, n, lr, mom, omd, wd, nesterov, first);                                 \
+    }                                                                                            \
+    void adam_##SFX(T* p, const T* g, T* m, T* v, i64 n, T omb1, T b2, T omb2, T eps_hat, T wd,  \
+                    T keep, T neg_alpha, int decoupled) {                                        \
+        adam<T>(p, g, m, v, n, omb1, b2, omb2, eps_hat, wd, keep, neg_alpha, decoupled);         \
+    }                                                                                            \
+    void lamb_##SFX(T* p, const T* g, T* m, T* v, const i64* offsets, i64 nseg, double* sums,    \
+                    double lr, T omb1, T b2, T omb2, T ibc1, T ibc2s, T eps, T wd) {             \
+        lamb<T>(p, g, m, v, offsets, nseg, sums, lr, omb1, b2, omb2, ibc1, ibc2s, eps, wd);      \
+    }                                                                                            \
+    void lars_##SFX(T* p, const T* g, T* buf, const i64* offsets, i64 nseg, double* sums, T lr,  \
+                    T mom, T wd, double tc, double eps) {                                        \
+        lars<T>(p, g, buf, offsets, nseg, sums, lr, mom, wd, tc, eps);                           \
+    }                                                                                            \
+    double norm_##SFX(const T* x, i64 n, double ord, int inf) { return norm<T>(x, n, ord, inf); } \
+    }
+
+DLP_EXPORT_ALL(float, f32)
+DLP_EXPORT_ALL(double, f64)
+
+extern "C" void splitmix64_hash_all(u64 seed, u64 counter, u64* out, i64 n) {
+    for (i64 i = 0; i < n; ++i) out[i] = dlp::splitmix64_hash(seed, counter, (u64)i);
+}
+extern "C" void counter_uniform_all(u64 seed, u64 counter, float* out, i64 n) {
+    for (i64 i = 0; i < n; ++i) out[i] = dlp::counter_uniform(seed, counter, (u64)i);
+}
+extern "C" void dropout_keep_all(u64 seed, u64 counter, float p, uint8_t* out, i64 n) {
+    for (i64 i = 0; i < n; ++i) out[i] = dlp::dropout_keep(seed, counter, (u64)i, p) ? 1 : 0;
+}
+extern "C" double quiet_nan_f64(void) { return dlp::quiet_nan<double>(); }
+extern "C" float quiet_nan_f32(void) { return dlp::quiet_nan<float>(); }

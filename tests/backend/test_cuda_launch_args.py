@@ -1,0 +1,205 @@
+"""Every kernel launch of the CUDA backend passes the arguments its kernel declares.
+
+CuPy hands kernel arguments over by their Python/NumPy type: a ``numpy.float64``
+where the kernel takes ``float``, or arguments in the wrong order, is not an error
+but garbage on the GPU. Without a GPU we can still check every launch: the
+kernels' real parameter lists come from the NVRTC compilation (mangled names,
+demangled by ``c++filt``), and the backend runs against a stand-in for CuPy built
+on NumPy whose kernels record and check each call instead of running it.
+"""
+import re
+import shutil
+import subprocess
+import types
+
+import numpy as np
+import pytest
+
+from .cuda_testing import nvrtc_compiled
+from dlprimer.backend import _kernels
+
+pytest.importorskip("cupy", reason="CuPy is not installed (install the kernels-check extra)")
+
+SCALARS = {"float": np.float32, "double": np.float64, "long long": np.int64,
+           "unsigned long long": np.uint64, "int": np.int32}
+POINTEES = {"float": np.float32, "double": np.float64, "long long": np.int64, "bool": np.bool_}
+
+
+def _nvrtc_or_skip():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+    except Exception as e:
+        pytest.skip(f"CuPy's NVRTC bindings are not usable here ({type(e).__name__}: {e})")
+
+
+@pytest.fixture(scope="module")
+def signatures():
+    """name expression -> list of (C type, is_pointer, is_const) from the compiled kernels."""
+    _nvrtc_or_skip()
+    cxxfilt = shutil.which("c++filt")
+    if cxxfilt is None:
+        pytest.skip("c++filt (binutils) is not installed")
+    sigs = {}
+    for family in _kernels.FAMILIES:
+        lowered = nvrtc_compiled(family, "80")["lowered"]
+        names = list(lowered)
+        out = subprocess.run([cxxfilt], input="\n".join(lowered[n] for n in names),
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        for name, demangled in zip(names, out):
+            if demangled.startswith("_Z") or "(" not in demangled:  # extern "C": not mangled
+                continue
+            params = demangled[demangled.index("(") + 1:demangled.rindex(")")]
+            parsed = []
+            for p in params.split(", "):
+                ptr = p.endswith("*")
+                base = p.rstrip("*").replace("const", "").strip()
+                parsed.append((base, ptr, "const" in p))
+            sigs[name] = parsed
+    return sigs
+
+
+# the extern "C" kernels are not mangled: their parameters, from the source
+EXTERN_C = {
+    "dropout_keep_mask": [("bool", True, False), ("long long", False, False),
+                          ("unsigned long long", False, False),
+                          ("unsigned long long", False, False), ("float", False, False)],
+    "counter_uniform_fill": [("float", True, False), ("long long", False, False),
+                             ("unsigned long long", False, False),
+                             ("unsigned long long", False, False)],
+}
+
+
+class Launches:
+    def __init__(self, sigs):
+        self.sigs = {**sigs, **EXTERN_C}
+        self.calls = []
+
+    def check(self, name, grid, block, args):
+        sig = self.sigs[name]
+        assert len(args) == len(sig), f"{name}: {len(args)} arguments for {len(sig)} parameters"
+        for i, ((ctype, ptr, const), a) in enumerate(zip(sig, args)):
+            where = f"{name} argument {i} ({ctype}{'*' if ptr else ''})"
+            if ptr:
+                assert isinstance(a, np.ndarray), f"{where}: got {type(a).__name__}"
+                assert a.dtype == POINTEES[ctype], f"{where}: array of {a.dtype}"
+                assert a.flags.c_contiguous, f"{where}: not contiguous"
+                if not const:
+                    assert a.flags.writeable, f"{where}: output is read-only"
+            else:
+                assert type(a) is SCALARS[ctype], f"{where}: got {type(a).__name__}"
+        assert len(grid) == 1 and len(block) == 1
+        assert 1 <= int(grid[0]) < 2**31 and 32 <= int(block[0]) <= 1024 and block[0] % 32 == 0
+        self.calls.append(name)
+
+
+@pytest.fixture
+def fake(signatures, monkeypatch):
+    """A CUDABackend on a NumPy stand-in for CuPy whose kernels only check their arguments."""
+    from dlprimer.backend import cuda as cuda_mod
+    launches = Launches(signatures)
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, grid, block, args):
+            launches.check(self.name, grid, block, args)
+
+    class RawModule:
+        def __init__(self, code, options, name_expressions):
+            assert options == _kernels.nvrtc_options()
+            assert code.startswith("// dlprimer ")
+            self.names = name_expressions
+
+        def get_function(self, name):
+            assert name in self.names, f"{name} is not among the module's name expressions"
+            return Kernel(name)
+
+    cp = types.SimpleNamespace(
+        ndarray=np.ndarray, asarray=np.asarray, empty=np.empty, empty_like=np.empty_like,
+        zeros=np.zeros, zeros_like=np.zeros_like, ascontiguousarray=np.ascontiguousarray,
+        broadcast_to=np.broadcast_to, float32=np.float32, float64=np.float64, int64=np.int64,
+        bool_=np.bool_, RawModule=RawModule,
+        cuda=types.SimpleNamespace(compiler=types.SimpleNamespace(CompileException=RuntimeError)))
+    monkeypatch.setattr(cuda_mod, "cp", cp)
+    b = cuda_mod.CUDABackend.__new__(cuda_mod.CUDABackend)
+    cuda_mod.Backend.__init__(b)
+    b._sm_count = 132
+    b._max_blocks = 132 * 8
+    b._modules, b._functions, b._segment_tables = {}, {}, {}
+    b.launches = launches
+    return b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_launch_matches_its_kernel(fake, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 50)).astype(dtype)
+    gy = np.ones_like(x)
+    b = rng.normal(size=50).astype(dtype)
+    for name, args in (("relu", ()), ("leaky_relu", (0.1,)), ("elu", (1.0,)), ("silu", ()),
+                       ("sigmoid", ()), ("tanh", ()), ("gelu", ())):
+        y = getattr(fake, f"{name}_forward")(x, *args)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        getattr(fake, f"{name}_backward")(x, gy, *args)
+    assert fake.relu_forward(np.ones((), dtype)).shape == ()
+    assert fake.gelu_forward(x.T).shape == x.T.shape  # non-contiguous input
+    fake.gelu_forward(x, approximate="tanh")
+    fake.gelu_backward(x, gy, approximate="tanh")
+    fake.bias_gelu_forward(x, b, "tanh")
+    gx, gb = fake.bias_gelu_backward(x, b, gy)
+    assert gx.shape == x.shape and gb.shape == b.shape
+    key = (2**63 - 5, 7)
+    fake.dropout_forward(x, 0.3, key)
+    fake.dropout_backward(gy, 0.3, key)
+    assert fake.dropout_keep((4, 5), 0.3, key).dtype == np.bool_
+    assert fake.counter_uniform(key, 10).dtype == np.float32
+    t = np.array([1, 0, 3, 2, 1, 0], np.int32)
+    loss, probs = fake.softmax_cross_entropy_forward(x, t, 0.1)
+    assert loss.shape == (6,) and probs.shape == x.shape
+    fake.softmax_cross_entropy_backward(probs, t, np.ones(6, dtype), 0.1)
+    fake.softmax_cross_entropy_backward(probs, t, np.ones((), dtype))
+    n = 300
+    p, g, s1, s2 = (rng.normal(size=n).astype(dtype) for _ in range(4))
+    off = [0, 100, 100, 299, 300]
+    fake.sgd_update(p, g, None, 0.1)
+    fake.sgd_update(p, g, s1, 0.1, momentum=0.9, nesterov=True, first_step=True)
+    fake.adam_update(p, g, s1, s2, 1e-3, 0.9, 0.999, 1e-8, 0.01, 3, decoupled=True)
+    fake.lamb_update(p, g, s1, s2, off, 1e-3, 0.9, 0.999, 1e-6, 0.01, 2)
+    fake.lars_update(p, g, s1, off, 0.1, 0.9, 1e-4, 0.001)
+    fake.lars_update(p, g, None, off, 0.1, 0.0, 1e-4, 0.001)
+    assert fake.grad_norm([p, g.astype(np.float16)], 2.0) == 0.0  # nothing ran: acc stays 0
+    fake.grad_norm([p], float("inf"))
+    launched = set(fake.launches.calls)
+    expected = {_kernels.kernel_name(f, k, _kernels.CTYPES[np.dtype(dtype).name]
+                                     if t else None)
+                for f, ks in _kernels.FAMILIES.items() for k, t in ks.items()}
+    assert expected - launched == set(), "kernels never launched by the backend"
+
+
+def test_empty_arrays_launch_nothing(fake):
+    x = np.empty((0, 4), np.float32)
+    assert fake.relu_forward(x).shape == (0, 4)
+    fake.lamb_update(*(np.empty(0, np.float32),) * 4, [0, 0], 1e-3, 0.9, 0.999, 1e-6, 0.0, 1)
+    assert fake.launches.calls == []
+
+
+@pytest.mark.parametrize("chunk", [1024, 4096])
+def test_segment_blocks_cover_each_parameter_once(fake, chunk):
+    sizes = [0, 1, 1023, 1024, 1025, 5000, 0, 7]
+    off = np.concatenate([[0], np.cumsum(sizes)])
+    o, seg, start = fake._segments("lamb_update", off, int(off[-1]), chunk)
+    covered = np.zeros(off[-1], np.int64)
+    for s, st in zip(seg, start):
+        assert off[s] <= st < off[s + 1]
+        covered[st:min(st + chunk, off[s + 1])] += 1
+    np.testing.assert_array_equal(covered, 1)
+    assert fake._segments("lamb_update", off, int(off[-1]), chunk)[1] is seg  # cached
+
+
+def test_launch_source_names_every_kernel():
+    text = "\n".join(_kernels.source_path(f).read_text() for f in _kernels.FAMILIES)
+    for name, sig in EXTERN_C.items():
+        m = re.search(rf'extern "C" __global__ void {name}\(([^)]*)\)', text)
+        assert m and len(m.group(1).split(",")) == len(sig), name
