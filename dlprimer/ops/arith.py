@@ -184,6 +184,8 @@ class MatMul(Function):
         xp = self.backend.xp
         sa, sb = self.sa, self.sb
         a1, b1 = len(sa) == 1, len(sb) == 1
+        if a1 and b1:  # dot product: gy is a scalar
+            return (gy * b if na else None), (gy * a if nb else None)
         if a1:
             gy = xp.expand_dims(gy, -2)
         if b1:
