@@ -124,13 +124,16 @@ def _unwrap(array, what: str):
     return data, backend
 
 
-def _scale_mean(data, backend, n: int, what: str):
+def _check_mean_dtype(data, what: str):
+    if not np.issubdtype(data.dtype, np.floating):
+        raise TypeError(f"{what}: op='mean' needs a floating array, got dtype {data.dtype}; "
+                        "use op='sum' for integers")
+
+
+def _scale_mean(data, backend, n: int):
     if n == 1:
         return
     xp = backend.xp
-    if not xp.issubdtype(data.dtype, xp.floating):
-        raise TypeError(f"{what}: op='mean' needs a floating array, got dtype {data.dtype}; "
-                        "use op='sum' for integers")
     xp.multiply(data, data.dtype.type(1.0 / n), out=data)
 
 
@@ -158,10 +161,12 @@ class Communicator:
         """Sum (``op="sum"``) or average (``"mean"``) ``array`` over all ranks, in place."""
         _check_op(op)
         data, backend = _unwrap(array, "all_reduce_")
+        if op == "mean":
+            _check_mean_dtype(data, "all_reduce_")
         with backend.timer() as t:
             self._all_reduce(data, backend)
             if op == "mean":
-                _scale_mean(data, backend, self.world_size, "all_reduce_")
+                _scale_mean(data, backend, self.world_size)
         self.stats.record("all_reduce", data.nbytes, t.elapsed)
         return array
 
