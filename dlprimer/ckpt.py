@@ -138,7 +138,7 @@ class _Encoder:
                 return {k: self.encode(v, f"{path}/{k}") for k, v in obj.items()}
             return {"__dict__": [[self.encode(k, f"{path}/<key>"), self.encode(v, f"{path}/{k}")]
                                  for k, v in obj.items()]}
-        raise TypeError(f"checkpoint: cannot store a {type(obj).__name__} at {path} "
+        raise TypeError(f"checkpoint: cannot store a {type(obj).__name__} at {path or '/'} "
                         "(only arrays, tensors, numbers, strings, lists, tuples and dicts)")
 
 
@@ -225,6 +225,15 @@ def decode_checkpoint(buf: bytes, path: str = "<bytes>", backend=None) -> dict:
     if int(meta.get("version", "0")) > VERSION:
         raise CheckpointError(f"checkpoint {path!r} has format version {meta.get('version')}, "
                               f"newer than this dlprimer reads ({VERSION})")
+    try:
+        need = max((int(v["data_offsets"][1]) for k, v in header.items()
+                    if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v),
+                   default=0)
+    except (TypeError, ValueError, KeyError, IndexError):
+        raise CheckpointError(f"checkpoint {path!r} has a corrupted header (bad data offsets)") from None
+    if len(buf) - start < need:
+        raise CheckpointError(f"checkpoint {path!r} is truncated: its header describes {need} "
+                              f"bytes of data, the file holds {len(buf) - start}")
     want = meta.get("sha256")
     got = _digest(header, memoryview(buf)[start:])
     if want != got:
