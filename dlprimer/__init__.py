@@ -27,3 +27,7 @@ __all__ = [
     "maximum", "minimum", "clip", "reshape", "transpose", "broadcast_to", "sum", "mean",
     "float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool_",
 ]
+
+# -- training checkpoints (train) --
+from .ckpt import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+__all__ += ["save_checkpoint", "load_checkpoint", "CheckpointError"]
