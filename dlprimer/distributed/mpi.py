@@ -23,6 +23,10 @@ import time
 
 from .comm import Communicator
 
+# Seconds to let the launcher forward this rank's last stderr lines before
+# MPI_Abort makes it kill every process (the lines are lost otherwise).
+_FLUSH_GRACE = 0.25
+
 
 def import_mpi():
     """``mpi4py.MPI``, or an ImportError saying how to install it."""
@@ -57,6 +61,7 @@ class _Watchdog(threading.Thread):
                     f"than {self.timeout:g} s (timeout); another rank is stuck or has died. "
                     "Aborting all ranks (MPI_Abort).\n")
                 sys.stderr.flush()
+                time.sleep(_FLUSH_GRACE)
                 c.abort(3)
 
 
@@ -152,11 +157,13 @@ def install_abort_excepthook(comm):
 
     def hook(exc_type, exc, tb):
         try:
-            previous(exc_type, exc, tb)
             sys.stderr.write(
                 f"dlprimer.distributed: rank {comm.rank} of {comm.world_size} failed with "
                 f"{exc_type.__name__}: {exc}. Aborting all ranks (MPI_Abort).\n")
             sys.stderr.flush()
+            previous(exc_type, exc, tb)
+            sys.stderr.flush()
+            time.sleep(_FLUSH_GRACE)
         finally:
             comm.abort(1)
 

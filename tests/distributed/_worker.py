@@ -37,29 +37,28 @@ def loss_fn(params, x, y):
     return ((out - y) ** 2).mean()
 
 
-def shard(epoch, batch, comm):
-    """The indices of this rank's batches: the DataLoader's interleaved sharding."""
-    perm = np.random.default_rng([7, epoch]).permutation(N)
-    mine = perm[comm.rank::comm.world_size]
-    return [mine[i:i + batch] for i in range(0, len(mine) - batch + 1, batch)]
-
-
 def train(out, batch, epochs, lr=0.1):
+    from dlprimer.data import DataLoader, TensorDataset
     comm = dist.init("auto")
     params = make_params(seed=comm.rank)           # deliberately different per rank
     dist.broadcast_parameters(params)              # ... until rank 0's are broadcast
-    x, y = data()
+    # a different seed per rank too: shard_loader must make rank 0's the shared one
+    loader = dist.shard_loader(DataLoader(TensorDataset(*data()), batch_size=batch,
+                                          shuffle=True, seed=7 + comm.rank))
+    seen = []
     for epoch in range(epochs):
-        for idx in shard(epoch, batch, comm):
+        for xb, yb in loader:
             for p in params:
                 p.grad = None
-            loss = loss_fn(params, dp.tensor(x[idx]), dp.tensor(y[idx]))
+            seen.append(xb.numpy()[:, 0])
+            loss = loss_fn(params, xb, yb)
             loss.backward()
             dist.all_reduce_gradients(params)
             for p in params:
                 p.data -= np.float32(lr) * p.grad.data
     s = dist.stats()
     np.savez(os.path.join(out, f"rank{comm.rank}.npz"), *[p.numpy() for p in params],
+             seen=np.concatenate(seen),
              world=comm.world_size, ar_calls=s.by_op["all_reduce"].calls,
              ar_bytes=s.by_op["all_reduce"].bytes)
 

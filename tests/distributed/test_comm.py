@@ -154,3 +154,39 @@ def test_nccl_single_rank_path():
     np.testing.assert_array_equal(t.numpy(), np.ones(1000, np.float32) * c.world_size)
     assert c.stats.by_op["all_reduce"].bytes == 4000
     c.finalize()
+
+
+class _FakeRank(SingleCommunicator):
+    """Rank ``r`` of ``w`` for the sharding logic (objects come from a fixed root)."""
+
+    def __init__(self, r, w, root_value):
+        super().__init__()
+        self.rank, self.world_size, self._root_value = r, w, root_value
+
+    def broadcast_object(self, obj, root=0):
+        return self._root_value if self.rank != root else obj
+
+
+@pytest.mark.parametrize("n,w", [(30, 3), (31, 3), (10, 4)])
+def test_shard_loader_disjoint_covering_and_reseeded_per_epoch(n, w):
+    from dlprimer.data import DataLoader, TensorDataset
+    ds = TensorDataset(np.arange(n, dtype=np.float32)[:, None])
+    loaders = [dist.shard_loader(DataLoader(ds, batch_size=2, shuffle=True, seed=100 + r),
+                                 comm=_FakeRank(r, w, 100)) for r in range(w)]
+    orders = []
+    for epoch in range(2):
+        parts = [np.concatenate([b[0].numpy()[:, 0] for b in ld]).astype(int) for ld in loaders]
+        assert len({len(p) for p in parts}) == 1                # same number of steps
+        allidx = np.concatenate(parts)
+        assert set(allidx.tolist()) == set(range(n))            # covering
+        pad = len(allidx) - n
+        assert pad == (-n) % w and len(set(allidx.tolist())) == n  # disjoint up to padding
+        orders.append(parts[0])
+    assert not np.array_equal(orders[0], orders[1])              # a new order each epoch
+
+
+def test_shard_loader_drop_last_leaving_nothing_is_an_error():
+    from dlprimer.data import DataLoader, TensorDataset
+    ds = TensorDataset(np.arange(6, dtype=np.float32))
+    with pytest.raises(ValueError, match="leaves no batch"):
+        dist.shard_loader(DataLoader(ds, batch_size=4, drop_last=True), comm=_FakeRank(0, 2, 0))

@@ -31,6 +31,11 @@ def test_every_rank_ends_with_identical_parameters(mpirun, tmp_path):
     assert int(ranks[0]["ar_calls"]) == 12
     n_params = sum(ranks[0][k].size for k in PARAMS)
     assert int(ranks[0]["ar_bytes"]) == 12 * 4 * n_params
+    # each epoch the two shards are disjoint and together cover the 48 samples
+    for epoch in range(2):
+        a, b = (r["seen"][epoch * 24:(epoch + 1) * 24] for r in ranks)
+        assert not set(a.tolist()) & set(b.tolist())
+        assert len(set(a.tolist()) | set(b.tolist())) == 48
 
 
 def test_two_ranks_batch_b_equal_one_rank_batch_2b(mpirun, tmp_path):
