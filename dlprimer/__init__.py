@@ -14,6 +14,9 @@ from . import ops  # installs the Tensor operators
 from .ops import (abs, broadcast_to, clip, concat, exp, log, matmul, maximum, mean, minimum,
                   relu, reshape, sigmoid, sqrt, stack, sum, tanh, transpose, where)
 from .gradcheck import GradcheckError, gradcheck
+# -- optim --
+from . import optim, utils
+# -- end optim --
 
 __version__ = "0.1.0"
 
@@ -31,3 +34,11 @@ __all__ = [
 # -- training checkpoints (train) --
 from .ckpt import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 __all__ += ["save_checkpoint", "load_checkpoint", "CheckpointError"]
+
+# -- measuring: profiler, gradient checkpointing, estimator, fusion switch (measure) --
+from . import profiler  # noqa: E402
+from .checkpoint import checkpoint, checkpoint_sequential  # noqa: E402
+from .profiler.estimate import estimate  # noqa: E402
+from .unfused import fusion, fusion_enabled  # noqa: E402
+
+__all__ += ["profiler", "checkpoint", "checkpoint_sequential", "estimate", "fusion", "fusion_enabled"]

@@ -167,13 +167,23 @@ class Tensor:
                 raise RuntimeError(f"backward(): gradient of shape {g.shape} for a tensor of shape {self.shape}")
         run_backward(self, g, retain_graph=retain_graph)
 
+    # An optimizer's flat arena may hand a leaf the view its gradient should live in;
+    # the first gradient after ``grad = None`` is then copied there (no allocation).
+    _grad_buffer = None
+
     def _accumulate_grad(self, g):
         """Add ``g`` into ``self.grad`` (a leaf). The first gradient is copied:
         a backward may hand the same array to several inputs."""
         if g.dtype != self.data.dtype:
             g = g.astype(self.data.dtype)
         if self.grad is None:
-            self.grad = Tensor(g.copy(), False, self._backend)
+            buf = self._grad_buffer
+            if (buf is not None and buf.shape == g.shape and buf.dtype == g.dtype
+                    and type(buf) is type(g)):
+                buf[...] = g
+                self.grad = Tensor(buf, False, self._backend)
+            else:
+                self.grad = Tensor(g.copy(), False, self._backend)
         else:
             self.grad.data += g
 

@@ -1,0 +1,66 @@
+"""Adam and AdamW: adaptive moments over the flat arena."""
+from __future__ import annotations
+
+from .optimizer import Optimizer, _check_number
+
+
+def _check_betas(betas, where):
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid betas: {betas!r} (need a pair (beta1, beta2)){where}") from None
+    _check_number("beta1 (betas[0])", b1, 0.0, 1.0, hi_open=True, where=where)
+    _check_number("beta2 (betas[1])", b2, 0.0, 1.0, hi_open=True, where=where)
+    return float(b1), float(b2)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) as PyTorch runs it, step for step: with L2 decay the
+    gradient becomes g + wd*w; then
+
+        m = b1*m + (1-b1)*g,   v = b2*v + (1-b2)*g^2
+        w = w - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+
+    ``t`` counts each parameter's own updates. State: m and v (8 bytes per float32
+    parameter, the chapter's "4 for optimizer state" per moment). One fused
+    ``backend.adam_update`` per group.
+    """
+
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 skip_nonfinite=False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay),
+                         skip_nonfinite=skip_nonfinite)
+
+    def _validate(self, group, where):
+        _check_number("learning rate lr", group["lr"], where=where)
+        _check_betas(group["betas"], where)
+        _check_number("eps", group["eps"], where=where)
+        _check_number("weight_decay", group["weight_decay"], where=where)
+
+    def _state_names(self, group):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _update(self, arena, group, i0, i1):
+        s, e = arena.slice(i0, i1)
+        arena.counts[i0:i1] += 1
+        b1, b2 = group["betas"]
+        arena.backend.adam_update(
+            arena.data[s:e], arena.grad[s:e], arena.state["exp_avg"][s:e],
+            arena.state["exp_avg_sq"][s:e], float(group["lr"]), float(b1), float(b2),
+            float(group["eps"]), float(group["weight_decay"]), int(arena.counts[i0]),
+            decoupled=self._decoupled)
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay,
+    w = w * (1 - lr*wd) before the Adam step, instead of adding wd*w to the gradient."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 skip_nonfinite=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         skip_nonfinite=skip_nonfinite)

@@ -1,0 +1,430 @@
+"""Optimizer base: param groups, each living in one flat arena.
+
+The chapter's rule of thumb (12 bytes per parameter for Adam: weights, gradient,
+optimizer state) is a statement about memory *layout* too: if the weights,
+gradients and states of a group each sit in one contiguous array, a whole
+update is one fused pass over memory (one kernel launch on a GPU), a gradient
+norm is one reduction, and an all-reduce is one message.
+
+So constructing an optimizer moves every parameter of a group into its
+:class:`Arena`: the values are copied into a 1-D backend array, and
+``p.data`` becomes a reshaped view of it. The Parameter object that a model
+holds stays the same. Gradients land in the arena too: each parameter gets a
+view of the group's gradient array as its ``_grad_buffer``, and the autograd
+engine copies the first gradient after ``p.grad = None`` into that view and
+adds later ones in place. ``zero_grad()`` therefore only sets ``p.grad = None``
+(no memset), and a parameter that received no gradient is recognised and left
+alone, as in PyTorch.
+
+Each ``step()`` re-checks the cheap invariants (``p.data`` and ``p.grad`` still
+the arena's views); when a user replaced either, the new values are copied into
+the arena and the views reinstalled, so nothing is silently lost.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..tensor import Tensor
+
+
+class NonFiniteGradientError(RuntimeError):
+    """A gradient holds NaN or inf; ``step()`` refused to write it into the weights."""
+
+    def __init__(self, message, name=None):
+        super().__init__(message)
+        self.name = name
+
+
+def _check_number(name, value, lo=0.0, hi=None, hi_open=False, where=""):
+    """ValueError unless ``lo <= value`` (and ``value < hi`` / ``<= hi``); NaN fails."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid {name}: {value!r} is not a number{where}") from None
+    ok = x >= lo and (hi is None or (x < hi if hi_open else x <= hi))
+    if not ok:
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"invalid {name}: {value!r} (must be {rng}){where}")
+    return x
+
+
+class Arena:
+    """The parameters, gradients and optimizer state of one param group, each a
+    contiguous 1-D array of the group's backend and dtype.
+
+    ``offsets[i]:offsets[i+1]`` is parameter ``i``'s slice. ``counts[i]`` is how many
+    updates parameter ``i`` has had (Adam's ``t``; for SGD, whether its momentum
+    buffer is initialised). State arrays are created on first use.
+    """
+
+    def __init__(self, params, names, backend):
+        self.params = list(params)
+        self.names = list(names)
+        self.backend = backend
+        self.dtype = self.params[0].dtype
+        sizes = [int(p.size) for p in self.params]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        self.numel = int(self.offsets[-1])
+        xp = backend.xp
+        self.data = xp.empty(self.numel, dtype=self.dtype)
+        self.grad = xp.zeros(self.numel, dtype=self.dtype)
+        self.views, self.grad_views = [], []
+        for i, p in enumerate(self.params):
+            s, e = int(self.offsets[i]), int(self.offsets[i + 1])
+            view = self.data[s:e].reshape(p.shape)
+            view[...] = p.data
+            p.data = view
+            gview = self.grad[s:e].reshape(p.shape)
+            if p.grad is not None:
+                gview[...] = p.grad.data
+                p.grad = Tensor(gview, False, backend)
+            p._grad_buffer = gview
+            p._grad_arena = self.grad
+            self.views.append(view)
+            self.grad_views.append(gview)
+        self.state: dict = {}
+        self.counts = np.zeros(len(self.params), dtype=np.int64)
+
+    def __len__(self):
+        return len(self.params)
+
+    def slice(self, i0, i1=None):
+        """Arena index range (start, stop) of parameters ``i0`` up to ``i1`` (exclusive)."""
+        return int(self.offsets[i0]), int(self.offsets[i0 + 1 if i1 is None else i1])
+
+    def state_array(self, name):
+        """The group's 1-D state array ``name`` (zeros when first asked for)."""
+        a = self.state.get(name)
+        if a is None:
+            a = self.state[name] = self.backend.xp.zeros(self.numel, dtype=self.dtype)
+        return a
+
+    def state_view(self, name, i):
+        s, e = self.slice(i)
+        return self.state[name][s:e].reshape(self.params[i].shape)
+
+    def sync(self):
+        """Reinstall the arena's views where a user replaced ``p.data`` or ``p.grad``;
+        return a list, per parameter, of whether it holds a gradient."""
+        present = []
+        be = self.backend
+        for i, p in enumerate(self.params):
+            view = self.views[i]
+            if p.data is not view:
+                self._adopt(i, p.data, view, "data")
+                p.data = view
+            gview = self.grad_views[i]
+            if p._grad_buffer is not gview:
+                p._grad_buffer = gview
+                p._grad_arena = self.grad
+            g = p.grad
+            if g is None:
+                present.append(False)
+                continue
+            if g.data is not gview:
+                self._adopt(i, g.data, gview, "grad")
+                p.grad = Tensor(gview, False, be)
+            present.append(True)
+        return present
+
+    def _adopt(self, i, arr, view, what):
+        name = self.names[i]
+        if not self.backend.is_array(arr):
+            raise ValueError(
+                f"parameter {name}: its .{what} is no longer a {self.backend.name!r} array; "
+                "an optimizer's parameters stay on the backend they were created with "
+                "(make a new optimizer after moving the model)")
+        if arr.shape != view.shape:
+            raise ValueError(
+                f"parameter {name}: .{what} was replaced by an array of shape {tuple(arr.shape)}, "
+                f"but the optimizer holds shape {tuple(view.shape)}")
+        view[...] = arr
+
+    def runs(self, present, key=None):
+        """Maximal runs (i0, i1) of consecutive parameters that hold a gradient and
+        share ``key[i]`` (e.g. the step count): each run is one fused update."""
+        out = []
+        i0 = None
+        for i, has in enumerate(present):
+            if i0 is not None and (not has or (key is not None and key[i] != key[i0])):
+                out.append((i0, i))
+                i0 = None
+            if has and i0 is None:
+                i0 = i
+        if i0 is not None:
+            out.append((i0, len(present)))
+        return out
+
+
+class Optimizer:
+    """Base class: ``param_groups`` (a list of dicts), one :class:`Arena` per group,
+    ``zero_grad``, ``step``, ``state_dict``/``load_state_dict``.
+
+    ``params`` is an iterable of Tensors, of ``(name, Tensor)`` pairs (as
+    ``model.named_parameters()`` yields), or of dicts with a ``"params"`` entry
+    and per-group hyperparameters overriding the defaults. A group's
+    hyperparameters are read at every step, so ``group["lr"] = x`` (what
+    schedulers do) takes effect at the next step.
+
+    A NaN or inf gradient is never written into the weights: ``step()`` raises
+    :class:`NonFiniteGradientError` naming the parameter, or, constructed with
+    ``skip_nonfinite=True``, skips the whole step and counts it in
+    ``skipped_steps``.
+
+    Subclasses define ``_validate(group, where)``, ``_state_names(group)`` and
+    ``_update(arena, group, i0, i1)``.
+    """
+
+    def __init__(self, params, defaults: dict, skip_nonfinite: bool = False):
+        self.defaults = dict(defaults)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.skipped_steps = 0
+        self.param_groups: list[dict] = []
+        self._arenas: list[Arena] = []
+        self._backend = None
+        if isinstance(params, Tensor):
+            raise TypeError("params must be an iterable of Tensors or of dicts, "
+                            "not a single Tensor (wrap it in a list)")
+        groups = list(params)
+        if not groups:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for g in groups:
+            self.add_param_group(g)
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(g):
+                if k != "params":
+                    lines.append(f"    {k}: {g[k]}")
+        return "\n".join(lines) + "\n)"
+
+    # -- groups -----------------------------------------------------------------------
+    def add_param_group(self, group: dict):
+        """Add a group (a dict with ``"params"``); its parameters move into a new arena."""
+        if not isinstance(group, dict):
+            raise TypeError(f"a param group must be a dict, got {type(group).__name__}")
+        gi = len(self.param_groups)
+        where = f" (param_groups[{gi}])"
+        if "params" not in group:
+            raise ValueError(f"param group {gi} has no 'params' entry")
+        raw = group["params"]
+        raw = [raw] if isinstance(raw, Tensor) else list(raw)
+        if not raw:
+            raise ValueError(f"param group {gi} has an empty 'params' list")
+        params, names = [], []
+        seen = {id(p): n for a in self._arenas for p, n in zip(a.params, a.names)}
+        for i, item in enumerate(raw):
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+                label, p = item
+            else:
+                p = item
+                label = getattr(p, "name", None) if isinstance(getattr(p, "name", None), str) else None
+            name = (f"'{label}'" if label else f"param_groups[{gi}]['params'][{i}]")
+            if not isinstance(p, Tensor):
+                raise TypeError(f"parameter {name} is a {type(p).__name__}, not a Tensor")
+            name += f" (shape {tuple(p.shape)})"
+            if not p.is_leaf:
+                raise ValueError(f"parameter {name} is not a leaf tensor; an optimizer "
+                                 "updates leaves (use .detach() to make one)")
+            if p.dtype.kind != "f":
+                raise ValueError(f"parameter {name} has dtype {p.dtype}; "
+                                 "only floating-point parameters can be optimized")
+            if id(p) in seen:
+                raise ValueError(f"parameter {name} appears more than once "
+                                 f"(first as {seen[id(p)]}); list each parameter once")
+            if self._backend is None:
+                self._backend = p.backend
+            elif p.backend is not self._backend:
+                raise ValueError(
+                    f"parameter {name} is on backend {p.backend.name!r} but the optimizer's "
+                    f"other parameters are on {self._backend.name!r}; one optimizer updates "
+                    "one backend")
+            if params and p.dtype != params[0].dtype:
+                raise ValueError(
+                    f"parameter {name} has dtype {p.dtype} but its group is {params[0].dtype}; "
+                    "a group's arena has one dtype, so put them in separate param groups")
+            seen[id(p)] = name
+            params.append(p)
+            names.append(name)
+        full = dict(self.defaults)
+        full.update({k: v for k, v in group.items() if k != "params"})
+        self._validate(full, where)
+        full["params"] = params
+        self.param_groups.append(full)
+        self._arenas.append(Arena(params, names, self._backend))
+
+    def _validate(self, group: dict, where: str):
+        _check_number("learning rate lr", group["lr"], where=where)
+
+    def _state_names(self, group: dict) -> tuple:
+        return ()
+
+    def _update(self, arena: Arena, group: dict, i0: int, i1: int):
+        raise NotImplementedError
+
+    def _run_key(self, arena: Arena, group: dict):
+        """Per-parameter values that must agree within one fused call."""
+        return arena.counts
+
+    # -- the training-loop API ------------------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True):
+        """Forget the gradients: ``p.grad = None`` (the next backward copies into the
+        arena), or with ``set_to_none=False`` zero the arena in place, keeping views."""
+        for arena in self._arenas:
+            if set_to_none:
+                for p in arena.params:
+                    p.grad = None
+            else:
+                arena.grad.fill(0)
+                for p, gv in zip(arena.params, arena.grad_views):
+                    p.grad = Tensor(gv, False, arena.backend)
+
+    def step(self):
+        """One update of every parameter that holds a gradient; returns True if it ran
+        (False when a non-finite gradient made ``skip_nonfinite`` skip it)."""
+        plans = []
+        for gi, (group, arena) in enumerate(zip(self.param_groups, self._arenas)):
+            self._validate(group, f" (param_groups[{gi}])")
+            present = arena.sync()
+            runs = arena.runs(present, self._run_key(arena, group))
+            bad = self._first_nonfinite(arena, runs)
+            if bad is not None:
+                if self.skip_nonfinite:
+                    self.skipped_steps += 1
+                    return False
+                raise NonFiniteGradientError(
+                    f"the gradient of parameter {arena.names[bad]} contains NaN or inf; "
+                    "the step was not applied (pass skip_nonfinite=True to skip such steps, "
+                    "or clip/scale the loss)", name=arena.names[bad])
+            plans.append((group, arena, runs))
+        for group, arena, runs in plans:
+            for name in self._state_names(group):
+                arena.state_array(name)
+            for i0, i1 in runs:
+                self._update(arena, group, i0, i1)
+        return True
+
+    @staticmethod
+    def _first_nonfinite(arena: Arena, runs):
+        """Index of the first parameter with a NaN/inf gradient, or None. One sum per
+        run (NaN and inf propagate through it); only a non-finite sum is searched."""
+        xp = arena.backend.xp
+        for i0, i1 in runs:
+            s, e = arena.slice(i0, i1)
+            if math.isfinite(float(xp.sum(arena.grad[s:e]))):
+                continue
+            for i in range(i0, i1):
+                if not bool(xp.isfinite(arena.grad_views[i]).all()):
+                    return i
+        return None
+
+    # -- introspection ----------------------------------------------------------------------
+    @property
+    def state_bytes_per_param(self):
+        """Bytes of optimizer state per parameter (SGD 0, momentum 4, Adam 8 in float32);
+        an average when groups differ."""
+        total = n = 0
+        for group, arena in zip(self.param_groups, self._arenas):
+            total += len(self._state_names(group)) * arena.dtype.itemsize * arena.numel
+            n += arena.numel
+        avg = total / n if n else 0
+        return int(avg) if float(avg).is_integer() else avg
+
+    @property
+    def arenas(self) -> list:
+        """The per-group :class:`Arena` objects (flat data, grad and state arrays)."""
+        return list(self._arenas)
+
+    @property
+    def state(self) -> dict:
+        """Per-parameter state as PyTorch shows it: ``{param: {"step": n, name: view}}``
+        (views into the arena; parameters not yet updated are absent)."""
+        out = {}
+        for group, arena in zip(self.param_groups, self._arenas):
+            for i, p in enumerate(arena.params):
+                if arena.counts[i] == 0:
+                    continue
+                st = {"step": int(arena.counts[i])}
+                for name in self._state_names(group):
+                    if name in arena.state:
+                        st[name] = Tensor(arena.state_view(name, i), False, arena.backend)
+                out[p] = st
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """``{"state": {index: {"step": n, name: numpy array}}, "param_groups": [...]}``
+        with parameters numbered across groups in order, as PyTorch does; arrays are
+        NumPy copies, so the dict can be saved anywhere and loaded on any backend."""
+        state, groups, idx = {}, [], 0
+        for group, arena in zip(self.param_groups, self._arenas):
+            g = {k: v for k, v in group.items() if k != "params"}
+            g["params"] = list(range(idx, idx + len(arena)))
+            groups.append(g)
+            for i in range(len(arena)):
+                if arena.counts[i] > 0:
+                    st = {"step": int(arena.counts[i])}
+                    for name in arena.state:
+                        st[name] = arena.backend.to_numpy(arena.state_view(name, i)).copy()
+                    state[idx + i] = st
+            idx += len(arena)
+        return {"state": state, "param_groups": groups, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict: dict):
+        """Restore hyperparameters, step counts and state arrays from :meth:`state_dict`."""
+        if not isinstance(state_dict, dict) or "param_groups" not in state_dict:
+            raise ValueError("load_state_dict: expected a dict from Optimizer.state_dict() "
+                             "with 'state' and 'param_groups'")
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"load_state_dict: the saved state has {len(groups)} param groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        for gi, (saved, arena) in enumerate(zip(groups, self._arenas)):
+            if len(saved["params"]) != len(arena):
+                raise ValueError(
+                    f"load_state_dict: saved param group {gi} has {len(saved['params'])} "
+                    f"parameters, this optimizer's has {len(arena)}")
+        saved_state = state_dict.get("state", {})
+        for gi, (saved, group, arena) in enumerate(zip(groups, self.param_groups, self._arenas)):
+            for i, key in enumerate(saved["params"]):
+                st = saved_state.get(key, saved_state.get(str(key)))
+                if st is None:
+                    continue
+                for name, arr in st.items():
+                    if name == "step":
+                        continue
+                    arr = np.asarray(arr)
+                    if arr.size != arena.params[i].size:
+                        raise ValueError(
+                            f"load_state_dict: state {name!r} of parameter {arena.names[i]} "
+                            f"has shape {arr.shape}, expected {tuple(arena.params[i].shape)}")
+        new_groups = []
+        for gi, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            new = dict(self.defaults)
+            new.update({k: v for k, v in saved.items() if k != "params"})
+            self._validate(new, f" (saved param_groups[{gi}])")
+            new["params"] = group["params"]
+            new_groups.append(new)
+        for saved, group, new, arena in zip(groups, self.param_groups, new_groups, self._arenas):
+            group.clear()
+            group.update(new)
+            arena.counts[:] = 0
+            for a in arena.state.values():
+                a.fill(0)
+            for i, key in enumerate(saved["params"]):
+                st = saved_state.get(key, saved_state.get(str(key)))
+                if st is None:
+                    continue
+                arena.counts[i] = int(st.get("step", 0))
+                s, e = arena.slice(i)
+                for name, arr in st.items():
+                    if name != "step":
+                        flat = np.asarray(arr, dtype=arena.dtype).reshape(-1)
+                        arena.state_array(name)[s:e] = arena.backend.asarray(flat)
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
