@@ -26,6 +26,7 @@ import os
 from .comm import CommStats, Communicator, OpStats, SingleCommunicator, bus_bandwidth
 from .parallel import (all_reduce_gradients, broadcast_optimizer_state, broadcast_parameters,
                        reduce_metrics, shard_loader, shared_seed)
+from .training import DistributedOptimizer, LinearWarmup, fit, scale_learning_rate
 
 BACKENDS = ("auto", "mpi", "nccl", "single")
 
@@ -149,4 +150,5 @@ __all__ = ["init", "finalize", "is_initialized", "get_communicator", "rank", "wo
            "is_main_process", "all_reduce_", "broadcast_", "barrier", "stats",
            "launched_world_size", "Communicator", "SingleCommunicator", "CommStats", "OpStats",
            "bus_bandwidth", "all_reduce_gradients", "broadcast_parameters",
-           "broadcast_optimizer_state", "reduce_metrics", "shard_loader", "shared_seed"]
+           "broadcast_optimizer_state", "reduce_metrics", "shard_loader", "shared_seed",
+           "DistributedOptimizer", "LinearWarmup", "fit", "scale_learning_rate"]

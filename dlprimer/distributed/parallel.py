@@ -47,11 +47,11 @@ def _parameters(obj) -> list:
 
 # -- the optimizer's flat arenas ---------------------------------------------------------
 def group_arenas(optimizer, kind: str) -> list | None:
-    """One flat array per param group (``kind`` "grad" or "param"), or None.
+    """One flat array per param group (``kind`` "grad" or "data"), or None.
 
-    Reads the optimizer branch's arena layout: ``optimizer.arenas[i]`` for
-    group ``i``, each with ``.grad`` and ``.param`` 1-D arrays that the group's
-    ``Parameter.grad``/``.data`` are views of.
+    Reads the optimizer's arena layout (:class:`dlprimer.optim.Arena`):
+    ``optimizer.arenas[i]`` for group ``i``, whose ``.grad`` and ``.data`` 1-D
+    arrays the group's ``Parameter.grad``/``.data`` are views of.
     """
     arenas = getattr(optimizer, "arenas", None)
     if arenas is None or not hasattr(optimizer, "param_groups"):
@@ -63,6 +63,23 @@ def group_arenas(optimizer, kind: str) -> list | None:
             return None
         out.append(buf)
     return out
+
+
+def _prepare_grad_arenas(optimizer):
+    """Make each arena's gradient array hold exactly this step's gradients.
+
+    ``zero_grad()`` sets ``p.grad = None`` without clearing the arena, so the slice
+    of a parameter that got no gradient holds an old one: it is zeroed and installed
+    as the gradient (every rank must send the same buffers). A gradient a user
+    replaced is copied back into the arena (``Arena.sync``).
+    """
+    for arena in optimizer.arenas:
+        present = arena.sync() if hasattr(arena, "sync") else [True] * len(arena.params)
+        for i, has in enumerate(present):
+            if not has:
+                gv = arena.grad_views[i]
+                gv.fill(0)
+                arena.params[i].grad = Tensor(gv, False, arena.backend)
 
 
 # -- packed fallback ----------------------------------------------------------------------
@@ -101,6 +118,7 @@ def all_reduce_gradients(obj, op: str = "mean", comm=None) -> int:
     comm = _comm(comm)
     arenas = group_arenas(obj, "grad")
     if arenas is not None:
+        _prepare_grad_arenas(obj)
         for a in arenas:
             comm.all_reduce_(a, op=op)
         return sum(int(a.nbytes) for a in arenas)
@@ -120,7 +138,7 @@ def broadcast_parameters(obj, root: int = 0, comm=None):
     Tensors. Call once after building the model, before training.
     """
     comm = _comm(comm)
-    arenas = group_arenas(obj, "param")
+    arenas = group_arenas(obj, "data")
     if arenas is not None:
         for a in arenas:
             comm.broadcast_(a, root=root)

@@ -110,5 +110,36 @@ if __name__ == "__main__":
         collectives(outdir)
     elif scenario == "fail":
         fail(outdir, sys.argv[3])
-    else:
+    elif scenario != "fit":
         raise SystemExit(f"unknown scenario {scenario!r}")
+
+
+def fit_run(out, batch, epochs, opt_name, extra):
+    """dist.fit with a real Module and an arena optimizer; extra: 'scale' / 'warmup' / 'clip'."""
+    from dlprimer import nn, optim
+    from dlprimer.data import DataLoader, TensorDataset
+    comm = dist.init("auto")
+    dp.manual_seed(100 + comm.rank)                 # different initial weights per rank
+    model = nn.Sequential(nn.Linear(D, H), nn.Tanh(), nn.Linear(H, C))
+    opt = (optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if opt_name == "sgd"
+           else optim.Adam(model.parameters(), lr=0.01))
+    loader = DataLoader(TensorDataset(*data()), batch_size=batch, shuffle=True, seed=3)
+    kw = {}
+    if "scale" in extra:
+        kw["scale_lr"] = True
+    if "warmup" in extra:
+        kw["warmup_steps"] = 4
+    if "clip" in extra:
+        kw["clip"] = 0.05
+    res = dist.fit(model, opt, loader, epochs=epochs, log_dir=os.path.join(out, f"log{comm.rank}"),
+                   checkpoint_dir=os.path.join(out, f"ckpt{comm.rank}"), progress=False, **kw)
+    s = dist.stats()
+    np.savez(os.path.join(out, f"rank{comm.rank}.npz"),
+             *[p.numpy() for p in model.parameters()], lr=opt.param_groups[0]["lr"],
+             steps=res.step, ar_calls=s.by_op["all_reduce"].calls,
+             ar_bytes=s.by_op["all_reduce"].bytes, n_params=sum(p.size for p in model.parameters()))
+
+
+if __name__ == "__main__" and sys.argv[1] == "fit":
+    fit_run(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
+            sys.argv[6] if len(sys.argv) > 6 else "")

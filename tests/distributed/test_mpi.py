@@ -64,3 +64,33 @@ def test_a_dying_rank_ends_the_job_with_a_clear_error(mpirun, tmp_path, how, exp
     assert proc.returncode != 0
     assert "finished" not in proc.stdout, proc.stdout
     assert expect in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("opt,extra", [("sgd", ""), ("adam", "clip")])
+def test_fit_two_ranks_match_one_rank_through_the_arena(mpirun, tmp_path, opt, extra):
+    """dist.fit with nn layers and an arena optimizer: B x 2 ranks == 2B x 1 rank."""
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir()
+    _, two = mpirun(2, "fit", 4, 2, opt, extra, outdir=tmp_path / "two")
+    _, one = mpirun(0, "fit", 8, 2, opt, extra, outdir=tmp_path / "one")
+    keys = [k for k in two[0] if k.startswith("arr_")]
+    assert len(keys) == 4
+    for k in keys:
+        np.testing.assert_array_equal(two[0][k], two[1][k])
+        np.testing.assert_allclose(two[0][k], one[0][k], rtol=1e-5, atol=2e-6)
+    # the arena path: one all-reduce per step for the single param group, 4 bytes a parameter
+    steps = int(two[0]["steps"])
+    assert steps == 12 and int(two[0]["ar_calls"]) == steps
+    assert int(two[0]["ar_bytes"]) == steps * 4 * int(two[0]["n_params"])
+    # metrics, logs and checkpoints by rank 0 only
+    assert (tmp_path / "two" / "log0" / "metrics.jsonl").exists()
+    assert any((tmp_path / "two" / "ckpt0").iterdir())
+    assert not (tmp_path / "two" / "log1").exists() and not (tmp_path / "two" / "ckpt1").exists()
+
+
+def test_fit_linear_lr_scaling_with_warmup(mpirun, tmp_path):
+    _, ranks = mpirun(2, "fit", 4, 1, "sgd", "scale,warmup", outdir=tmp_path)
+    for r in ranks:   # base lr 0.05 x 2 ranks, warm-up (4 steps) finished after 6 steps
+        assert float(r["lr"]) == pytest.approx(0.1)
+    for k in (k for k in ranks[0] if k.startswith("arr_")):
+        np.testing.assert_array_equal(ranks[0][k], ranks[1][k])
