@@ -366,3 +366,253 @@ class CPUBackend(Backend):
             return total
         return total ** 0.5 if norm_type == 2.0 else total ** (1.0 / norm_type)
     # -- end fused optimizer updates (optim) --
+
+    # -- fused activations, dropout and losses (nn) -------------------------------------
+    # Each op is a chain of in-place ufuncs over one output buffer. Large arrays run
+    # block by block (_BLOCK elements, a few hundred KiB) so the chain's intermediate
+    # values stay in cache and any scratch array is block-sized, not tensor-sized.
+    _BLOCK = 1 << 16
+    _SQRT1_2 = 0.7071067811865476
+    _INV_SQRT_2PI = 0.3989422804014327
+    _GELU_K = 0.7978845608028654   # sqrt(2 / pi)
+    _GELU_A = 0.044715
+
+    def _chain(self, kernel, out, ins, scratch=(), **params):
+        """Run ``kernel(out_blk, *in_blks, *scratch_blks, **params)`` over flat blocks.
+
+        ``ins`` must already have ``out``'s shape; ``scratch`` lists scratch dtypes.
+        """
+        n = out.size
+        flat_out = out.reshape(-1)
+        flat_ins = [np.ascontiguousarray(a).reshape(-1) for a in ins]
+        size = min(n, self._BLOCK)
+        bufs = [np.empty(size, dtype=d) for d in scratch]
+        for s in range(0, n, self._BLOCK) if n else ():
+            e = min(s + self._BLOCK, n)
+            kernel(flat_out[s:e], *(a[s:e] for a in flat_ins), *(b[:e - s] for b in bufs),
+                   **params)
+        return out
+
+    def _out_like(self, x, *others):
+        dt = np.result_type(x, *others) if others else x.dtype
+        if dt.kind != "f":
+            dt = np.dtype(np.float32)
+        return np.empty(x.shape, dtype=dt)
+
+    def leaky_relu_forward(self, x, negative_slope):
+        out = self._out_like(x)
+        pick = np.maximum if negative_slope <= 1 else np.minimum
+
+        def k(o, xb, slope):
+            np.multiply(xb, slope, out=o)
+            pick(o, xb, out=o)  # max(a x, x) == leaky_relu(x) for a <= 1, min for a > 1
+        return self._chain(k, out, (x,), slope=negative_slope)
+
+    def leaky_relu_backward(self, x, gy, negative_slope):
+        gx = self._out_like(gy)
+
+        def k(o, xb, gb, m, slope):
+            np.greater(xb, 0, out=m)
+            np.multiply(gb, slope, out=o)
+            np.copyto(o, gb, where=m)
+        return self._chain(k, gx, (x, gy), (np.bool_,), slope=negative_slope)
+
+    def elu_forward(self, x, alpha):
+        out = self._out_like(x)
+
+        def k(o, xb, m, alpha):
+            np.minimum(xb, 0, out=o)
+            np.expm1(o, out=o)
+            np.multiply(o, alpha, out=o)
+            np.greater(xb, 0, out=m)
+            np.copyto(o, xb, where=m)
+        return self._chain(k, out, (x,), (np.bool_,), alpha=alpha)
+
+    def elu_backward(self, x, gy, alpha):
+        # d/dx = 1 for x > 0, alpha e^x otherwise (alpha at 0, as PyTorch)
+        gx = self._out_like(gy)
+
+        def k(o, xb, gb, m, alpha):
+            np.minimum(xb, 0, out=o)
+            np.exp(o, out=o)
+            np.multiply(o, alpha, out=o)
+            np.greater(xb, 0, out=m)
+            np.copyto(o, 1, where=m)
+            np.multiply(o, gb, out=o)
+        return self._chain(k, gx, (x, gy), (np.bool_,), alpha=alpha)
+
+    @classmethod
+    def _gelu_kernel(cls, o, xb, approximate):
+        """o = gelu(xb): 0.5 x (1 + erf(x / sqrt 2)), or the tanh form
+        0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+        if approximate == "tanh":
+            np.multiply(xb, xb, out=o)
+            np.multiply(o, cls._GELU_K * cls._GELU_A, out=o)
+            np.add(o, cls._GELU_K, out=o)
+            np.multiply(o, xb, out=o)
+            np.tanh(o, out=o)
+        else:
+            np.multiply(xb, cls._SQRT1_2, out=o)
+            scipy.special.erf(o, out=o)
+        np.add(o, 1, out=o)
+        np.multiply(o, xb, out=o)
+        np.multiply(o, 0.5, out=o)
+
+    @classmethod
+    def _gelu_grad_kernel(cls, o, xb, gb, t, approximate):
+        """o = gb * gelu'(xb) with one scratch block ``t``.
+
+        erf form: Phi(x) + x phi(x) = 0.5 (1 + erf(x/sqrt 2)) + x e^(-x^2/2) / sqrt(2 pi).
+        tanh form, with t = tanh(u), u = k (x + a x^3):
+        0.5 (1 + t) + 0.5 x k (1 + 3 a x^2) (1 - t^2) = (1 + t) (0.5 + s (1 - t)),
+        s = 0.5 k x (1 + 3 a x^2).
+        """
+        if approximate == "tanh":
+            np.multiply(xb, xb, out=t)
+            np.multiply(t, cls._GELU_K * cls._GELU_A, out=t)
+            np.add(t, cls._GELU_K, out=t)
+            np.multiply(t, xb, out=t)
+            np.tanh(t, out=t)                       # t = tanh(u)
+            np.multiply(xb, xb, out=o)
+            np.multiply(o, 1.5 * cls._GELU_K * cls._GELU_A, out=o)
+            np.add(o, 0.5 * cls._GELU_K, out=o)
+            np.multiply(o, xb, out=o)               # o = s
+            np.subtract(1, t, out=t)                # t = 1 - tanh
+            np.multiply(o, t, out=o)
+            np.add(o, 0.5, out=o)
+            np.subtract(2, t, out=t)                # t = 1 + tanh
+            np.multiply(o, t, out=o)
+        else:
+            np.multiply(xb, xb, out=o)
+            np.multiply(o, -0.5, out=o)
+            np.exp(o, out=o)
+            np.multiply(o, xb, out=o)
+            np.multiply(o, cls._INV_SQRT_2PI, out=o)    # o = x phi(x)
+            np.multiply(xb, cls._SQRT1_2, out=t)
+            scipy.special.erf(t, out=t)
+            np.add(t, 1, out=t)
+            np.multiply(t, 0.5, out=t)              # t = Phi(x)
+            np.add(o, t, out=o)
+        np.multiply(o, gb, out=o)
+
+    @staticmethod
+    def _check_approximate(approximate):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+    def gelu_forward(self, x, approximate="none"):
+        self._check_approximate(approximate)
+        return self._chain(self._gelu_kernel, self._out_like(x), (x,), approximate=approximate)
+
+    def gelu_backward(self, x, gy, approximate="none"):
+        self._check_approximate(approximate)
+        gx = self._out_like(gy)
+        return self._chain(self._gelu_grad_kernel, gx, (x, gy), (gx.dtype,),
+                           approximate=approximate)
+
+    def silu_forward(self, x):
+        out = self._out_like(x)
+
+        def k(o, xb):
+            scipy.special.expit(xb, out=o)
+            np.multiply(o, xb, out=o)
+        return self._chain(k, out, (x,))
+
+    def silu_backward(self, x, gy):
+        # d/dx x s(x) = s (1 + x (1 - s))
+        gx = self._out_like(gy)
+
+        def k(o, xb, gb, s):
+            scipy.special.expit(xb, out=s)
+            np.subtract(1, s, out=o)
+            np.multiply(o, xb, out=o)
+            np.add(o, 1, out=o)
+            np.multiply(o, s, out=o)
+            np.multiply(o, gb, out=o)
+        return self._chain(k, gx, (x, gy), (gx.dtype,))
+
+    def _rows(self, x, b):
+        if b.ndim != 1 or x.ndim < 1 or x.shape[-1] != b.shape[0]:
+            raise ValueError(f"bias_gelu: bias of shape {b.shape} does not match the last "
+                             f"axis of x of shape {x.shape}")
+        c = b.shape[0]
+        return max(1, self._BLOCK // max(c, 1)), c
+
+    def bias_gelu_forward(self, x, b, approximate="none"):
+        self._check_approximate(approximate)
+        rows, c = self._rows(x, b)
+        out = self._out_like(x, b)
+        x2 = np.ascontiguousarray(x).reshape(-1, c)
+        o2 = out.reshape(-1, c)
+        z = np.empty((min(rows, x2.shape[0]), c), dtype=out.dtype)
+        for s in range(0, x2.shape[0], rows):
+            e = min(s + rows, x2.shape[0])
+            zb = np.add(x2[s:e], b, out=z[:e - s])
+            self._gelu_kernel(o2[s:e], zb, approximate)
+        return out
+
+    def bias_gelu_backward(self, x, b, gy, approximate="none"):
+        self._check_approximate(approximate)
+        rows, c = self._rows(x, b)
+        gx = self._out_like(gy)
+        x2 = np.ascontiguousarray(x).reshape(-1, c)
+        g2 = np.ascontiguousarray(gy).reshape(-1, c)
+        o2 = gx.reshape(-1, c)
+        m = min(rows, x2.shape[0])
+        z = np.empty((m, c), dtype=gx.dtype)
+        t = np.empty((m, c), dtype=gx.dtype)
+        for s in range(0, x2.shape[0], rows):
+            e = min(s + rows, x2.shape[0])
+            zb = np.add(x2[s:e], b, out=z[:e - s])
+            self._gelu_grad_kernel(o2[s:e], zb, g2[s:e], t[:e - s], approximate)
+        gb = o2.sum(axis=0).astype(b.dtype, copy=False)
+        return gx, gb
+
+    def dropout_keep(self, shape, p, key):
+        n = 1
+        for s in shape:
+            n *= int(s)
+        return (self.counter_uniform(key, n) >= np.float32(p)).reshape(shape)
+
+    def dropout_forward(self, x, p, key):
+        if p >= 1:
+            return np.zeros_like(x)
+        out = np.multiply(x, 1.0 / (1.0 - p), out=self._out_like(x))
+        np.multiply(out, self.dropout_keep(x.shape, p, key), out=out)
+        return out
+
+    def dropout_backward(self, gy, p, key):
+        return self.dropout_forward(gy, p, key)
+
+    def softmax_cross_entropy_forward(self, logits, target, label_smoothing=0.0):
+        """loss_i = -sum_c q_ic log p_ic with q = (1 - eps) onehot + eps / C (the chapter's
+        L_CE with smoothed targets), log p = z - log sum exp z, z = logits - max."""
+        n, c = logits.shape
+        rows = np.arange(n)
+        probs = np.subtract(logits, logits.max(axis=1, keepdims=True),
+                            out=self._out_like(logits))
+        z_t = probs[rows, target]
+        z_sum = probs.sum(axis=1) if label_smoothing else None
+        np.exp(probs, out=probs)
+        s = probs.sum(axis=1)
+        log_s = np.log(s)
+        loss = np.subtract(log_s, z_t, out=z_t)         # -log p_t
+        if label_smoothing:
+            eps = label_smoothing
+            np.multiply(loss, 1 - eps, out=loss)
+            np.subtract(log_s, z_sum / c, out=log_s)    # -(1/C) sum_c log p_c
+            np.multiply(log_s, eps, out=log_s)
+            np.add(loss, log_s, out=loss)
+        np.divide(probs, s[:, None], out=probs)
+        return loss, probs
+
+    def softmax_cross_entropy_backward(self, probs, target, gy, label_smoothing=0.0):
+        n, c = probs.shape
+        if label_smoothing:
+            g = np.subtract(probs, label_smoothing / c, out=np.empty_like(probs))
+        else:
+            g = probs.copy()
+        g[np.arange(n), target] -= 1 - label_smoothing
+        np.multiply(g, gy.reshape(-1, 1) if np.ndim(gy) else gy, out=g)
+        return g
+

@@ -1,0 +1,338 @@
+"""Stateless layers: activations, dropout, linear, normalization and losses.
+
+``import dlprimer.nn.functional as F``. Each function checks its arguments
+(shapes, dtypes, class ranges, option names) and raises a ValueError that says
+what is wrong, then applies one autograd Function from :mod:`dlprimer.ops`.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..ops.activation import (ELU, GELU, BiasGELU, Dropout, LeakyReLU, LogSoftmax, ReLU,
+                              Sigmoid, SiLU, Softmax, Tanh)
+from ..ops.linear import Linear
+from ..ops.loss import (REDUCTIONS, BCEWithLogits, CrossEntropy, FocalLoss, HuberLoss, L1Loss,
+                        MSELoss)
+from ..ops.norm import BatchNorm, LayerNorm
+from ..tensor import Tensor, tensor
+
+__all__ = [
+    "relu", "leaky_relu", "gelu", "bias_gelu", "silu", "sigmoid", "tanh", "elu", "softmax",
+    "log_softmax", "linear", "dropout", "batch_norm", "layer_norm",
+    "cross_entropy", "mse_loss", "l1_loss", "huber_loss", "binary_cross_entropy_with_logits",
+    "focal_loss",
+]
+
+
+def _tensor(x, fn, name="input"):
+    if isinstance(x, Tensor):
+        return x
+    try:
+        return tensor(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{fn}: {name} must be a Tensor, got {type(x).__name__} ({e})") from None
+
+
+def _float(x, fn, name="input"):
+    x = _tensor(x, fn, name)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {x.dtype}")
+    return x
+
+
+def _number(v, fn, name, lo=None, hi=None, lo_open=False):
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        raise ValueError(f"{fn}: {name} must be a number, got {v!r}")
+    v = float(v)
+    if not np.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or (
+            hi is not None and v > hi):
+        rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"{fn}: {name} must be in {rng}, got {v}")
+    return v
+
+
+# -- activations -------------------------------------------------------------------------
+def relu(x):
+    """max(x, 0); the gradient at 0 is 0."""
+    return ReLU.apply(_tensor(x, "relu"))
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """x for x > 0, negative_slope * x otherwise (the chapter's max(a x, x))."""
+    return LeakyReLU.apply(_float(x, "leaky_relu"),
+                           negative_slope=_number(negative_slope, "leaky_relu", "negative_slope"))
+
+
+def _approx(approximate, fn):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"{fn}: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate
+
+
+def gelu(x, approximate="none"):
+    """x Phi(x) with the exact erf form, or the tanh approximation (``approximate="tanh"``)."""
+    return GELU.apply(_float(x, "gelu"), approximate=_approx(approximate, "gelu"))
+
+
+def bias_gelu(x, bias, approximate="none"):
+    """gelu(x + bias), ``bias`` of shape (x.shape[-1],): one fused op for Linear + GELU."""
+    x, bias = _float(x, "bias_gelu"), _float(bias, "bias_gelu", "bias")
+    if bias.ndim != 1 or x.ndim < 1 or x.shape[-1] != bias.shape[0]:
+        raise ValueError(f"bias_gelu: bias of shape {bias.shape} does not match the last "
+                         f"axis of x of shape {x.shape}")
+    return BiasGELU.apply(x, bias, approximate=_approx(approximate, "bias_gelu"))
+
+
+def silu(x):
+    """x sigma(x) (Swish)."""
+    return SiLU.apply(_float(x, "silu"))
+
+
+def sigmoid(x):
+    """1 / (1 + e^-x), stable for inputs of +-1e4."""
+    return Sigmoid.apply(_float(x, "sigmoid"))
+
+
+def tanh(x):
+    return Tanh.apply(_float(x, "tanh"))
+
+
+def elu(x, alpha=1.0):
+    """x for x > 0, alpha (e^x - 1) otherwise."""
+    return ELU.apply(_float(x, "elu"), alpha=_number(alpha, "elu", "alpha"))
+
+
+def _axis(x, axis, fn):
+    if not isinstance(axis, numbers.Integral) or not -max(x.ndim, 1) <= axis < max(x.ndim, 1):
+        raise ValueError(f"{fn}: axis {axis!r} is out of range for a tensor of shape {x.shape}")
+    return int(axis)
+
+
+def softmax(x, axis=-1):
+    """e^x / sum e^x along ``axis``, computed after subtracting the maximum."""
+    x = _float(x, "softmax")
+    return Softmax.apply(x, axis=_axis(x, axis, "softmax"))
+
+
+def log_softmax(x, axis=-1):
+    """x - logsumexp(x) along ``axis``; finite for logits of +-1e4."""
+    x = _float(x, "log_softmax")
+    return LogSoftmax.apply(x, axis=_axis(x, axis, "log_softmax"))
+
+
+# -- layers --------------------------------------------------------------------------------
+def linear(x, weight, bias=None):
+    """x W^T + b with ``weight`` of shape (out, in), ``bias`` (out,)."""
+    x = _float(x, "linear")
+    weight = _float(weight, "linear", "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-D (out_features, in_features), "
+                         f"got shape {weight.shape}")
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape "
+                         f"{weight.shape}: the input's last axis must be {weight.shape[1]}")
+    if bias is not None:
+        bias = _float(bias, "linear", "bias")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"linear: bias of shape {bias.shape} does not match weight of "
+                             f"shape {weight.shape}; expected ({weight.shape[0]},)")
+    return Linear.apply(x, weight, bias)
+
+
+def dropout(x, p=0.5, training=True):
+    """Zero each element with probability p and scale the rest by 1 / (1 - p).
+
+    Identity when ``training`` is False or p == 0. The mask is regenerated in
+    backward from a (seed, counter) key, so it costs no memory in the graph.
+    """
+    x = _float(x, "dropout")
+    p = _number(p, "dropout", "p", 0.0, 1.0)
+    if not training or p == 0.0:
+        return x
+    return Dropout.apply(x, p=p)
+
+
+def _buffer(t, fn, name, c, x):
+    if t is None:
+        return None
+    arr = t.data if isinstance(t, Tensor) else t
+    if tuple(arr.shape) != (c,):
+        raise ValueError(f"{fn}: {name} of shape {tuple(arr.shape)} does not match {c} channels")
+    if isinstance(t, Tensor) and t.backend is not x.backend:
+        raise RuntimeError(f"{fn}: {name} is on backend {t.backend.name!r}, the input on "
+                           f"{x.backend.name!r}")
+    return arr
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """Batch normalization of (N, C) or (N, C, L) input over N (and L), per channel.
+
+    In training, batch statistics normalize and the running statistics (if given)
+    are updated in place: running = (1 - momentum) running + momentum * batch, with
+    the unbiased batch variance, as PyTorch does. Otherwise the running statistics
+    normalize.
+    """
+    x = _float(x, "batch_norm")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"batch_norm: expected (N, C) or (N, C, L) input, got shape {x.shape}")
+    c = x.shape[1]
+    momentum = _number(momentum, "batch_norm", "momentum", 0.0, 1.0)
+    eps = _number(eps, "batch_norm", "eps", 0.0, lo_open=True)
+    rm = _buffer(running_mean, "batch_norm", "running_mean", c, x)
+    rv = _buffer(running_var, "batch_norm", "running_var", c, x)
+    if training:
+        if x.shape[0] * (x.shape[2] if x.ndim == 3 else 1) < 2:
+            raise ValueError(f"batch_norm: training needs more than one value per channel, "
+                             f"got input of shape {x.shape}")
+    elif rm is None or rv is None:
+        raise ValueError("batch_norm: evaluation mode needs running_mean and running_var")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise ValueError(f"batch_norm: {name} of shape {tuple(t.shape)} does not match "
+                             f"{c} channels")
+    return BatchNorm.apply(x, weight, bias, running_mean=rm, running_var=rv,
+                           training=bool(training), momentum=momentum, eps=eps)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Normalize over the trailing axes given by ``normalized_shape``."""
+    x = _float(x, "layer_norm")
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (int(normalized_shape),)
+    normalized_shape = tuple(normalized_shape)
+    k = len(normalized_shape)
+    if k == 0 or x.shape[x.ndim - k:] != normalized_shape or x.ndim < k:
+        raise ValueError(f"layer_norm: input of shape {x.shape} does not end in "
+                         f"normalized_shape {normalized_shape}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != normalized_shape:
+            raise ValueError(f"layer_norm: {name} of shape {tuple(t.shape)} does not match "
+                             f"normalized_shape {normalized_shape}")
+    eps = _number(eps, "layer_norm", "eps", 0.0, lo_open=True)
+    return LayerNorm.apply(x, weight, bias, k=k, eps=eps)
+
+
+# -- losses --------------------------------------------------------------------------------
+def _reduction(reduction, fn):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {', '.join(REDUCTIONS)}; "
+                         f"got {reduction!r}")
+    return reduction
+
+
+def _class_target(logits, target, fn):
+    """Validate (N, C) float logits and (N,) integer targets in [0, C); return the target array."""
+    logits = _float(logits, fn, "logits")
+    if logits.ndim != 2:
+        raise ValueError(f"{fn}: logits must have shape (N, C), got {logits.shape}")
+    n, c = logits.shape
+    if isinstance(target, Tensor):
+        if target.backend is not logits.backend:
+            raise RuntimeError(f"{fn}: target is on backend {target.backend.name!r}, the logits "
+                               f"on {logits.backend.name!r}; move one with .to()")
+        arr = target.data
+    else:
+        arr = logits.backend.asarray(np.asarray(target))
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{fn}: target must hold integer class indices, got dtype {arr.dtype}")
+    if tuple(arr.shape) != (n,):
+        raise ValueError(f"{fn}: target of shape {tuple(arr.shape)} does not match logits of "
+                         f"shape {logits.shape}; expected ({n},) class indices")
+    if n:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= c:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{fn}: target class {bad} is out of range for {c} classes "
+                             f"(valid: 0..{c - 1})")
+    return logits, arr
+
+
+def _pair(input, target, fn, input_name="input"):
+    """Validate a float input and a float target of the same shape, dtype and backend."""
+    input = _float(input, fn, input_name)
+    if isinstance(target, Tensor):
+        if target.backend is not input.backend:
+            raise RuntimeError(f"{fn}: target is on backend {target.backend.name!r}, the "
+                               f"{input_name} on {input.backend.name!r}; move one with .to()")
+        if target.dtype.kind != "f":
+            raise ValueError(f"{fn}: target must be floating point, got dtype {target.dtype}")
+        if target.dtype != input.dtype:
+            raise ValueError(f"{fn}: target dtype {target.dtype} differs from {input_name} "
+                             f"dtype {input.dtype}; cast one with .astype()")
+    else:
+        arr = np.asarray(target)
+        if arr.dtype.kind not in "fiub":
+            raise ValueError(f"{fn}: target must be numeric, got dtype {arr.dtype}")
+        target = tensor(arr.astype(input.dtype), backend=input.backend)
+    if target.shape != input.shape:
+        raise ValueError(f"{fn}: target of shape {target.shape} does not match {input_name} of "
+                         f"shape {input.shape}")
+    return input, target
+
+
+def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean"):
+    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets.
+
+    The chapter's L_CE = -sum_c y_c log yhat_c with yhat = softmax(logits) and the
+    targets smoothed to (1 - eps) onehot + eps / C. One fused Function: its backward
+    is (softmax - smoothed onehot), never a division by a probability.
+    """
+    logits, t = _class_target(logits, target, "cross_entropy")
+    eps = _number(label_smoothing, "cross_entropy", "label_smoothing", 0.0, 1.0)
+    return CrossEntropy.apply(logits, t, label_smoothing=eps,
+                              reduction=_reduction(reduction, "cross_entropy"))
+
+
+def mse_loss(input, target, reduction="mean"):
+    """(input - target)^2, the chapter's mean squared error."""
+    input, target = _pair(input, target, "mse_loss")
+    return MSELoss.apply(input, target, reduction=_reduction(reduction, "mse_loss"))
+
+
+def l1_loss(input, target, reduction="mean"):
+    """|input - target|, the chapter's mean absolute error."""
+    input, target = _pair(input, target, "l1_loss")
+    return L1Loss.apply(input, target, reduction=_reduction(reduction, "l1_loss"))
+
+
+def huber_loss(input, target, delta=1.0, reduction="mean"):
+    """0.5 d^2 for |d| < delta, delta (|d| - 0.5 delta) beyond (PyTorch's huber_loss)."""
+    input, target = _pair(input, target, "huber_loss")
+    delta = _number(delta, "huber_loss", "delta", 0.0, lo_open=True)
+    return HuberLoss.apply(input, target, delta=delta, reduction=_reduction(reduction, "huber_loss"))
+
+
+def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
+    """-[y log s(x) + (1 - y) log(1 - s(x))] on logits x, stable for any x."""
+    logits, target = _pair(logits, target, "binary_cross_entropy_with_logits", "logits")
+    return BCEWithLogits.apply(logits, target,
+                               reduction=_reduction(reduction, "binary_cross_entropy_with_logits"))
+
+
+def focal_loss(logits, target, gamma=2.0, alpha=None, reduction="mean"):
+    """Multiclass focal loss -alpha_t (1 - p_t)^gamma log p_t over softmax(logits).
+
+    ``alpha``: None (no weighting), a float (the same weight for every class), or a
+    sequence of C per-class weights (alpha_t = alpha[target]). gamma = 0 and
+    alpha = None give cross-entropy. ``mean`` averages over the N rows.
+    """
+    logits, t = _class_target(logits, target, "focal_loss")
+    gamma = _number(gamma, "focal_loss", "gamma", 0.0)
+    c = logits.shape[1]
+    a = None
+    if alpha is not None:
+        if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+            a = np.full(c, float(alpha))
+        else:
+            a = np.asarray(alpha.numpy() if isinstance(alpha, Tensor) else alpha, dtype=float)
+            if a.shape != (c,):
+                raise ValueError(f"focal_loss: alpha must be None, a float or {c} per-class "
+                                 f"weights, got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError("focal_loss: alpha must be finite")
+        a = logits.backend.asarray(a.astype(logits.dtype))
+    return FocalLoss.apply(logits, t, alpha=a, gamma=gamma,
+                           reduction=_reduction(reduction, "focal_loss"))
