@@ -42,6 +42,7 @@ from .profiler.estimate import estimate  # noqa: E402
 from .unfused import fusion, fusion_enabled  # noqa: E402
 
 __all__ += ["profiler", "checkpoint", "checkpoint_sequential", "estimate", "fusion", "fusion_enabled"]
+
 # -- nn: layers, losses and model files (nn) --
 from . import nn  # noqa: E402
 from .io import load, save  # noqa: E402

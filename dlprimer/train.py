@@ -528,9 +528,11 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
             if steps is None and epoch >= epochs:
                 break
             t_epoch = time.perf_counter()
+            first = True
             for x, y in train_loader:
                 rng_before = backend.get_rng_state()
-                metered = (step % memory_every == 0)
+                metered = first or step % memory_every == 0
+                first = False
                 if metered:
                     meter.start()
                     base = meter.current()

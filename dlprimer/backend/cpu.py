@@ -366,6 +366,7 @@ class CPUBackend(Backend):
             return total
         return total ** 0.5 if norm_type == 2.0 else total ** (1.0 / norm_type)
     # -- end fused optimizer updates (optim) --
+
     # -- fused activations, dropout and losses (nn) -------------------------------------
     # Each op is a chain of in-place ufuncs over one output buffer. Large arrays run
     # block by block (_BLOCK elements, a few hundred KiB) so the chain's intermediate
