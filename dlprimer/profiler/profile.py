@@ -220,7 +220,7 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
                   "step": (lambda: optimizer.step()) if optimizer is not None else None}
         mem = measure_step_memory(phases, backend, params, optimizer, batch)
         if estimate:
-            mem["analytic"] = _analytic(model, inputs, optimizer)
+            mem["analytic"] = _analytic(model, inputs, targets, optimizer)
 
     meta = {"backend": backend.name, "warmup": warmup, "repeats": repeats, "fusion": fusion_enabled(),
             "inputs_shape": tuple(inputs.shape) if isinstance(inputs, Tensor) else None,
@@ -229,7 +229,7 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
     return Report(rows, total, ops, mem, meta)
 
 
-def _analytic(model, inputs, optimizer):
+def _analytic(model, inputs, targets, optimizer):
     """The estimator's figures for the same model and batch, or None if it cannot
     read the model (layers it does not know)."""
     from .estimate import estimate
@@ -239,5 +239,6 @@ def _analytic(model, inputs, optimizer):
     except (TypeError, ValueError):
         return None
     return {"params": e.param_bytes, "grads": e.grad_bytes, "optimizer": e.optimizer_bytes,
-            "inputs": e.input_bytes, "activations": e.activation_bytes, "workspace": None,
-            "total": e.total_bytes}
+            "inputs": e.input_bytes + (targets.nbytes if isinstance(targets, Tensor) else 0),
+            "activations": e.activation_bytes, "workspace": None,
+            "total": e.total_bytes + (targets.nbytes if isinstance(targets, Tensor) else 0)}
