@@ -45,3 +45,11 @@ def mpirun():
         return proc, None
 
     return go
+
+
+@pytest.fixture
+def rank_env():
+    """The environment a launched rank program needs (this checkout's dlprimer, CPU)."""
+    env = dict(os.environ)
+    env.update(_env())
+    return env

@@ -94,3 +94,26 @@ def test_fit_linear_lr_scaling_with_warmup(mpirun, tmp_path):
         assert float(r["lr"]) == pytest.approx(0.1)
     for k in (k for k in ranks[0] if k.startswith("arr_")):
         np.testing.assert_array_equal(ranks[0][k], ranks[1][k])
+
+
+def test_module_entry_point_trains_under_mpiexec(mpirun, rank_env, tmp_path):
+    import json
+    import sys
+
+    from dlprimer.distributed import launch
+    proc = launch.run(2, [sys.executable, "-m", "dlprimer.distributed", "--dataset", "iris",
+                          "--epochs", "1", "--batch-size", "8", "--scale-lr",
+                          "--log-dir", str(tmp_path / "log")], timeout=60, env=rank_env)
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(out) == 1                                     # printed by rank 0 only
+    assert out[0]["world_size"] == 2 and out[0]["lr"] == pytest.approx(0.1)
+    assert out[0]["comm"]["by_op"]["all_reduce"]["calls"] == out[0]["steps"]
+    assert (tmp_path / "log" / "metrics.jsonl").exists()
+
+
+def test_module_entry_point_rejects_negative_warmup(rank_env):
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "dlprimer.distributed", "--warmup-steps", "-1"],
+                          capture_output=True, text=True, timeout=60, env=rank_env)
+    assert proc.returncode == 2 and "--warmup-steps must be >= 0" in proc.stderr

@@ -75,3 +75,19 @@ def test_missing_gradient_takes_part_as_zeros_in_the_arena():
     dist.all_reduce_gradients(opt, comm=dist.SingleCommunicator())
     for p in b.parameters():
         np.testing.assert_array_equal(p.grad.numpy(), np.zeros(p.shape, np.float32))
+
+
+def test_profile_reports_communication_time_and_bytes_per_step():
+    from dlprimer.distributed.profile import profile
+    rng = np.random.default_rng()
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = optim.SGD(model.parameters(), lr=0.01)
+    x = dp.tensor(rng.standard_normal((16, 6)).astype(np.float32))
+    y = dp.tensor(rng.integers(0, 3, 16))
+    rep = profile(model, nn.functional.cross_entropy, (x, y), opt,
+                  comm=dist.SingleCommunicator(), warmup=1, repeats=3, memory=False)
+    c = rep.total["comm"]
+    assert c["bytes_per_step"] == 4 * (6 * 8 + 8 + 8 * 3 + 3) and c["calls_per_step"] == 1
+    assert c["seconds"]["n"] == 3
+    assert "bytes per step in 1 call(s)" in rep.table()
+    assert rep.to_dict()["total"]["comm"]["world_size"] == 1
