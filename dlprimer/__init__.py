@@ -31,11 +31,9 @@ __all__ = [
     "float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool_",
 ]
 
-# -- nn: layers, losses and model files (nn) --
-from . import nn  # noqa: E402
-from .io import load, save  # noqa: E402
-
-__all__ += ["nn", "save", "load"]
+# -- training checkpoints (train) --
+from .ckpt import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+__all__ += ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
 # -- measuring: profiler, gradient checkpointing, estimator, fusion switch (measure) --
 from . import profiler  # noqa: E402
@@ -44,3 +42,9 @@ from .profiler.estimate import estimate  # noqa: E402
 from .unfused import fusion, fusion_enabled  # noqa: E402
 
 __all__ += ["profiler", "checkpoint", "checkpoint_sequential", "estimate", "fusion", "fusion_enabled"]
+
+# -- nn: layers, losses and model files (nn) --
+from . import nn  # noqa: E402
+from .io import load, save  # noqa: E402
+
+__all__ += ["nn", "save", "load"]
