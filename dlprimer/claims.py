@@ -25,8 +25,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-#: Workload sizes; "quick" keeps ``dlprimer primer`` within its time budget on 2 cores.
+#: Workload sizes: "quick" keeps ``dlprimer primer`` within its time budget on 2 cores,
+#: "tiny" is for smoke tests (seconds; its timings are the least steady).
 SIZES = {
+    "tiny": {"mlp": [64, 256, 256, 10], "batch": 128, "repeats": 3,
+             "deep_width": 128, "deep_layers": 16, "deep_batch": 64,
+             "act_elems": 1 << 16, "batches": [8, 64, 512], "thru_mlp": [64, 128, 10]},
     "quick": {"mlp": [256, 1024, 1024, 1024, 10], "batch": 256, "repeats": 7,
               "deep_width": 256, "deep_layers": 36, "deep_batch": 128,
               "act_elems": 1 << 20, "batches": [8, 32, 128, 512, 2048],
@@ -302,11 +306,14 @@ CHECKS = {"backward_2x": claim_backward, "adam_bytes": claim_adam_bytes,
           "checkpointing": claim_checkpointing, "gelu_cost": claim_gelu, "batch_size": claim_batch}
 
 
-def check_claims(backend=None, quick: bool = True, only=None, progress=None) -> list[Claim]:
-    """Run every check (or those in ``only``) on ``backend``; returns the Claims."""
+def check_claims(backend=None, size: str = "quick", only=None, progress=None) -> list[Claim]:
+    """Run every check (or those in ``only``) on ``backend`` with workloads of ``size``
+    ("tiny", "quick" or "full"); returns the Claims."""
     from .backend import backend_for
     b = backend_for(backend)
-    size = SIZES["quick" if quick else "full"]
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    size = SIZES[size]
     keys = list(CHECKS) if only is None else list(only)
     unknown = [k for k in keys if k not in CHECKS]
     if unknown:

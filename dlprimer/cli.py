@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="dlprimer-primer", help="output directory "
                    "[default: ./dlprimer-primer]")
     s.add_argument("--epochs", type=_positive_int, default=15, help="training epochs [default: 15]")
-    s.add_argument("--full", action="store_true", help="larger claim workloads (slower, steadier)")
+    s.add_argument("--size", choices=("tiny", "quick", "full"), default="quick",
+                   help="claim workloads: tiny (seconds, least steady), quick, full (slower, "
+                        "steadier) [default: quick]")
     s.add_argument("--no-claims", action="store_true", help="skip the claims (faster)")
 
     s = sub.add_parser("train", help="train an MLP on a data set",
@@ -177,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Each quantitative claim of the chapter, re-measured here and "
                        "printed as claimed / measured / why they differ.")
     _common(s)
-    s.add_argument("--full", action="store_true", help="larger workloads (slower, steadier)")
+    s.add_argument("--size", choices=("tiny", "quick", "full"), default="quick",
+                   help="workloads: tiny (seconds, least steady), quick, full (slower, steadier) "
+                        "[default: quick]")
     s.add_argument("--only", type=lambda v: [x for x in v.split(",") if x], default=None,
                    metavar="KEYS", help="comma-separated subset: backward_2x, adam_bytes, "
                    "checkpointing, gelu_cost, batch_size")
@@ -193,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a primer output directory or a train --log-dir [default: ./dlprimer-primer]")
     s.add_argument("--out", default=None, help="report directory [default: RUN/report]")
     s.add_argument("--no-measure", action="store_true", help="only plot what RUN holds")
+    s.add_argument("--size", choices=("tiny", "quick"), default="quick",
+                   help="workloads for what is measured [default: quick]")
 
     s = sub.add_parser("bench", help="run the benchmark suite (pytest benchmarks)",
                        description="Run benchmarks/ with pytest-benchmark; extra arguments go to "
@@ -388,7 +394,7 @@ def cmd_claims(a, out=sys.stdout):
     from .claims import check_claims, claims_json, format_claims
     b = _set_backend(a.backend)
     try:
-        claims = check_claims(b, quick=not a.full, only=a.only,
+        claims = check_claims(b, size=a.size, only=a.only,
                               progress=lambda k: print(f"measuring {k} ...", file=sys.stderr,
                                                        flush=True))
     except ValueError as e:
@@ -396,7 +402,7 @@ def cmd_claims(a, out=sys.stdout):
             raise UsageError(f"--only: {e}") from None
         raise
     print(f"The chapter's claims, re-measured on backend {b.name} "
-          f"({'full' if a.full else 'quick'} workloads):\n", file=out)
+          f"({a.size} workloads):\n", file=out)
     print(format_claims(claims), file=out, end="")
     if a.json:
         with open(a.json, "w") as f:
@@ -409,7 +415,8 @@ def cmd_report(a, out=sys.stdout):
     b = _set_backend(a.backend)
     if not os.path.isdir(a.run) and a.no_measure:
         raise UsageError(f"--run {a.run}: no such directory (and --no-measure leaves nothing to plot)")
-    path = build_report(a.run, out_dir=a.out, measure=not a.no_measure, backend=b, seed=a.seed)
+    path = build_report(a.run, out_dir=a.out, measure=not a.no_measure, backend=b, seed=a.seed,
+                        size=a.size)
     print(f"report: {path}", file=out)
     return path
 
@@ -462,7 +469,7 @@ def cmd_primer(a, out=sys.stdout):
     claims = None
     if not a.no_claims:
         print("\n3/4 re-measuring the chapter's claims", file=out, flush=True)
-        claims = check_claims(b, quick=not a.full)
+        claims = check_claims(b, size=a.size)
         print(format_claims(claims), file=out, end="")
         with open(os.path.join(a.out, "claims.json"), "w") as f:
             f.write(claims_json(claims))
@@ -472,7 +479,8 @@ def cmd_primer(a, out=sys.stdout):
     print(f"   ({time.perf_counter() - t1:.1f} s)", file=out)
     t1 = time.perf_counter()
     print("\n4/4 writing the report", file=out, flush=True)
-    path = build_report(a.out, measure=True, backend=b, seed=a.seed)
+    path = build_report(a.out, measure=True, backend=b, seed=a.seed,
+                        size="tiny" if a.size == "tiny" else "quick")
     print(f"   ({time.perf_counter() - t1:.1f} s)", file=out)
     final = res.final
     print(f"\ndone in {time.perf_counter() - t0:.1f} s: digits val_acc "

@@ -44,28 +44,33 @@ def _fmt_bytes(n):
         n /= 1024
 
 
-def _measure_memory_configs(backend, seed):
+def _measure_memory_configs(backend, seed, size="quick"):
     """The memory split of one step for a few optimizer / batch configurations."""
     from ..cli import _profile_model
     cfgs = []
+    width = 512 if size != "tiny" else 128
     for opt, batch in (("sgd", 256), ("adam", 256), ("adam", 1024)):
-        rep, *_ = _profile_model("digits", [512, 512], "relu", batch, opt, None, seed, 1, 1)
+        rep, *_ = _profile_model("digits", [width, width], "relu", batch, opt, None, seed, 1, 1)
         m = rep.memory
-        cfgs.append({"label": f"MLP 64-512-512-10\n{opt.upper() if opt == 'sgd' else 'Adam'}, B={batch}",
+        cfgs.append({"label": f"MLP 64-{width}-{width}-10\n{opt.upper() if opt == 'sgd' else 'Adam'}, B={batch}",
                      "split": m["split"], "peak": m["peak"], "analytic": m.get("analytic")})
     return cfgs
 
 
-def _measure_tradeoff(backend, seed):
+def _measure_tradeoff(backend, seed, size="quick"):
     import dlprimer as dp
     from ..claims import SIZES, claim_checkpointing
     dp.manual_seed(seed)
-    c = claim_checkpointing(backend, SIZES["quick"])
+    c = claim_checkpointing(backend, SIZES[size])
     return c.data["rows"], c.data["depth"]
 
 
-def build_report(run, out_dir=None, measure: bool = True, backend=None, seed: int = 0) -> str:
-    """Write ``index.html`` and its PNGs for run directory ``run``; returns the HTML path."""
+def build_report(run, out_dir=None, measure: bool = True, backend=None, seed: int = 0,
+                 size: str = "quick") -> str:
+    """Write ``index.html`` and its PNGs for run directory ``run``; returns the HTML path.
+
+    measure: measure what the run lacks (profile, memory split, checkpointing
+    trade-off) with workloads of ``size`` ("tiny" or "quick")."""
     import dlprimer as dp
     from ..backend import backend_for
     from ..logs import read_jsonl
@@ -138,7 +143,7 @@ def build_report(run, out_dir=None, measure: bool = True, backend=None, seed: in
         mem_cfgs.append({"label": "primer MLP\n64-128-128-10, B=256", "split": prof["memory"]["split"],
                          "peak": prof["memory"]["peak"]})
     if measure:
-        mem_cfgs += _measure_memory_configs(b, seed)
+        mem_cfgs += _measure_memory_configs(b, seed, size)
     if mem_cfgs:
         plots.memory_split(mem_cfgs, os.path.join(out_dir, "memory_split.png"))
         trs = "".join(
@@ -158,7 +163,7 @@ def build_report(run, out_dir=None, measure: bool = True, backend=None, seed: in
     ck = next((c for c in (claims or []) if c.get("key") == "checkpointing"), None)
     rows, depth = (ck["data"]["rows"], ck["data"]["depth"]) if ck else (None, None)
     if rows is None and measure:
-        rows, depth = _measure_tradeoff(b, seed)
+        rows, depth = _measure_tradeoff(b, seed, size)
     if rows:
         plots.checkpoint_tradeoff(rows, depth, os.path.join(out_dir, "checkpoint_tradeoff.png"))
         sections.append("<h2>Gradient checkpointing</h2>" + img(
