@@ -178,8 +178,7 @@ class Tensor:
             g = g.astype(self.data.dtype)
         if self.grad is None:
             buf = self._grad_buffer
-            if (buf is not None and buf.shape == g.shape and buf.dtype == g.dtype
-                    and type(buf) is type(g)):
+            if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
                 buf[...] = g
                 self.grad = Tensor(buf, False, self._backend)
             else:

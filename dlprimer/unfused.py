@@ -206,9 +206,11 @@ def lars_update(b, param, grad, buf, offsets, lr, momentum, weight_decay, trust_
         wn = float(xp.sqrt((w * w).sum()))
         gn = float(xp.sqrt((g * g).sum()))
         local = trust_coefficient * wn / (gn + weight_decay * wn + eps) if wn > 0 and gn > 0 else 1.0
-        d = (g + w * weight_decay) * (lr * local)
-        buf[lo:hi] = buf[lo:hi] * momentum + d
-        param[lo:hi] = w - buf[lo:hi]
+        d = (g + w * weight_decay) * local
+        if momentum:
+            buf[lo:hi] = buf[lo:hi] * momentum + d
+            d = buf[lo:hi]
+        param[lo:hi] = w - d * lr
     return param
 
 

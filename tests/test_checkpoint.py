@@ -136,3 +136,26 @@ def test_errors_name_the_problem(rng):
         dp.checkpoint_sequential([], 2, x)
     with pytest.raises(TypeError, match="Sequential or an iterable"):
         dp.checkpoint_sequential(5, 2, x)
+
+
+@pytest.mark.parametrize("segments", [2, 4])
+def test_nn_mlp_with_dropout_checkpointed_grads_equal_plain(backend, rng, segments):
+    """The real layers: nn.MLP with GELU and Dropout, float64, rtol 1e-6."""
+    import dlprimer.nn as nn
+    import dlprimer.nn.functional as F
+    net = nn.MLP([10, 16, 16, 16, 4], activation="gelu", dropout=0.4)
+    for p in net.parameters():
+        p.data = p.data.astype("float64")
+    x = dp.tensor(rng.standard_normal((6, 10)), dtype="float64")
+    y = dp.tensor(rng.integers(0, 4, 6))
+    seed = int(rng.integers(1 << 30))
+    grads = []
+    for segs in (None, segments):
+        net.zero_grad()
+        dp.manual_seed(seed)
+        out = net(x) if segs is None else dp.checkpoint_sequential(net, segs, x)
+        F.cross_entropy(out, y).backward()
+        grads.append([p.grad.numpy().copy() for p in net.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-12)
+    assert any(isinstance(m, nn.Dropout) for m in net.modules())

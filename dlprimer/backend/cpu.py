@@ -616,3 +616,215 @@ class CPUBackend(Backend):
         np.multiply(g, gy.reshape(-1, 1) if np.ndim(gy) else gy, out=g)
         return g
 
+    # -- fused optimizer updates (optim) ------------------------------------------------
+    # Each update is an in-place ufunc chain (out=) over cache-sized blocks of the flat
+    # arena: a block of param/grad/state stays in L2 while the whole chain runs on it,
+    # so each array crosses the memory bus about once per step instead of once per
+    # ufunc. Scratch buffers (two blocks) are allocated once per dtype and reused.
+    OPT_BLOCK = 32768
+
+    def _opt_scratch(self, dtype, k=2):
+        cache = self.__dict__.setdefault("_opt_scratch_cache", {})
+        key = (np.dtype(dtype), k)
+        buf = cache.get(key)
+        if buf is None:
+            buf = cache[key] = np.empty((k, self.OPT_BLOCK), dtype=dtype)
+        return buf
+
+    def _opt_blocks(self, start, stop):
+        b = self.OPT_BLOCK
+        for s in range(start, stop, b):
+            yield s, min(s + b, stop)
+
+    def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                   weight_decay=0.0, first_step=False):
+        """PyTorch's SGD: d = g + wd*w; b = d (first step) or mu*b + (1-dampening)*d;
+        d = d + mu*b (Nesterov) or b; w -= lr*d."""
+        t0, t1 = self._opt_scratch(param.dtype)
+        for s, e in self._opt_blocks(0, param.shape[0]):
+            n = e - s
+            p, d = param[s:e], grad[s:e]
+            if weight_decay:
+                w = t0[:n]
+                np.multiply(p, weight_decay, out=w)
+                w += d
+                d = w
+            if momentum:
+                b = buf[s:e]
+                if first_step:
+                    b[...] = d
+                else:
+                    b *= momentum
+                    if dampening:
+                        u = np.multiply(d, 1.0 - dampening, out=t1[:n])
+                        b += u
+                    else:
+                        b += d
+                if nesterov:
+                    u = np.multiply(b, momentum, out=t1[:n])
+                    u += d
+                    d = u
+                else:
+                    d = b
+            u = np.multiply(d, -lr, out=t1[:n])
+            p += u
+        return param
+
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                    decoupled=False):
+        """Adam (Kingma & Ba 2015, Alg. 1) as PyTorch runs it, with L2 decay
+        (g += wd*w) or AdamW's decoupled decay (w *= 1 - lr*wd):
+
+            m = m + (1-b1)(g - m);  v = b2 v + (1-b2) g^2
+            w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+
+        The last line is evaluated in the paper's efficient form
+        w -= a_t m / (sqrt(v) + eps sqrt(1-b2^t)), a_t = lr sqrt(1-b2^t)/(1-b1^t):
+        the same number, two ufuncs fewer per block.
+        """
+        bc1 = 1.0 - beta1 ** step
+        bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
+        neg_alpha = -lr * bc2_sqrt / bc1
+        eps_hat = eps * bc2_sqrt
+        keep = 1.0 - lr * weight_decay
+        t0, t1 = self._opt_scratch(param.dtype)
+        for s, e in self._opt_blocks(0, param.shape[0]):
+            n = e - s
+            p, g, mb, vb = param[s:e], grad[s:e], m[s:e], v[s:e]
+            if weight_decay:
+                if decoupled:
+                    p *= keep
+                else:
+                    w = np.multiply(p, weight_decay, out=t0[:n])
+                    w += g
+                    g = w
+            u = np.subtract(g, mb, out=t1[:n])
+            u *= 1.0 - beta1
+            mb += u
+            vb *= beta2
+            np.multiply(g, g, out=u)
+            u *= 1.0 - beta2
+            vb += u
+            np.sqrt(vb, out=u)
+            u += eps_hat
+            np.divide(mb, u, out=u)
+            u *= neg_alpha
+            p += u
+        return param
+
+    def _segment_blocks(self, offsets):
+        """(index, start, stop) of each parameter in the arena, then its blocks."""
+        for i in range(len(offsets) - 1):
+            yield i, self._opt_blocks(int(offsets[i]), int(offsets[i + 1]))
+
+    def _lamb_direction(self, p, mb, vb, out, tmp, inv_bc1, inv_bc2_sqrt, eps, weight_decay):
+        """u = (m/bc1) / (sqrt(v)/sqrt(bc2) + eps) + wd*w into ``out``."""
+        np.sqrt(vb, out=out)
+        out *= inv_bc2_sqrt
+        out += eps
+        np.divide(mb, out, out=out)
+        out *= inv_bc1
+        if weight_decay:
+            np.multiply(p, weight_decay, out=tmp)
+            out += tmp
+        return out
+
+    def lamb_update(self, param, grad, m, v, offsets, lr, beta1, beta2, eps, weight_decay, step):
+        """LAMB (You et al. 2019, Alg. 2): Adam moments, direction u = r + wd*w with
+        r = m_hat/(sqrt(v_hat)+eps), and per parameter w -= lr * ||w||/||u|| * u
+        (trust ratio 1 where either norm is 0). Two passes per parameter: the first
+        updates m, v and accumulates the norms, the second recomputes u and applies it."""
+        inv_bc1 = 1.0 / (1.0 - beta1 ** step)
+        inv_bc2_sqrt = 1.0 / (1.0 - beta2 ** step) ** 0.5
+        t0, t1 = self._opt_scratch(param.dtype)
+        for _, blocks in self._segment_blocks(offsets):
+            blocks = list(blocks)
+            w2 = u2 = 0.0
+            for s, e in blocks:
+                n = e - s
+                p, g, mb, vb = param[s:e], grad[s:e], m[s:e], v[s:e]
+                u = np.subtract(g, mb, out=t1[:n])
+                u *= 1.0 - beta1
+                mb += u
+                vb *= beta2
+                np.multiply(g, g, out=u)
+                u *= 1.0 - beta2
+                vb += u
+                u = self._lamb_direction(p, mb, vb, t1[:n], t0[:n], inv_bc1, inv_bc2_sqrt,
+                                         eps, weight_decay)
+                u2 += float(np.dot(u, u))
+                w2 += float(np.dot(p, p))
+            trust = (w2 / u2) ** 0.5 if w2 > 0.0 and u2 > 0.0 else 1.0
+            scale = -lr * trust
+            for s, e in blocks:
+                n = e - s
+                p = param[s:e]
+                u = self._lamb_direction(p, m[s:e], v[s:e], t1[:n], t0[:n], inv_bc1,
+                                         inv_bc2_sqrt, eps, weight_decay)
+                u *= scale
+                p += u
+        return param
+
+    def lars_update(self, param, grad, buf, offsets, lr, momentum, weight_decay,
+                    trust_coefficient, eps=1e-9):
+        """LARS (You et al. 2017, Alg. 1): per parameter
+        local_lr = tc*||w|| / (||g|| + wd*||w|| + eps) (1 where either norm is 0),
+        then b = mu*b + local_lr*(g + wd*w); w -= lr*b (b = local_lr*(g + wd*w)
+        without momentum). ``buf`` starts at zero, so the first step sets b."""
+        t0, t1 = self._opt_scratch(param.dtype)
+        for _, blocks in self._segment_blocks(offsets):
+            blocks = list(blocks)
+            w2 = g2 = 0.0
+            for s, e in blocks:
+                w2 += float(np.dot(param[s:e], param[s:e]))
+                g2 += float(np.dot(grad[s:e], grad[s:e]))
+            wn, gn = w2 ** 0.5, g2 ** 0.5
+            local = (trust_coefficient * wn / (gn + weight_decay * wn + eps)
+                     if wn > 0.0 and gn > 0.0 else 1.0)
+            for s, e in blocks:
+                n = e - s
+                p, g = param[s:e], grad[s:e]
+                d = t1[:n]
+                if weight_decay:
+                    np.multiply(p, weight_decay, out=d)
+                    d += g
+                    d *= local
+                else:
+                    np.multiply(g, local, out=d)
+                if momentum:
+                    b = buf[s:e]
+                    b *= momentum
+                    b += d
+                    d = np.multiply(b, -lr, out=d)
+                else:
+                    d *= -lr
+                p += d
+        return param
+
+    def grad_norm(self, arrays, norm_type=2.0):
+        """||concat(arrays)||_p as a Python float: 2-norm by blocked BLAS dot products
+        summed in float64, inf-norm by max |x|, other p > 0 by sum |x|^p."""
+        norm_type = float(norm_type)
+        if not norm_type > 0:
+            raise ValueError(f"grad_norm: norm_type must be > 0 or inf, got {norm_type}")
+        total = 0.0
+        for a in arrays:
+            flat = a.reshape(-1)
+            if flat.size == 0:
+                continue
+            if norm_type == 2.0:
+                for s, e in self._opt_blocks(0, flat.shape[0]):
+                    x = flat[s:e]
+                    total += float(np.dot(x, x))
+            elif norm_type == float("inf"):
+                total = max(total, float(np.max(np.abs(flat))))
+            else:
+                t = self._opt_scratch(flat.dtype)[0]
+                for s, e in self._opt_blocks(0, flat.shape[0]):
+                    x = np.abs(flat[s:e], out=t[:e - s])
+                    x **= norm_type
+                    total += float(np.sum(x, dtype=np.float64))
+        if norm_type == float("inf") or total != total:
+            return total
+        return total ** 0.5 if norm_type == 2.0 else total ** (1.0 / norm_type)
+    # -- end fused optimizer updates (optim) --

@@ -101,3 +101,50 @@ class BackwardTimer:
 
     def total(self) -> float:
         return sum(self.times.values())
+
+
+class SavedTracker:
+    """Bytes the graph holds in saved arrays, over time: each node adds its saved
+    buffers when recorded (recomputed segments included) and drops them when its
+    backward has run. ``peak`` is the activation memory of the step, counted on the
+    real graph (distinct buffers; views counted once through their owner).
+    Buffers of ``exclude`` (the parameters: a Linear keeps its weight for dX, but
+    that is model state, not activation memory) are not counted.
+    """
+
+    def __init__(self, exclude=()):
+        from .memory import buffer_ids
+        self.skip = buffer_ids(exclude)
+        self.live = {}     # buffer id -> [nbytes, references]
+        self.current = 0
+        self.peak = 0
+
+    @staticmethod
+    def _buffers(node):
+        from .memory import _root
+        for a in node.saved or ():
+            if a is not None and hasattr(a, "nbytes"):
+                yield _root(a)
+
+    def _counted(self, node):
+        return [r for r in self._buffers(node) if id(r) not in self.skip]
+
+    def on_forward(self, node):
+        for r in self._counted(node):
+            e = self.live.get(id(r))
+            if e is None:
+                self.live[id(r)] = [int(r.nbytes), 1]
+                self.current += int(r.nbytes)
+                self.peak = max(self.peak, self.current)
+            else:
+                e[1] += 1
+
+    def on_backward_end(self, node):
+        for r in self._counted(node):
+            e = self.live.get(id(r))
+            if e is None:
+                continue
+            e[1] -= 1
+            if e[1] == 0:
+                self.current -= e[0]
+                del self.live[id(r)]

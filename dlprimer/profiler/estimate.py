@@ -66,7 +66,8 @@ def state_arrays(optimizer) -> int:
 
     ``optimizer``: a name ("sgd", "momentum", "adam", "adamw", "lamb", "lars",
     "none"), an optimizer class or instance. An optimizer that states its own figure
-    (``state_bytes_per_param``, bytes per float32 parameter) is taken at its word.
+    (an instance's ``state_bytes_per_param``: bytes per parameter in its own dtype,
+    as dlprimer.optim reports it) is taken at its word.
     """
     if optimizer is None:
         return 0
@@ -75,10 +76,13 @@ def state_arrays(optimizer) -> int:
         if key not in STATE_ARRAYS:
             raise ValueError(f"estimate: unknown optimizer {optimizer!r}; known: {', '.join(STATE_ARRAYS)}")
         return STATE_ARRAYS[key]
-    declared = getattr(optimizer, "state_bytes_per_param", None)
-    if declared is not None:
-        v = declared() if callable(declared) else declared
-        return int(v) // 4
+    if not isinstance(optimizer, type):
+        declared = getattr(optimizer, "state_bytes_per_param", None)
+        if declared is not None:
+            v = declared() if callable(declared) else declared
+            arenas = getattr(optimizer, "arenas", None) or []
+            item = int(arenas[0].dtype.itemsize) if arenas else 4
+            return int(round(float(v) / item))
     name = (optimizer.__name__ if isinstance(optimizer, type) else type(optimizer).__name__).lower()
     if name == "sgd":
         groups = getattr(optimizer, "param_groups", None) or [{}]

@@ -12,6 +12,7 @@ when parameters are views into an arena.
 """
 from __future__ import annotations
 
+from ..backend import Backend
 from ..tensor import Tensor
 
 
@@ -45,8 +46,8 @@ def _arrays_in(obj, backend, depth=0, seen=None):
     layout."""
     if seen is None:
         seen = set()
-    if id(obj) in seen or depth > 5:
-        return
+    if id(obj) in seen or depth > 5 or isinstance(obj, Backend):
+        return  # a backend's scratch buffers are workspace, not optimizer state
     seen.add(id(obj))
     if isinstance(obj, Tensor):
         yield obj.data
@@ -54,7 +55,8 @@ def _arrays_in(obj, backend, depth=0, seen=None):
             yield obj.grad.data
         return
     if backend.is_array(obj):
-        yield obj
+        if getattr(obj.dtype, "kind", "") == "f":
+            yield obj
         return
     if isinstance(obj, dict):
         items = list(obj.values())
@@ -136,8 +138,9 @@ def measure_step_memory(step_phases, backend, params, optimizer, batch) -> dict:
     phases = {
         "forward": {"peak": res_total + fwd[0], "after": res_total + fwd[1]},
         "backward": {"peak": res_total + bwd[0], "after": res_total + bwd[1]},
-        "step": {"peak": res_total + stp[0], "after": res_total + stp[1]},
     }
+    if optimizer is not None:
+        phases["step"] = {"peak": res_total + stp[0], "after": res_total + stp[1]}
     peak = max(p["peak"] for p in phases.values())
     split = {
         "params": resident["params"],

@@ -20,6 +20,7 @@ from .report import Report, _ratio, stats
 
 LOSS = "(loss)"
 MODEL = "(model)"
+_MODEL_TOTAL = "\0model-total"
 
 
 def _check_args(model, loss_fn, batch, optimizer, warmup, repeats):
@@ -120,7 +121,10 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
     fwd_sink = defaultdict(float)
 
     def forward():
-        out = model(inputs)
+        tm = backend.timer()
+        with tm:
+            out = model(inputs)
+        fwd_sink[_MODEL_TOTAL] += tm.elapsed
         prev = scope.current
         scope.current = LOSS
         try:
@@ -143,6 +147,7 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
         forward().backward()
         if optimizer is not None:
             optimizer.step()
+    fwd_sink.clear()
 
     counter = FlopCounter(scope)
     btimer = BackwardTimer(backend)
@@ -167,6 +172,8 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
             fwd_tot.append(tf.elapsed)
             bwd_tot.append(tb.elapsed)
             engine.append(tb.elapsed - btimer.total())
+            own = fwd_sink.pop(_MODEL_TOTAL, 0.0) - sum(v for n, v in fwd_sink.items() if n != LOSS)
+            per_layer_fwd[MODEL].append(max(own, 0.0))
             for name, v in fwd_sink.items():
                 per_layer_fwd[name].append(v)
             for key, v in btimer.times.items():
@@ -192,7 +199,7 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
 
     rows = []
     for n in order:
-        if n not in per_layer_fwd and n not in bwd_time_l and n not in fwd_flops_l:
+        if n not in bwd_time_l and n not in fwd_flops_l and (n == MODEL or n not in per_layer_fwd):
             continue
         rows.append(entry(n, per_layer_fwd.get(n, []), bwd_time_l.get(n, []),
                           fwd_flops_l.get(n, 0), bwd_flops_l.get(n, 0)))
@@ -220,7 +227,7 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
                   "step": (lambda: optimizer.step()) if optimizer is not None else None}
         mem = measure_step_memory(phases, backend, params, optimizer, batch)
         if estimate:
-            mem["analytic"] = _analytic(model, inputs, optimizer)
+            mem["analytic"] = _analytic(model, inputs, targets, optimizer)
 
     meta = {"backend": backend.name, "warmup": warmup, "repeats": repeats, "fusion": fusion_enabled(),
             "inputs_shape": tuple(inputs.shape) if isinstance(inputs, Tensor) else None,
@@ -229,7 +236,7 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
     return Report(rows, total, ops, mem, meta)
 
 
-def _analytic(model, inputs, optimizer):
+def _analytic(model, inputs, targets, optimizer):
     """The estimator's figures for the same model and batch, or None if it cannot
     read the model (layers it does not know)."""
     from .estimate import estimate
@@ -239,5 +246,6 @@ def _analytic(model, inputs, optimizer):
     except (TypeError, ValueError):
         return None
     return {"params": e.param_bytes, "grads": e.grad_bytes, "optimizer": e.optimizer_bytes,
-            "inputs": e.input_bytes, "activations": e.activation_bytes, "workspace": None,
-            "total": e.total_bytes}
+            "inputs": e.input_bytes + (targets.nbytes if isinstance(targets, Tensor) else 0),
+            "activations": e.activation_bytes, "workspace": None,
+            "total": e.total_bytes + (targets.nbytes if isinstance(targets, Tensor) else 0)}

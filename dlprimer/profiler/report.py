@@ -51,6 +51,10 @@ def fmt_flops(f) -> str:
     return f"{f:.0f}"
 
 
+def _span(st) -> str:
+    return f"{fmt_time(st['median'])} [{fmt_time(st['q1'])}-{fmt_time(st['q3'])}]"
+
+
 def _fmt_ratio(r) -> str:
     return "-" if r is None else f"{r:.2f}"
 
@@ -86,7 +90,7 @@ class Report:
         m = self.meta
         lines = [f"dlprimer profile  backend={m['backend']}  fusion={'on' if m['fusion'] else 'off'}  "
                  f"warmup={m['warmup']}  repeats={m['repeats']}  (times: median [q1-q3])"]
-        head = (f"{'layer':<22}{'forward':>22}{'backward':>22}{'fwd FLOPs':>11}{'bwd FLOPs':>11}"
+        head = (f"{'layer':<22}{'forward':>30}{'backward':>30}{'fwd FLOPs':>11}{'bwd FLOPs':>11}"
                 f"{'bwd/fwd t':>10}{'bwd/fwd F':>10}{'GFLOP/s':>9}")
         lines += [head, "-" * len(head)]
 
@@ -95,8 +99,7 @@ class Report:
             t = (f["median"] or 0) + (b["median"] or 0)
             rate = (r["fwd_flops"] + r["bwd_flops"]) / t / 1e9 if t else None
             return (f"{name[:21]:<22}"
-                    f"{fmt_time(f['median']) + ' [' + fmt_time(f['q1']) + '-' + fmt_time(f['q3']) + ']':>22}"
-                    f"{fmt_time(b['median']) + ' [' + fmt_time(b['q1']) + '-' + fmt_time(b['q3']) + ']':>22}"
+                    f"{_span(f):>30}{_span(b):>30}"
                     f"{fmt_flops(r['fwd_flops']):>11}{fmt_flops(r['bwd_flops']):>11}"
                     f"{_fmt_ratio(r['time_ratio']):>10}{_fmt_ratio(r['flop_ratio']):>10}"
                     f"{'-' if rate is None else f'{rate:.2f}':>9}")

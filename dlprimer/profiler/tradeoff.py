@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 
+from ..autograd import observe
 from ..checkpoint import checkpoint_sequential
 from ..tensor import Tensor
+from .counters import SavedTracker
 from .report import fmt_bytes, fmt_time, stats
 
 
@@ -44,10 +46,15 @@ def _zero_grads_in_place(params):
 
 
 class Tradeoff:
-    """Rows per segment count: ``segments``, ``peak_bytes`` (allocator high-water of
-    forward + backward above the model state), ``kept_after_forward``, ``step``
-    (time stats), and the ratios to the first row; ``sqrt_choice`` is the row nearest
-    sqrt(L)."""
+    """Rows per segment count: ``segments``, ``peak_saved_bytes`` (the most bytes the
+    graph held in saved activations at any moment of forward + backward, counted
+    on the real graph by :class:`SavedTracker`), ``peak_bytes`` (the allocator's
+    high-water mark above the model state: activations plus workspace such as
+    weight-gradient temporaries), ``kept_after_forward`` (allocator), ``step`` (time
+    stats), and the ratios to the first row (``saved_ratio``, ``memory_ratio``,
+    ``time_ratio`` of medians, ``time_ratio_min`` of the fastest steps, which other
+    processes on a shared machine can only slow down); ``sqrt_choice`` is the row
+    nearest sqrt(L)."""
 
     def __init__(self, rows, depth, sqrt_choice, meta):
         self.rows, self.depth, self.sqrt_choice, self.meta = rows, depth, sqrt_choice, meta
@@ -64,12 +71,14 @@ class Tradeoff:
     def table(self) -> str:
         lines = [f"checkpoint trade-off  L={self.depth} layers, sqrt(L)={math.sqrt(self.depth):.2f}  "
                  f"backend={self.meta['backend']}",
-                 f"{'segments':>9}{'peak act. mem':>16}{'kept after fwd':>16}{'step time':>12}"
-                 f"{'mem vs k=' + str(self.rows[0]['segments']):>12}{'time vs':>10}"]
+                 f"{'segments':>9}{'peak saved act.':>17}{'ratio':>7}{'alloc. peak':>13}{'ratio':>7}"
+                 f"{'kept after fwd':>16}{'step median':>13}{'ratio':>7}{'step min':>11}{'ratio':>7}"]
         for r in self.rows:
             mark = "  <- sqrt(L)" if r["segments"] == self.sqrt_choice else ""
-            lines.append(f"{r['segments']:>9}{fmt_bytes(r['peak_bytes']):>16}{fmt_bytes(r['kept_after_forward']):>16}"
-                         f"{fmt_time(r['step']['median']):>12}{r['memory_ratio']:>12.2f}{r['time_ratio']:>10.2f}{mark}")
+            lines.append(f"{r['segments']:>9}{fmt_bytes(r['peak_saved_bytes']):>17}{r['saved_ratio']:>7.2f}"
+                         f"{fmt_bytes(r['peak_bytes']):>13}{r['memory_ratio']:>7.2f}"
+                         f"{fmt_bytes(r['kept_after_forward']):>16}{fmt_time(r['step']['median']):>13}"
+                         f"{r['time_ratio']:>7.2f}{fmt_time(r['step']['min']):>11}{r['time_ratio_min']:>7.2f}{mark}")
         return "\n".join(lines)
 
     def __str__(self):
@@ -84,7 +93,7 @@ def checkpoint_tradeoff(model, loss_fn, batch, segments=(1, 2, 4, 8), optimizer=
     segment count round(sqrt(L)) is added to the sweep when missing, L being the
     number of layers holding parameters. Memory comes from one metered step per
     count (gradients zeroed in place so they do not count), time from ``repeats``
-    unmetered ones after ``warmup``.
+    unmetered rounds after ``warmup`` rounds, each round stepping every count once.
     """
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise TypeError("checkpoint_tradeoff: batch must be a pair (inputs, targets)")
@@ -110,37 +119,44 @@ def checkpoint_tradeoff(model, loss_fn, batch, segments=(1, 2, 4, 8), optimizer=
 
     # gradients allocated once, zeroed in place afterwards: the sweep sees activations
     step(1)
-    rows = []
-    meter = backend.memory
-    for k in segs:
-        for _ in range(warmup):
+    for _ in range(warmup):
+        for k in segs:
             _zero_grads_in_place(params)
             step(k)
-        times = []
-        for _ in range(repeats):
+    times = {k: [] for k in segs}
+    for _ in range(repeats):          # round robin: drift in machine load hits every k alike
+        for k in segs:
             _zero_grads_in_place(params)
             with backend.timer() as t:
                 step(k)
-            times.append(t.elapsed)
+            times[k].append(t.elapsed)
+    rows = []
+    meter = backend.memory
+    for k in segs:
         was = meter.active
         meter.start()
         try:
             _zero_grads_in_place(params)
             base = meter.current()
             meter.reset_peak()
-            loss = loss_fn(checkpoint_sequential(layers, k, inputs), targets)
-            kept = meter.current() - base
-            loss.backward()
-            del loss
+            with observe(SavedTracker(exclude=[p.data for p in params])) as saved:
+                loss = loss_fn(checkpoint_sequential(layers, k, inputs), targets)
+                kept = meter.current() - base
+                loss.backward()
+                del loss
             peak = meter.peak() - base
         finally:
             if not was:
                 meter.stop()
-        rows.append({"segments": k, "peak_bytes": peak, "kept_after_forward": kept, "step": stats(times)})
+        rows.append({"segments": k, "peak_bytes": peak, "peak_saved_bytes": saved.peak,
+                     "kept_after_forward": kept, "step": stats(times[k])})
     b0 = rows[0]
     for r in rows:
         r["memory_ratio"] = r["peak_bytes"] / b0["peak_bytes"] if b0["peak_bytes"] else float("nan")
+        r["saved_ratio"] = (r["peak_saved_bytes"] / b0["peak_saved_bytes"]
+                            if b0["peak_saved_bytes"] else float("nan"))
         r["time_ratio"] = r["step"]["median"] / b0["step"]["median"] if b0["step"]["median"] else float("nan")
+        r["time_ratio_min"] = r["step"]["min"] / b0["step"]["min"] if b0["step"]["min"] else float("nan")
     choice = min(segs, key=lambda k: (abs(k - math.sqrt(depth)), k))
     return Tradeoff(rows, depth, choice, {"backend": backend.name, "repeats": repeats,
                                           "warmup": warmup, "layers": len(layers)})
