@@ -186,9 +186,9 @@ def claim_checkpointing(backend, size) -> Claim:
         "Activation memory drops from L layers' worth to about k + L/k (segment inputs plus one "
         "segment recomputed at a time), which is 1 - 2/sqrt(L) at best: the saving grows with "
         "depth, so a shallow model saves less than the chapter's 60-70% and a Transformer with "
-        "large per-layer activations saves more. On a CPU the timing is also shaped by the "
-        "allocator: a step with a higher peak touches more fresh pages, so recomputation can "
-        "cost less than expected, even nothing.",
+        "large per-layer activations saves more. The memory figures are exact (allocator "
+        "meter); the times are the fastest of interleaved runs, and on a busy machine a "
+        "difference of 10-20% between segment counts can be noise.",
         "holds" if (0.1 <= extra <= 0.4 and 0.5 <= mem_saved <= 0.8) else
         ("roughly" if (extra <= 0.6 and mem_saved >= 0.35) else "differs"),
         {"segments": tr.sqrt_choice, "depth": tr.depth, "extra_time": extra,
