@@ -1,6 +1,5 @@
 """The training loop: metrics in the logs, bit-exact resume, NaN diagnosis, warnings."""
 import io
-import json
 import os
 
 import numpy as np
