@@ -7,7 +7,7 @@ import pytest
 
 import dlprimer as dp
 from dlprimer.ckpt import (CheckpointError, CheckpointManager, atomic_write, decode_checkpoint,
-                           encode_checkpoint, read_checkpoint)
+                           encode_checkpoint)
 from dlprimer.data import DataLoader, TensorDataset
 
 

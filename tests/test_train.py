@@ -1,6 +1,5 @@
 """The training loop: metrics in the logs, bit-exact resume, NaN diagnosis, warnings."""
 import io
-import json
 import os
 
 import numpy as np
@@ -52,7 +51,11 @@ def test_logs_hold_every_metric(iris, tmp_path):
     assert 0 <= epochs[-1]["val_acc"] <= 1 and epochs[-1]["train_loss"] < epochs[0]["train_loss"] * 1.5
     assert recs[0]["event"] == "config" and recs[0]["optimizer"] == "Adam"
     tb = tmp_path / "tensorboard"
-    if pytest.importorskip("tensorboardX"):
+    try:
+        import tensorboardX  # noqa: F401  (the `log` extra)
+    except ImportError:
+        assert not tb.exists()
+    else:
         assert tb.is_dir() and any(n.startswith("events.out") for n in os.listdir(tb))
 
 
@@ -169,8 +172,9 @@ def test_warnings_vanishing_exploding_dying(iris, tmp_path):
         fit(model, opt, train, epochs=2, exploding_factor=1e-3, progress=False)
     model, opt, train, val = _setup(iris)
     model[0].bias.data[...] = -1e3  # every unit of the first ReLU is off for every sample
-    with pytest.warns(DyingReLUWarning, match=r"dying ReLUs: 100% of the units of ReLU #0"):
+    with pytest.warns(DyingReLUWarning) as caught:
         res = fit(model, opt, train, epochs=1, log_dir=tmp_path, progress=False)
+    assert any("dying ReLUs: 100% of the units of ReLU #0" in str(w.message) for w in caught)
     assert res.steps[0]["dead_relu/0"] == 1.0
     assert any(r["event"] == "warning" for r in read_jsonl(tmp_path / "metrics.jsonl"))
 

@@ -1,0 +1,6 @@
+"""``python -m dlprimer``: the same as the ``dlprimer`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

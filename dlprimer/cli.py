@@ -1,0 +1,537 @@
+"""The ``dlprimer`` command.
+
+``dlprimer primer`` is the main job: train an MLP on the digits, profile a step,
+re-measure the chapter's claims and write an HTML report. The other
+subcommands are its parts: ``train``, ``profile``, ``estimate``, ``claims``,
+``report``, and ``bench`` (the benchmark suite). Every subcommand takes
+``--backend cpu|cuda|auto`` and ``--help``; a bad argument prints one line and
+exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+BACKENDS = ("cpu", "cuda", "auto")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "lamb", "lars")
+SCHEDULES = ("none", "cosine", "step", "onecycle", "warmup-cosine", "plateau")
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "elu", "tanh", "sigmoid")
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``dlprimer train: error: ...`` and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- argument types -------------------------------------------------------------------------
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 1")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{s!r} must be a positive finite number")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{s!r} must be a finite number >= 0")
+    return v
+
+
+def _probability(s):
+    v = _nonneg_float(s)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be in [0, 1)")
+    return v
+
+
+def _sizes(s):
+    try:
+        v = [int(x) for x in s.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers "
+                                         "(e.g. 128,128)") from None
+    if not v or any(x < 1 for x in v):
+        raise argparse.ArgumentTypeError(f"{s!r}: layer sizes must be positive integers")
+    return v
+
+
+def _int_list(s):
+    return _sizes(s)
+
+
+# -- parser ---------------------------------------------------------------------------------
+def _common(p, backend_default="auto"):
+    p.add_argument("--backend", choices=BACKENDS, default=backend_default,
+                   help="where to compute: cpu, cuda, or auto (CUDA when a GPU is usable) "
+                        f"[default: {backend_default}]")
+    p.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
+
+
+def _model_args(p, hidden_default="128,128"):
+    from .data import DATASETS
+    p.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="data set (all offline) [default: digits]")
+    p.add_argument("--hidden", type=_sizes, default=_sizes(hidden_default), metavar="SIZES",
+                   help=f"hidden layer sizes, comma-separated [default: {hidden_default}]")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                   help="hidden activation [default: relu]")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="batch size [default: 64]")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="[default: adam]")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate [default: 1e-3 for Adam-like, 0.1 for SGD-like]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dlprimer", description="Train, profile and measure the systems side of "
+                "deep learning (the chapter's numbers, re-measured on this machine).")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("primer", help="the main job: train on digits, profile, check the claims, "
+                       "write the report", description="Train an MLP on the digits, profile one "
+                       "step, re-measure the chapter's claims and write an HTML report.")
+    _common(s)
+    s.add_argument("--out", default="dlprimer-primer", help="output directory "
+                   "[default: ./dlprimer-primer]")
+    s.add_argument("--epochs", type=_positive_int, default=15, help="training epochs [default: 15]")
+    s.add_argument("--size", choices=("tiny", "quick", "full"), default="quick",
+                   help="claim workloads: tiny (seconds, least steady), quick, full (slower, "
+                        "steadier) [default: quick]")
+    s.add_argument("--no-claims", action="store_true", help="skip the claims (faster)")
+
+    s = sub.add_parser("train", help="train an MLP on a data set",
+                       description="Train an MLP, logging every metric to LOG_DIR/metrics.jsonl "
+                       "(and TensorBoard), checkpointing atomically.")
+    _common(s)
+    _model_args(s)
+    s.add_argument("--schedule", choices=SCHEDULES, default="none", help="learning-rate schedule")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=_positive_int, default=10, help="[default: 10]")
+    g.add_argument("--steps", type=_positive_int, default=None, help="train for this many steps")
+    s.add_argument("--dropout", type=_probability, default=0.0, help="dropout probability")
+    s.add_argument("--weight-decay", type=_nonneg_float, default=0.0)
+    s.add_argument("--clip", type=_positive_float, default=None, help="max global gradient norm")
+    s.add_argument("--checkpoint-segments", type=_positive_int, default=1, metavar="K",
+                   help="gradient checkpointing: recompute activations in K segments (1: off)")
+    s.add_argument("--log-dir", default=None, help="metrics.jsonl and TensorBoard events go here")
+    s.add_argument("--checkpoint-dir", default=None, help="training checkpoints go here")
+    s.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="STEPS",
+                   help="also checkpoint every STEPS steps [default: each epoch]")
+    s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    s.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better validation loss")
+    s.add_argument("--no-progress", action="store_true", help="no progress output")
+    s.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+
+    s = sub.add_parser("profile", help="time, FLOPs and memory of one training step, per layer",
+                       description="Profile forward, backward and optimizer step: per-layer times, "
+                       "the backward/forward time and FLOP ratios, and the memory split.")
+    _common(s)
+    _model_args(s, hidden_default="512,512")
+    s.set_defaults(batch_size=256)
+    s.add_argument("--repeats", type=_positive_int, default=20, help="[default: 20]")
+    s.add_argument("--warmup", type=_positive_int, default=3, help="[default: 3]")
+    s.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
+
+    s = sub.add_parser("estimate", help="analytic parameters, FLOPs and memory of a training step",
+                       description="Estimate on paper: weights, gradients, optimizer state, "
+                       "activations and FLOPs. Give --params for a model of that many "
+                       "parameters, or --sizes for an MLP.")
+    _common(s, backend_default="cpu")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--params", type=_positive_float, default=None, help="parameter count, e.g. 1e9")
+    g.add_argument("--sizes", type=_sizes, default=None, help="MLP layer sizes, e.g. 784,256,10")
+    s.add_argument("--batch", type=_positive_int, default=32, help="batch size [default: 32]")
+    s.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="[default: adam]")
+    s.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"),
+                   default="float32", help="training precision [default: float32]")
+    s.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    s = sub.add_parser("claims", help="re-measure the chapter's quantitative claims",
+                       description="Each quantitative claim of the chapter, re-measured here and "
+                       "printed as claimed / measured / why they differ.")
+    _common(s)
+    s.add_argument("--size", choices=("tiny", "quick", "full"), default="quick",
+                   help="workloads: tiny (seconds, least steady), quick, full (slower, steadier) "
+                        "[default: quick]")
+    s.add_argument("--only", type=lambda v: [x for x in v.split(",") if x], default=None,
+                   metavar="KEYS", help="comma-separated subset: backward_2x, adam_bytes, "
+                   "checkpointing, gelu_cost, batch_size")
+    s.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
+
+    s = sub.add_parser("report", help="write the HTML report (plots as PNG)",
+                       description="Write an HTML page with PNG plots: loss and accuracy curves, "
+                       "activations and their derivatives, per-layer forward/backward time, the "
+                       "memory split, the checkpointing trade-off. Reads what a primer or train "
+                       "run left in --run; measures what is missing.")
+    _common(s)
+    s.add_argument("--run", default="dlprimer-primer",
+                   help="a primer output directory or a train --log-dir [default: ./dlprimer-primer]")
+    s.add_argument("--out", default=None, help="report directory [default: RUN/report]")
+    s.add_argument("--no-measure", action="store_true", help="only plot what RUN holds")
+    s.add_argument("--size", choices=("tiny", "quick"), default="quick",
+                   help="workloads for what is measured [default: quick]")
+
+    s = sub.add_parser("bench", help="run the benchmark suite (pytest benchmarks)",
+                       description="Run benchmarks/ with pytest-benchmark; extra arguments go to "
+                       "pytest.")
+    _common(s)
+    s.add_argument("--quick", action="store_true", help="small sizes (DLPRIMER_BENCH_QUICK=1)")
+    s.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
+    return p
+
+
+def _version():
+    try:
+        from . import __version__
+        return f"dlprimer {__version__}"
+    except Exception:
+        return "dlprimer"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _set_backend(name):
+    import dlprimer as dp
+    try:
+        return dp.set_backend(name)
+    except RuntimeError as e:
+        raise UsageError(f"--backend {name}: {e}") from None
+
+
+def _default_lr(opt):
+    return {"sgd": 0.1, "momentum": 0.05, "lars": 0.1}.get(opt, 1e-3)
+
+
+def make_optimizer(name, params, lr=None, weight_decay=0.0):
+    from . import optim
+    lr = lr if lr is not None else _default_lr(name)
+    if name == "sgd":
+        return optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "momentum":
+        return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "adam":
+        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
+    if name == "lamb":
+        return optim.LAMB(params, lr=lr, weight_decay=weight_decay)
+    if name == "lars":
+        return optim.LARS(params, lr=lr, weight_decay=weight_decay)
+    raise UsageError(f"unknown optimizer {name!r}")
+
+
+def make_scheduler(name, opt, total_steps):
+    from .optim import lr_scheduler as ls
+    if name == "none":
+        return None
+    if name == "cosine":
+        return ls.CosineAnnealingLR(opt, T_max=total_steps)
+    if name == "step":
+        return ls.StepLR(opt, step_size=max(1, total_steps // 3), gamma=0.1)
+    if name == "onecycle":
+        return ls.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], total_steps=total_steps)
+    if name == "warmup-cosine":
+        return ls.WarmupCosineLR(opt, warmup_steps=max(1, total_steps // 20), total_steps=total_steps)
+    if name == "plateau":
+        return ls.ReduceLROnPlateau(opt, patience=2)
+    raise UsageError(f"unknown schedule {name!r}")
+
+
+def build_model(sizes, activation="relu", dropout=0.0, checkpoint_segments=1):
+    """An MLP; with ``checkpoint_segments > 1`` its training forward recomputes
+    activations in that many segments (dp.checkpoint_sequential)."""
+    from .nn import MLP
+    if checkpoint_segments <= 1:
+        return MLP(sizes, activation=activation, dropout=dropout)
+    from .checkpoint import checkpoint_sequential
+
+    class CheckpointedMLP(MLP):
+        def forward(self, x):
+            if self.training:
+                return checkpoint_sequential(self, self.segments, x)
+            return super().forward(x)
+
+    m = CheckpointedMLP(sizes, activation=activation, dropout=dropout)
+    object.__setattr__(m, "segments", int(checkpoint_segments))
+    return m
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_train(a, out=sys.stdout):
+    import dlprimer as dp
+    from .data import DataLoader, load_dataset
+    from .train import fit
+    b = _set_backend(a.backend)
+    dp.manual_seed(a.seed)
+    data = load_dataset(a.dataset, seed=a.seed)
+    sizes = [data.num_features, *a.hidden, data.num_outputs]
+    model = build_model(sizes, a.activation, a.dropout, a.checkpoint_segments)
+    opt = make_optimizer(a.optimizer, model.parameters(), a.lr, a.weight_decay)
+    train = DataLoader(data.train, a.batch_size, shuffle=True, seed=a.seed)
+    val = DataLoader(data.val, max(a.batch_size, 256))
+    total = a.steps if a.steps is not None else a.epochs * len(train)
+    sched = make_scheduler(a.schedule, opt, total)
+    config = {"command": "train", "dataset": a.dataset, "sizes": sizes, "activation": a.activation,
+              "lr": opt.param_groups[0]["lr"], "schedule": a.schedule, "seed": a.seed,
+              "dropout": a.dropout, "checkpoint_segments": a.checkpoint_segments}
+    print(f"dlprimer train: {a.dataset} ({len(data.train)} train / {len(data.val)} val), MLP "
+          f"{sizes} {a.activation}, {type(opt).__name__} lr {config['lr']:g}, batch {a.batch_size}, "
+          f"backend {b.name}", file=out, flush=True)
+    res = fit(model, opt, train, val, epochs=a.epochs, steps=a.steps, scheduler=sched, clip=a.clip,
+              log_dir=a.log_dir, checkpoint_dir=a.checkpoint_dir, checkpoint_every=a.checkpoint_every,
+              resume=a.resume, early_stopping=a.early_stopping, progress=not a.no_progress,
+              stream=out if not a.no_progress else None, config=config)
+    final = {k: v for k, v in res.final.items() if isinstance(v, (int, float, str, bool))}
+    final["steps"] = res.step
+    if a.json:
+        print(json.dumps(final), file=out)
+    else:
+        acc = f", val_acc {final['val_acc']:.4f}" if "val_acc" in final else ""
+        print(f"done: {res.step} steps, val_loss {final.get('val_loss', float('nan')):.4f}{acc}"
+              + (f"; log {res.log_path}" if res.log_path else "")
+              + (f"; checkpoint {res.checkpoint}" if res.checkpoint else ""), file=out)
+    return res
+
+
+def _profile_model(a_dataset, hidden, activation, batch_size, optimizer, lr, seed, warmup, repeats):
+    import dlprimer as dp
+    from .data import DataLoader, load_dataset
+    from .nn import functional as F
+    from .profiler import profile
+    dp.manual_seed(seed)
+    data = load_dataset(a_dataset, seed=seed)
+    sizes = [data.num_features, *hidden, data.num_outputs]
+    model = build_model(sizes, activation)
+    opt = make_optimizer(optimizer, model.parameters(), lr)
+    loader = DataLoader(data.train, min(batch_size, len(data.train)), shuffle=True, seed=seed)
+    batch = next(iter(loader))
+    loss = F.cross_entropy if data.task == "classification" else F.mse_loss
+    rep = profile(model, loss, batch, optimizer=opt, warmup=warmup, repeats=repeats)
+    return rep, model, loss, batch, sizes
+
+
+def cmd_profile(a, out=sys.stdout):
+    _set_backend(a.backend)
+    rep, *_ = _profile_model(a.dataset, a.hidden, a.activation, a.batch_size, a.optimizer, a.lr,
+                             a.seed, a.warmup, a.repeats)
+    print(rep.table(), file=out)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(_clean(rep.to_dict()), f, indent=1)
+    return rep
+
+
+def cmd_estimate(a, out=sys.stdout):
+    from .profiler import bytes_per_param, estimate
+    if a.sizes is not None:
+        if len(a.sizes) < 2:
+            raise UsageError("--sizes needs at least two sizes (inputs, ..., outputs)")
+        e = estimate(a.sizes, a.batch, optimizer=a.optimizer, dtype=a.dtype, activation=a.activation)
+        print(json.dumps(_clean(e.to_dict())) if a.json else e.table(), file=out)
+        return e
+    n = int(a.params)
+    bpp = bytes_per_param(a.optimizer, a.dtype)
+    item = {"float32": 4, "float64": 8}.get(a.dtype, 2)
+    res = {"params": n, "dtype": a.dtype, "optimizer": a.optimizer, "bytes_per_param": bpp,
+           "weights_bytes": n * item, "grad_bytes": n * item, "optimizer_bytes": n * (bpp - 2 * item),
+           "model_state_bytes": n * bpp, "chapter_rule_bytes": 12 * n,
+           "train_flops_per_sample": 6 * n, "train_flops_per_step": 6 * n * a.batch}
+    if a.json:
+        print(json.dumps(res), file=out)
+    else:
+        print(f"dlprimer estimate  {n:,} parameters  dtype={a.dtype}  optimizer={a.optimizer}  "
+              f"batch={a.batch}\n"
+              f"  weights               {_fmt_bytes(res['weights_bytes'])}\n"
+              f"  gradients             {_fmt_bytes(res['grad_bytes'])}\n"
+              f"  optimizer state       {_fmt_bytes(res['optimizer_bytes'])}"
+              + (" (incl. float32 master weights)" if item == 2 else "") + "\n"
+              f"  model state           {_fmt_bytes(res['model_state_bytes'])}  ({bpp} bytes/param)\n"
+              f"  chapter's rule        {_fmt_bytes(res['chapter_rule_bytes'])}  (12 bytes/param: "
+              f"one optimizer state; Adam keeps two)\n"
+              f"  training FLOPs        {6 * n:.3g} per sample (2N forward + 4N backward), "
+              f"{6 * n * a.batch:.3g} per step\n"
+              f"  activations: not counted (they depend on the architecture; use --sizes)",
+              file=out)
+    return res
+
+
+def cmd_claims(a, out=sys.stdout):
+    from .claims import check_claims, claims_json, format_claims
+    b = _set_backend(a.backend)
+    try:
+        claims = check_claims(b, size=a.size, only=a.only,
+                              progress=lambda k: print(f"measuring {k} ...", file=sys.stderr,
+                                                       flush=True))
+    except ValueError as e:
+        if "unknown claim" in str(e):
+            raise UsageError(f"--only: {e}") from None
+        raise
+    print(f"The chapter's claims, re-measured on backend {b.name} "
+          f"({a.size} workloads):\n", file=out)
+    print(format_claims(claims), file=out, end="")
+    if a.json:
+        with open(a.json, "w") as f:
+            f.write(claims_json(claims))
+    return claims
+
+
+def cmd_report(a, out=sys.stdout):
+    from .report import build_report
+    b = _set_backend(a.backend)
+    if not os.path.isdir(a.run) and a.no_measure:
+        raise UsageError(f"--run {a.run}: no such directory (and --no-measure leaves nothing to plot)")
+    path = build_report(a.run, out_dir=a.out, measure=not a.no_measure, backend=b, seed=a.seed,
+                        size=a.size)
+    print(f"report: {path}", file=out)
+    return path
+
+
+def cmd_bench(a, out=sys.stdout):
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    bench = os.path.join(root, "benchmarks")
+    if not os.path.isdir(bench):
+        bench = os.path.join(os.getcwd(), "benchmarks")
+    if not os.path.isdir(bench):
+        raise UsageError("no benchmarks/ directory found (run from a source checkout)")
+    env = dict(os.environ, DLPRIMER_BACKEND=a.backend)
+    if a.quick:
+        env["DLPRIMER_BENCH_QUICK"] = "1"
+    args = [x for x in a.pytest_args if x != "--"]
+    cmd = [sys.executable, "-m", "pytest", bench, "-q", "-p", "no:cacheprovider", *args]
+    print("running: " + " ".join(cmd), file=out, flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+def cmd_primer(a, out=sys.stdout):
+    """Train on digits, profile, check the claims, write the report."""
+    import dlprimer as dp
+    from .claims import check_claims, claims_json, format_claims
+    from .report import build_report
+    t0 = time.perf_counter()
+    b = _set_backend(a.backend)
+    os.makedirs(a.out, exist_ok=True)
+    print(f"dlprimer primer: backend {b.name}; writing to {os.path.abspath(a.out)}\n", file=out)
+
+    print("1/4 training an MLP on the digits (8x8 images, 10 classes)", file=out, flush=True)
+    targs = build_parser().parse_args(
+        ["train", "--dataset", "digits", "--hidden", "128,128", "--epochs", str(a.epochs),
+         "--batch-size", "64", "--optimizer", "adam", "--lr", "2e-3", "--schedule", "cosine",
+         "--backend", b.name, "--seed", str(a.seed), "--log-dir", os.path.join(a.out, "logs"),
+         "--checkpoint-dir", os.path.join(a.out, "checkpoints")])
+    res = cmd_train(targs, out=out)
+
+    print(f"   ({time.perf_counter() - t0:.1f} s)", file=out)
+    t1 = time.perf_counter()
+    print("\n2/4 profiling one training step (batch 256)", file=out, flush=True)
+    rep, *_ = _profile_model("digits", [128, 128], "relu", 256, "adam", 2e-3, a.seed, 3, 20)
+    print(rep.table(), file=out)
+    with open(os.path.join(a.out, "profile.json"), "w") as f:
+        json.dump(_clean(rep.to_dict()), f, indent=1)
+
+    print(f"   ({time.perf_counter() - t1:.1f} s)", file=out)
+    t1 = time.perf_counter()
+    claims = None
+    if not a.no_claims:
+        print("\n3/4 re-measuring the chapter's claims", file=out, flush=True)
+        claims = check_claims(b, size=a.size)
+        print(format_claims(claims), file=out, end="")
+        with open(os.path.join(a.out, "claims.json"), "w") as f:
+            f.write(claims_json(claims))
+    else:
+        print("\n3/4 claims skipped (--no-claims)", file=out)
+
+    print(f"   ({time.perf_counter() - t1:.1f} s)", file=out)
+    t1 = time.perf_counter()
+    print("\n4/4 writing the report", file=out, flush=True)
+    path = build_report(a.out, measure=True, backend=b, seed=a.seed,
+                        size="tiny" if a.size == "tiny" else "quick")
+    print(f"   ({time.perf_counter() - t1:.1f} s)", file=out)
+    final = res.final
+    print(f"\ndone in {time.perf_counter() - t0:.1f} s: digits val_acc "
+          f"{final.get('val_acc', float('nan')):.3f} after {res.step} steps\n"
+          f"report: {os.path.abspath(path)}", file=out)
+    dp.set_backend(b.name)
+    return path
+
+
+def _clean(o):
+    import math
+
+    import numpy as np
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        return float(o) if math.isfinite(float(o)) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return o
+
+
+COMMANDS = {"primer": cmd_primer, "train": cmd_train, "profile": cmd_profile,
+            "estimate": cmd_estimate, "claims": cmd_claims, "report": cmd_report,
+            "bench": cmd_bench}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    prog = f"dlprimer {a.command}"
+    try:
+        rc = COMMANDS[a.command](a)
+        return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; DLPRIMER_DEBUG=1 shows the traceback
+        if os.environ.get("DLPRIMER_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"{prog}: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
