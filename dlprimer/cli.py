@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after PATIENCE epochs without a better validation loss")
     s.add_argument("--no-progress", action="store_true", help="no progress output")
     s.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    from .distributed import cli as dist_cli
+    dist_cli.add_arguments(s)
 
     s = sub.add_parser("profile", help="time, FLOPs and memory of one training step, per layer",
                        description="Profile forward, backward and optimizer step: per-layer times, "
@@ -296,7 +298,12 @@ def cmd_train(a, out=sys.stdout):
     import dlprimer as dp
     from .data import DataLoader, load_dataset
     from .train import fit
+    from .distributed import cli as dist_cli
     b = _set_backend(a.backend)
+    try:
+        comm = dist_cli.setup(a)  # None unless --distributed or launched by mpiexec -n >1
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     dp.manual_seed(a.seed)
     data = load_dataset(a.dataset, seed=a.seed)
     sizes = [data.num_features, *a.hidden, data.num_outputs]
@@ -309,13 +316,23 @@ def cmd_train(a, out=sys.stdout):
     config = {"command": "train", "dataset": a.dataset, "sizes": sizes, "activation": a.activation,
               "lr": opt.param_groups[0]["lr"], "schedule": a.schedule, "seed": a.seed,
               "dropout": a.dropout, "checkpoint_segments": a.checkpoint_segments}
-    print(f"dlprimer train: {a.dataset} ({len(data.train)} train / {len(data.val)} val), MLP "
-          f"{sizes} {a.activation}, {type(opt).__name__} lr {config['lr']:g}, batch {a.batch_size}, "
-          f"backend {b.name}", file=out, flush=True)
-    res = fit(model, opt, train, val, epochs=a.epochs, steps=a.steps, scheduler=sched, clip=a.clip,
-              log_dir=a.log_dir, checkpoint_dir=a.checkpoint_dir, checkpoint_every=a.checkpoint_every,
-              resume=a.resume, early_stopping=a.early_stopping, progress=not a.no_progress,
-              stream=out if not a.no_progress else None, config=config)
+    if comm is None or comm.rank == 0:
+        print(f"dlprimer train: {a.dataset} ({len(data.train)} train / {len(data.val)} val), MLP "
+              f"{sizes} {a.activation}, {type(opt).__name__} lr {config['lr']:g}, "
+              f"batch {a.batch_size}, backend {b.name}", file=out, flush=True)
+    fit_args = dict(epochs=a.epochs, steps=a.steps, scheduler=sched, clip=a.clip,
+                    log_dir=a.log_dir, checkpoint_dir=a.checkpoint_dir,
+                    checkpoint_every=a.checkpoint_every, resume=a.resume,
+                    early_stopping=a.early_stopping, progress=not a.no_progress,
+                    stream=out if not a.no_progress else None, config=config)
+    if comm is not None:
+        from .distributed import fit as dist_fit
+        config["world_size"] = comm.world_size
+        res = dist_fit(model, opt, train, val, comm=comm, **fit_args, **dist_cli.fit_kwargs(a))
+        if comm.rank != 0:
+            return res
+    else:
+        res = fit(model, opt, train, val, **fit_args)
     final = {k: v for k, v in res.final.items() if isinstance(v, (int, float, str, bool))}
     final["steps"] = res.step
     if a.json:

@@ -1,0 +1,27 @@
+"""``dlprimer train --distributed`` under ``mpiexec -n 2``: one log, written by rank 0."""
+import json
+import sys
+
+import pytest
+
+
+def test_cli_train_distributed_on_two_ranks(tmp_path, rank_env):
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'dlprimer[dist]')")
+    from dlprimer.distributed import launch
+    if launch.find_mpiexec() is None:
+        pytest.skip("no mpiexec (pip install 'dlprimer[dist]')")
+    argv = [sys.executable, "-m", "dlprimer", "train", "--backend", "cpu", "--dataset", "iris",
+            "--hidden", "16", "--epochs", "2", "--batch-size", "16", "--distributed",
+            "--scale-lr", "--warmup-steps", "3", "--no-progress", "--json",
+            "--log-dir", str(tmp_path / "logs")]
+    proc = launch.run(2, argv, timeout=90, env=rank_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, proc.stdout  # only rank 0 reports
+    final = json.loads(lines[0])
+    assert final["steps"] > 0 and 0.0 <= final["val_acc"] <= 1.0
+    assert proc.stdout.count("dlprimer train:") == 1
+    records = [json.loads(ln) for ln in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r.get("step", 0) >= 0 for r in records)
+    steps = [r["step"] for r in records if r.get("event") == "step"]
+    assert len(steps) == len(set(steps)), "each step logged once (rank 0 only)"
