@@ -93,7 +93,9 @@ class DataLoader:
                 "num_replicas": self.num_replicas, "rank": self.rank}
 
     def load_state_dict(self, state: dict):
-        for k in ("batch_size", "shuffle", "num_replicas", "rank"):
+        """Resume at the saved (seed, epoch, position). The rank is not checked: rank 0
+        writes the checkpoint and every rank resumes the same position on its own shard."""
+        for k in ("batch_size", "shuffle", "num_replicas"):
             if k in state and state[k] != getattr(self, k):
                 raise ValueError(f"DataLoader state was saved with {k}={state[k]!r}, this loader "
                                  f"has {k}={getattr(self, k)!r}; resume needs the same value")

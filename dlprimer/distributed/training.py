@@ -124,17 +124,6 @@ def scale_learning_rate(optimizer, world_size: int, per_rank_batch: int):
                                         per_rank_batch)
 
 
-def _keep_own_rank_on_resume(loader, rank):
-    """A checkpoint written by rank 0 stores rank 0's loader position; every rank
-    resumes the same (epoch, position) on its own shard."""
-    inner = loader.load_state_dict
-
-    def load_state_dict(state):
-        return inner({**state, "rank": rank})
-
-    loader.load_state_dict = load_state_dict
-
-
 def fit(model, optimizer, train_loader, val_loader=None, *, comm=None, scale_lr: bool = False,
         warmup_steps: int = 0, clip: float | None = None, scheduler=None, log_dir=None,
         checkpoint_dir=None, resume=False, progress="auto", **kwargs):
@@ -151,8 +140,6 @@ def fit(model, optimizer, train_loader, val_loader=None, *, comm=None, scale_lr:
         comm = get_communicator() if is_initialized() else init("auto")
     main = comm.rank == 0
     shard_loader(train_loader, comm=comm)
-    if comm.rank != 0:
-        _keep_own_rank_on_resume(train_loader, comm.rank)
     broadcast_parameters(optimizer, comm=comm)
     buffers = [b for b in model.buffers()] if callable(getattr(model, "buffers", None)) else []
     if buffers:
