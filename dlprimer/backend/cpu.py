@@ -128,13 +128,18 @@ class CPUBackend(Backend):
         return np.maximum(x, 0, out=np.empty_like(x))
 
     def relu_backward(self, y, gy):
-        # gradient 0 at x == 0, as PyTorch; y > 0 exactly where x > 0
-        gx = np.greater(y, 0)
-        return np.multiply(gy, gx, out=np.empty_like(gy))
+        """gy where y > 0, else 0 (so the gradient at x == 0 is 0, as PyTorch's);
+        blocked, so the mask is a block-sized scratch, not a tensor-sized one."""
+        def k(o, yb, gb, m):
+            np.greater(yb, 0, out=m)
+            np.multiply(gb, m, out=o)
+        return self._chain(k, np.empty_like(gy), (y, gy), scratch=(np.bool_,))
 
     def sigmoid_forward(self, x):
-        # 1 / (1 + exp(-x)) overflows to inf (harmlessly: 1/inf = 0) for x << 0;
-        # scipy's expit is the stable one-pass version.
+        """1 / (1 + e^-x) by SciPy's expit, stable for |x| of 1e4 (no overflow).
+        expit has no float16 loop, so half precision is computed in float32."""
+        if x.dtype == np.float16:
+            return scipy.special.expit(x.astype(np.float32)).astype(np.float16)
         return scipy.special.expit(x)
 
     def sigmoid_backward(self, y, gy):

@@ -148,3 +148,16 @@ def test_comparisons_have_no_gradient(backend, rng):
     for r in (a < b, a <= b, a > b, a >= b, a == b, a != b, a > 0.0):
         assert r.dtype == dp.bool_ and not r.requires_grad
     np.testing.assert_array_equal((a < b).numpy(), a.numpy() < b.numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
+def test_core_activations_keep_dtype(backend, rng, name, dtype):
+    x = dp.tensor(rng.standard_normal((3, 70_000)), dtype=dtype, requires_grad=True)
+    y = getattr(x, name)()
+    y.sum().backward()
+    assert y.dtype == np.dtype(dtype) and x.grad.dtype == np.dtype(dtype)
+    ref = {"relu": lambda a: a > 0, "sigmoid": lambda a: (1 / (1 + np.exp(-a))) * (1 / (1 + np.exp(a))),
+           "tanh": lambda a: 1 - np.tanh(a) ** 2}[name](x.numpy().astype(np.float64))
+    tol = 2e-3 if dtype == "float16" else 1e-6
+    np.testing.assert_allclose(x.grad.numpy().astype(np.float64), ref, rtol=tol, atol=tol)
