@@ -14,7 +14,26 @@ def _check_betas(betas, where):
     return float(b1), float(b2)
 
 
-class Adam(Optimizer):
+class _Moments(Optimizer):
+    """What Adam, AdamW and LAMB share: hyper-parameters, their checks, and the two
+    moment arrays m ("exp_avg") and v ("exp_avg_sq") of the arena."""
+
+    def __init__(self, params, lr, betas, eps, weight_decay, skip_nonfinite):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay),
+                         skip_nonfinite=skip_nonfinite)
+
+    def _validate(self, group, where):
+        _check_number("learning rate lr", group["lr"], where=where)
+        _check_betas(group["betas"], where)
+        _check_number("eps", group["eps"], where=where)
+        _check_number("weight_decay", group["weight_decay"], where=where)
+
+    def _state_names(self, group):
+        return ("exp_avg", "exp_avg_sq")
+
+
+class Adam(_Moments):
     """Adam (Kingma & Ba 2015) as PyTorch runs it, step for step: with L2 decay the
     gradient becomes g + wd*w; then
 
@@ -30,18 +49,7 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
-                                      weight_decay=weight_decay),
-                         skip_nonfinite=skip_nonfinite)
-
-    def _validate(self, group, where):
-        _check_number("learning rate lr", group["lr"], where=where)
-        _check_betas(group["betas"], where)
-        _check_number("eps", group["eps"], where=where)
-        _check_number("weight_decay", group["weight_decay"], where=where)
-
-    def _state_names(self, group):
-        return ("exp_avg", "exp_avg_sq")
+        super().__init__(params, lr, betas, eps, weight_decay, skip_nonfinite)
 
     def _update(self, arena, group, i0, i1):
         s, e = arena.slice(i0, i1)

@@ -1,11 +1,10 @@
 """LAMB: layer-wise adaptive moments for large-batch training."""
 from __future__ import annotations
 
-from .adam import _check_betas
-from .optimizer import Optimizer, _check_number
+from .adam import _Moments
 
 
-class LAMB(Optimizer):
+class LAMB(_Moments):
     """LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning", Alg. 2):
 
         m, v as in Adam;  r = (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
@@ -18,18 +17,7 @@ class LAMB(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
                  skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
-                                      weight_decay=weight_decay),
-                         skip_nonfinite=skip_nonfinite)
-
-    def _validate(self, group, where):
-        _check_number("learning rate lr", group["lr"], where=where)
-        _check_betas(group["betas"], where)
-        _check_number("eps", group["eps"], where=where)
-        _check_number("weight_decay", group["weight_decay"], where=where)
-
-    def _state_names(self, group):
-        return ("exp_avg", "exp_avg_sq")
+        super().__init__(params, lr, betas, eps, weight_decay, skip_nonfinite)
 
     def _update(self, arena, group, i0, i1):
         s, e = arena.slice(i0, i1)
