@@ -22,12 +22,19 @@ def _env(extra=None):
 
 
 @pytest.fixture
-def mpirun():
-    """``mpirun(n, scenario, *args, env=None, timeout=...) -> (CompletedProcess, [npz per rank])``."""
+def launcher():
+    """dlprimer.distributed.launch, skipping the test where MPI is not installed."""
     pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'dlprimer[dist]')")
     from dlprimer.distributed import launch
     if launch.find_mpiexec() is None:
         pytest.skip("no mpiexec (pip install 'dlprimer[dist]')")
+    return launch
+
+
+@pytest.fixture
+def mpirun(launcher):
+    """``mpirun(n, scenario, *args, env=None, timeout=...) -> (CompletedProcess, [npz per rank])``."""
+    launch = launcher
 
     def go(n, scenario, *args, outdir, env=None, timeout=LAUNCH_TIMEOUT, check=True):
         argv = [sys.executable, str(WORKER), scenario, str(outdir), *map(str, args)]

@@ -2,19 +2,13 @@
 import json
 import sys
 
-import pytest
 
-
-def test_cli_train_distributed_on_two_ranks(tmp_path, rank_env):
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'dlprimer[dist]')")
-    from dlprimer.distributed import launch
-    if launch.find_mpiexec() is None:
-        pytest.skip("no mpiexec (pip install 'dlprimer[dist]')")
+def test_cli_train_distributed_on_two_ranks(tmp_path, rank_env, launcher):
     argv = [sys.executable, "-m", "dlprimer", "train", "--backend", "cpu", "--dataset", "iris",
             "--hidden", "16", "--epochs", "2", "--batch-size", "16", "--distributed",
             "--scale-lr", "--warmup-steps", "3", "--no-progress", "--json",
             "--log-dir", str(tmp_path / "logs")]
-    proc = launch.run(2, argv, timeout=90, env=rank_env)
+    proc = launcher.run(2, argv, timeout=90, env=rank_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert len(lines) == 1, proc.stdout  # only rank 0 reports
@@ -27,18 +21,14 @@ def test_cli_train_distributed_on_two_ranks(tmp_path, rank_env):
     assert len(steps) == len(set(steps)), "each step logged once (rank 0 only)"
 
 
-def test_cli_distributed_resume_on_two_ranks(tmp_path, rank_env):
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'dlprimer[dist]')")
-    from dlprimer.distributed import launch
-    if launch.find_mpiexec() is None:
-        pytest.skip("no mpiexec (pip install 'dlprimer[dist]')")
+def test_cli_distributed_resume_on_two_ranks(tmp_path, rank_env, launcher):
     base = [sys.executable, "-m", "dlprimer", "train", "--backend", "cpu", "--dataset", "iris",
             "--hidden", "16", "--batch-size", "16", "--distributed", "--no-progress", "--json",
             "--checkpoint-dir", str(tmp_path / "ckpt")]
-    first = launch.run(2, base + ["--epochs", "1"], timeout=90, env=rank_env)
+    first = launcher.run(2, base + ["--epochs", "1"], timeout=90, env=rank_env)
     assert first.returncode == 0, first.stdout + first.stderr
     steps1 = json.loads([ln for ln in first.stdout.splitlines() if ln.startswith("{")][0])["steps"]
-    second = launch.run(2, base + ["--epochs", "2", "--resume"], timeout=90, env=rank_env)
+    second = launcher.run(2, base + ["--epochs", "2", "--resume"], timeout=90, env=rank_env)
     assert second.returncode == 0, second.stdout + second.stderr
     steps2 = json.loads([ln for ln in second.stdout.splitlines() if ln.startswith("{")][0])["steps"]
     assert steps2 == 2 * steps1
