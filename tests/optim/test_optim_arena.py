@@ -5,7 +5,7 @@ import pytest
 
 import dlprimer as dp
 from dlprimer.nn.parameter import Parameter
-from optim_refs import RefSGD
+from .optim_refs import RefSGD
 
 
 def _params(backend, seed=0):

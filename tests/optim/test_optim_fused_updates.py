@@ -5,7 +5,7 @@ import pytest
 
 import dlprimer as dp
 
-from optim_refs import RefAdam, RefLAMB, RefLARS, RefSGD
+from .optim_refs import RefAdam, RefLAMB, RefLARS, RefSGD
 
 SIZES = [37, 1, 100, 64, 3]  # with 64-element blocks, parameters straddle blocks
 

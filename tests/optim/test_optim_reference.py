@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import dlprimer as dp
-from optim_refs import (RefAdam, RefLAMB, RefLARS, RefSGD, dp_loss, dp_params, make_problem,
+from .optim_refs import (RefAdam, RefLAMB, RefLARS, RefSGD, dp_loss, dp_params, make_problem,
                         np_loss_grad)
 
 STEPS = 25
