@@ -36,3 +36,11 @@ from . import nn  # noqa: E402
 from .io import load, save  # noqa: E402
 
 __all__ += ["nn", "save", "load"]
+
+# -- measuring: profiler, gradient checkpointing, estimator, fusion switch (measure) --
+from . import profiler  # noqa: E402
+from .checkpoint import checkpoint, checkpoint_sequential  # noqa: E402
+from .profiler.estimate import estimate  # noqa: E402
+from .unfused import fusion, fusion_enabled  # noqa: E402
+
+__all__ += ["profiler", "checkpoint", "checkpoint_sequential", "estimate", "fusion", "fusion_enabled"]

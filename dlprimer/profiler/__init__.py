@@ -1,0 +1,18 @@
+"""Measuring a training step: time, FLOPs and memory, per layer and in total.
+
+``profile`` (timing, FLOPs, backward ops, memory split), ``checkpoint_tradeoff``
+(activation memory against step time per checkpoint segment count),
+``compare_fusion`` (fused against unfused ops, same run), ``estimate`` (the
+analytic figures). See each function's docstring.
+"""
+from .counters import BackwardTimer, FlopCounter, LayerScope, SavedTracker
+from .estimate import Estimate, bytes_per_param, bytes_per_param_table, estimate, state_arrays
+from .fusion import FusionComparison, compare_fusion
+from .memory import measure_step_memory
+from .profile import profile
+from .report import Report
+from .tradeoff import Tradeoff, checkpoint_tradeoff
+
+__all__ = ["profile", "Report", "checkpoint_tradeoff", "Tradeoff", "compare_fusion",
+           "FusionComparison", "estimate", "Estimate", "bytes_per_param", "bytes_per_param_table",
+           "state_arrays", "FlopCounter", "BackwardTimer", "SavedTracker", "LayerScope", "measure_step_memory"]
