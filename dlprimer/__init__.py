@@ -37,6 +37,10 @@ from .io import load, save  # noqa: E402
 
 __all__ += ["nn", "save", "load"]
 
+# -- training checkpoints (train) --
+from .ckpt import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+__all__ += ["save_checkpoint", "load_checkpoint", "CheckpointError"]
+
 # -- measuring: profiler, gradient checkpointing, estimator, fusion switch (measure) --
 from . import profiler  # noqa: E402
 from .checkpoint import checkpoint, checkpoint_sequential  # noqa: E402
