@@ -93,7 +93,7 @@ def _cpu_model() -> str:
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """After pytest-benchmark's own tables: the ratio table (dlprimer vs each peer)."""
     bs = getattr(config, "_benchmarksession", None)
-    if bs is None or not getattr(bs, "benchmarks", None):
+    if os.environ.get("DLPRIMER_BENCH_NO_SUMMARY") == "1" or bs is None or not getattr(bs, "benchmarks", None):
         return
     try:
         from dlprimer.bench import format_table, rows_from_benchmarks

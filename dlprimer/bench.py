@@ -166,17 +166,17 @@ def format_table(rows, machine=None) -> str:
     ratio_rows = [r for r in rows if r["kind"] == "ratio"]
     fig_rows = [r for r in rows if r["kind"] == "figure"]
     if ratio_rows:
-        w = max(len(str(r["workload"])) for r in ratio_rows)
-        lines.append(f"| {'workload':<{w}} | {'peer':<11} | {'dlprimer':>10} | {'peer':>10} | "
+        w = max([len("workload")] + [len(str(r["workload"])) for r in ratio_rows])
+        lines.append(f"| {'workload':<{w}} | {'peer':<16} | {'dlprimer':>10} | {'peer':>10} | "
                      f"{'dlprimer/peer':>13} | {'target':>6} | {'':7} |")
-        lines.append(f"|{'-' * (w + 2)}|{'-' * 13}|{'-' * 12}|{'-' * 12}|{'-' * 15}|{'-' * 8}|{'-' * 9}|")
+        lines.append(f"|{'-' * (w + 2)}|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 15}|{'-' * 8}|{'-' * 9}|")
         for r in ratio_rows:
             tgt = f"<={r['target']:g}" if r["target"] is not None else ""
-            lines.append(f"| {r['workload']:<{w}} | {r['peer']:<11} | {_fmt_time(r['dlprimer_s'], r.get('unit', 's')):>10} | "
+            lines.append(f"| {r['workload']:<{w}} | {r['peer']:<16} | {_fmt_time(r['dlprimer_s'], r.get('unit', 's')):>10} | "
                          f"{_fmt_time(r['peer_s'], r.get('unit', 's')):>10} | {r['value']:>12.2f}x | {tgt:>6} | {_status(r):7} |")
     if fig_rows:
         lines.append("")
-        w = max(len(str(r["workload"])) for r in fig_rows)
+        w = max([len("figure")] + [len(str(r["workload"])) for r in fig_rows])
         lines.append(f"| {'figure':<{w}} | {'value':>12} | {'target':>7} | {'':7} |")
         lines.append(f"|{'-' * (w + 2)}|{'-' * 14}|{'-' * 9}|{'-' * 9}|")
         for r in fig_rows:
@@ -212,11 +212,12 @@ def format_json(path) -> str:
 
 
 # -- running the suite ----------------------------------------------------------------------
-def find_benchmarks(start=None) -> str:
-    """The ``benchmarks/`` directory of the source checkout (next to the package, or
-    in the current directory)."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for root in (start, here, os.getcwd()):
+def find_benchmarks(roots=None) -> str:
+    """The ``benchmarks/`` directory of the source checkout: next to the package, or
+    in the current directory (or in one of ``roots``)."""
+    if roots is None:
+        roots = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.getcwd())
+    for root in roots:
         if root and os.path.isfile(os.path.join(root, "benchmarks", "conftest.py")):
             return os.path.join(root, "benchmarks")
     raise FileNotFoundError("no benchmarks/ directory found next to the dlprimer package or "
@@ -240,7 +241,9 @@ def build_parser(parser=None):
     return p
 
 
-def run(args, out=sys.stdout) -> int:
+def run(args, out=None) -> int:
+    """Run (or with ``--format`` only re-print) the suite; returns the exit status."""
+    out = out or sys.stdout
     if args.format:
         if not os.path.isfile(args.format):
             print(f"dlprimer bench: --format {args.format}: no such file", file=sys.stderr)
@@ -259,7 +262,7 @@ def run(args, out=sys.stdout) -> int:
     if missing:
         print(f"dlprimer bench: not in this checkout: {', '.join(missing)}", file=sys.stderr)
         return 2
-    env = dict(os.environ)
+    env = dict(os.environ, DLPRIMER_BENCH_NO_SUMMARY="1")  # the table is printed below
     if args.quick:
         env["DLPRIMER_BENCH_QUICK"] = "1"
     if args.threads is not None:
