@@ -1,11 +1,12 @@
 """CPU activations, forward + backward on 16M float32 elements (chapter section 03:
 "GELU costs more compute than ReLU" -- by how much, and what fusing buys).
 
-For each activation three peers run in the same session (one pytest-benchmark
+For each activation four peers run in the same session (one pytest-benchmark
 group each):
   copy   -- ``y = x.copy(); gx = gy.copy()``: the memory traffic floor;
   naive  -- the textbook NumPy expression for forward and for backward (x*x*x, not
             x**3, so the peer is not handicapped by a slow pow);
+  unfused -- the same backend calls under ``dp.fusion(False)`` (primitive ops);
   fused  -- the backend's fused ops (blocked in-place ufunc chains).
 The fused entry records ``fused/copy`` and ``naive/fused`` (best-of-rounds times) in
 its extra_info, and the module prints the table at the end.
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 import scipy.special
 
+import dlprimer as dp
 from dlprimer.backend import backend_for
 
 QUICK = os.environ.get("DLPRIMER_BENCH_QUICK") == "1"
@@ -67,6 +69,15 @@ def _copy(x, gy):
     return x.copy(), gy.copy()
 
 
+def _unfused(fused):
+    """The same fused call with ``dp.fusion(False)``: the backend's ops run as chains
+    of primitive array ops (``dlprimer/unfused.py``), a temporary per operator."""
+    def run(x, gy):
+        with dp.fusion(False):
+            return fused(x, gy)
+    return run
+
+
 CASES = {
     "gelu_erf": (_naive_gelu, _fused_gelu),
     "gelu_tanh": (_naive_gelu_tanh, _fused_gelu_tanh),
@@ -103,11 +114,11 @@ def _ratio_table(request):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("peer", ["copy", "naive", "fused"])  # copy runs first in each group
+@pytest.mark.parametrize("peer", ["copy", "naive", "unfused", "fused"])  # copy runs first
 def test_activation_fwd_bwd(benchmark, data, name, peer):
     x, gy = data
     naive, fused = CASES[name]
-    fn = {"copy": _copy, "naive": naive, "fused": fused}[peer]
+    fn = {"copy": _copy, "naive": naive, "fused": fused, "unfused": _unfused(fused)}[peer]
     y, gx = fn(x, gy)
     assert y.dtype == np.float32 and gx.dtype == np.float32 and y.shape == x.shape
     if peer != "copy":

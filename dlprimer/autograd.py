@@ -134,6 +134,8 @@ class Function:
     bwd_flops_per_elem = 1
     saved = None
     _record = False
+    needs_input_grad = ()
+    next_edges = ()
     _freed = False
     trace = None
     in_shapes = ()
@@ -168,36 +170,47 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **kwargs):
-        from .tensor import Tensor
+        """Run ``forward`` on the inputs' arrays; record a node when grad mode is on
+        and some input requires a gradient. This is the per-op cost of the eager
+        framework (``benchmarks/test_autograd.py`` times it), hence the plain loop."""
         node = cls()
         arrays = []
         needs = []
+        edges = []
+        record = False
         backend = None
         for x in inputs:
             if isinstance(x, Tensor):
+                b = x._backend
                 if backend is None:
-                    backend = x._backend
-                elif x._backend is not backend:
+                    backend = b
+                elif b is not backend:
                     raise RuntimeError(
                         f"{cls.__name__}: tensors on two backends, {backend.name!r} and "
-                        f"{x._backend.name!r}; move one with .to({backend.name!r})")
+                        f"{b.name!r}; move one with .to({backend.name!r})")
                 arrays.append(x.data)
-                needs.append(x.requires_grad)
+                if x.requires_grad:
+                    record = True
+                    needs.append(True)
+                    edges.append(x._node if x._node is not None else x)
+                else:
+                    needs.append(False)
+                    edges.append(None)
             else:
                 arrays.append(x)
                 needs.append(False)
+                edges.append(None)
         if backend is None:
             backend = get_backend()
-        record = _grad_enabled and any(needs)
-        node._record = record
-        node.needs_input_grad = tuple(needs) if record else ()
+        record = record and _grad_enabled
         node.backend = backend
+        if record:
+            node._record = True
+            node.needs_input_grad = tuple(needs)
         out = node.forward(*arrays, **kwargs)
         result = Tensor(out, record, node.backend)
         if record:
-            node.next_edges = tuple(
-                (x._node if x._node is not None else x) if (isinstance(x, Tensor) and x.requires_grad) else None
-                for x in inputs)
+            node.next_edges = tuple(edges)
             result._node = node
             if _anomaly_enabled:
                 node.trace = traceback.extract_stack()[:-1]
@@ -209,6 +222,27 @@ class Function:
                     if fn is not None:
                         fn(node)
         return result
+
+    def leaf_grad_out(self, i, shape, dtype):
+        """An array that the gradient of input ``i`` may be written into directly, or None.
+
+        When input ``i`` is a leaf whose ``.grad`` is None and an optimizer's arena
+        has given it a gradient buffer of this shape and dtype (see
+        ``Tensor._accumulate_grad``), a backward can compute that gradient straight
+        into the buffer (``matmul(..., out=buf)``) and return it: no temporary, no
+        copy, and no fresh page-faulting allocation for the largest arrays of a step.
+        Call it only from ``backward`` and return the buffer for input ``i`` only.
+        """
+        e = self.next_edges[i]
+        if not isinstance(e, Tensor) or e.grad is not None:
+            return None
+        buf = e._grad_buffer
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            return None
+        for j, other in enumerate(self.next_edges):
+            if j != i and other is e:
+                return None
+        return buf
 
     def describe(self) -> str:
         """The op's name and, under anomaly mode, the user line that created it."""
@@ -232,14 +266,12 @@ def _check_finite(node, grads):
 
 def run_backward(root, grad, retain_graph: bool = False):
     """Backpropagate ``grad`` (an array shaped like ``root``) from Tensor ``root``."""
-    from .tensor import Tensor
     node0 = root._node
     if node0 is None:
         root._accumulate_grad(grad)
         return
-    deps: dict = {}
+    deps: dict = {node0: 0}
     stack = [node0]
-    seen = {node0}
     while stack:
         n = stack.pop()
         if n._freed:
@@ -247,11 +279,14 @@ def run_backward(root, grad, retain_graph: bool = False):
                 f"trying to backward through the graph a second time (the saved arrays of "
                 f"{n.name} were freed); pass retain_graph=True to the first backward")
         for e in n.next_edges:
-            if e is not None and not isinstance(e, Tensor):
-                deps[e] = deps.get(e, 0) + 1
-                if e not in seen:
-                    seen.add(e)
-                    stack.append(e)
+            if e is None or isinstance(e, Tensor):
+                continue
+            c = deps.get(e)
+            if c is None:
+                deps[e] = 1
+                stack.append(e)
+            else:
+                deps[e] = c + 1
     grads = {node0: grad}
     ready = [node0]
     observers = list(_observers)
@@ -263,17 +298,19 @@ def run_backward(root, grad, retain_graph: bool = False):
         if gy is None:
             gxs = (None,) * len(edges)
         else:
-            for o in observers:
-                f = getattr(o, "on_backward_begin", None)
-                if f is not None:
-                    f(n)
+            if observers:
+                for o in observers:
+                    f = getattr(o, "on_backward_begin", None)
+                    if f is not None:
+                        f(n)
             gxs = n.backward(gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
-            for o in observers:
-                f = getattr(o, "on_backward_end", None)
-                if f is not None:
-                    f(n)
+            if observers:
+                for o in observers:
+                    f = getattr(o, "on_backward_end", None)
+                    if f is not None:
+                        f(n)
             if anomaly:
                 _check_finite(n, gxs)
         if not retain_graph:
@@ -288,6 +325,10 @@ def run_backward(root, grad, retain_graph: bool = False):
             if g is not None:
                 prev = grads.get(e)
                 grads[e] = g if prev is None else prev + g
-            deps[e] -= 1
-            if deps[e] == 0:
+            c = deps[e] - 1
+            deps[e] = c
+            if c == 0:
                 ready.append(e)
+
+
+from .tensor import Tensor  # noqa: E402  (tensor.py imports autograd only lazily)

@@ -202,12 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", choices=("tiny", "quick"), default="quick",
                    help="workloads for what is measured [default: quick]")
 
-    s = sub.add_parser("bench", help="run the benchmark suite (pytest benchmarks)",
-                       description="Run benchmarks/ with pytest-benchmark; extra arguments go to "
-                       "pytest.")
+    s = sub.add_parser("bench", help="run the benchmark suite and print its table of ratios",
+                       description="Run benchmarks/ with pytest-benchmark and print dlprimer's "
+                       "time ratios against each peer and bound; raw results go to JSON.")
     _common(s)
-    s.add_argument("--quick", action="store_true", help="small sizes (DLPRIMER_BENCH_QUICK=1)")
-    s.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
+    from .bench import build_parser as bench_arguments
+    bench_arguments(s)
     return p
 
 
@@ -439,20 +439,9 @@ def cmd_report(a, out=sys.stdout):
 
 
 def cmd_bench(a, out=sys.stdout):
-    import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    bench = os.path.join(root, "benchmarks")
-    if not os.path.isdir(bench):
-        bench = os.path.join(os.getcwd(), "benchmarks")
-    if not os.path.isdir(bench):
-        raise UsageError("no benchmarks/ directory found (run from a source checkout)")
-    env = dict(os.environ, DLPRIMER_BACKEND=a.backend)
-    if a.quick:
-        env["DLPRIMER_BENCH_QUICK"] = "1"
-    args = [x for x in a.pytest_args if x != "--"]
-    cmd = [sys.executable, "-m", "pytest", bench, "-q", "-p", "no:cacheprovider", *args]
-    print("running: " + " ".join(cmd), file=out, flush=True)
-    return subprocess.call(cmd, env=env)
+    from . import bench
+    os.environ["DLPRIMER_BACKEND"] = a.backend  # the pytest child computes there
+    return bench.run(a, out=out)
 
 
 def cmd_primer(a, out=sys.stdout):

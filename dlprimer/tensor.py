@@ -178,7 +178,9 @@ class Tensor:
             g = g.astype(self.data.dtype)
         if self.grad is None:
             buf = self._grad_buffer
-            if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
+            if g is buf:  # a backward computed it in place (Function.leaf_grad_out)
+                self.grad = Tensor(buf, False, self._backend)
+            elif buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
                 buf[...] = g
                 self.grad = Tensor(buf, False, self._backend)
             else:

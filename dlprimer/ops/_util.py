@@ -22,7 +22,7 @@ def unbroadcast(g, shape):
 
 def as_operand(x, like: Tensor):
     """Scalars pass through (they take ``like``'s dtype); array-likes become constants."""
-    if isinstance(x, Tensor) or isinstance(x, numbers.Number):
+    if isinstance(x, (Tensor, float, int)) or isinstance(x, numbers.Number):
         return x
     return tensor(x, backend=like.backend)
 

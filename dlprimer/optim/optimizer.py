@@ -312,12 +312,17 @@ class Optimizer:
 
     @staticmethod
     def _first_nonfinite(arena: Arena, runs):
-        """Index of the first parameter with a NaN/inf gradient, or None. One sum per
-        run (NaN and inf propagate through it); only a non-finite sum is searched."""
+        """Index of the first parameter with a NaN/inf gradient, or None. One dot
+        product g.g per run (NaN and inf propagate through it; BLAS reads memory at
+        about 3x the speed of a pairwise sum); only a non-finite result is searched
+        (an overflow of huge finite values only costs that search)."""
         xp = arena.backend.xp
         for i0, i1 in runs:
             s, e = arena.slice(i0, i1)
-            if math.isfinite(float(xp.sum(arena.grad[s:e]))):
+            g = arena.grad[s:e]
+            with np.errstate(over="ignore", invalid="ignore"):
+                gg = float(xp.dot(g, g))
+            if math.isfinite(gg):
                 continue
             for i in range(i0, i1):
                 if not bool(xp.isfinite(arena.grad_views[i]).all()):

@@ -1,0 +1,83 @@
+"""dlprimer.bench: the ratio table from pytest-benchmark entries, and the command's
+argument errors (the suite itself runs in CI's quick-mode benchmark step)."""
+import json
+
+import pytest
+
+from dlprimer import bench
+
+
+def _entry(group, peer, best, **info):
+    return {"group": group, "name": f"test[{peer}]", "params": {"peer": peer},
+            "stats": {"min": best}, "extra_info": dict(info, workload=group, peer=peer)}
+
+
+def test_ratio_rows_and_targets():
+    entries = [_entry("mlp 784-256-10 b128 sgd", "dlprimer", 1.2e-3),
+               _entry("mlp 784-256-10 b128 sgd", "numpy", 1.0e-3),
+               _entry("mlp 784-256-10 b128 sgd", "torch", 1.0e-3, rr_best_s=2.0e-3),
+               _entry("mlp 784-256-10 b128 sgd", "copy", 1.0e-4)]
+    rows = {r["peer"]: r for r in bench.rows_from_benchmarks(entries)}
+    assert set(rows) == {"numpy", "torch", "copy"}
+    assert rows["numpy"]["value"] == pytest.approx(1.2)
+    assert rows["numpy"]["target"] == 1.1 and bench._status(rows["numpy"]) == "NOT met"
+    assert rows["torch"]["value"] == pytest.approx(0.6)  # the round-robin best wins
+    assert bench._status(rows["torch"]) == "met"
+    assert rows["copy"]["target"] is None and bench._status(rows["copy"]) == ""
+
+
+def test_figures_metric_and_legacy_entries():
+    entries = [
+        _entry("chain", "dlprimer", 4e-3, figures=[["autograd us/op", 4.0, "us"]]),
+        _entry("mem", "dlprimer", 1.0, metric="rss", rss=3 * 2 ** 20),
+        _entry("mem", "torch", 1.0, metric="rss", rss=6 * 2 ** 20),
+        {"group": "adam", "name": "test_adam", "stats": {"min": 1.0},
+         "extra_info": {"arena_adam_ns_per_param": 3.0, "optimizer_step_ns_per_param": 3.1,
+                        "naive_numpy_adam_ns_per_param": 9.0, "copy_same_bytes_ns_per_param": 1.0}},
+        {"group": "act", "name": "t[fused]", "params": {"peer": "fused"}, "stats": {"min": 2.0},
+         "extra_info": {}},
+        {"group": "act", "name": "t[naive]", "params": {"peer": "naive"}, "stats": {"min": 4.0},
+         "extra_info": {}},
+    ]
+    rows = bench.rows_from_benchmarks(entries)
+    figs = {r["workload"]: r for r in rows if r["kind"] == "figure"}
+    assert figs["autograd us/op"]["target"] == 10.0 and bench._status(figs["autograd us/op"]) == "met"
+    assert bench._status(figs["adam ns/param"]) == "NOT met"
+    ratios = {(r["workload"], r["peer"]): r for r in rows if r["kind"] == "ratio"}
+    assert ratios[("mem", "torch")]["value"] == pytest.approx(0.5)
+    assert ratios[("mem", "torch")]["unit"] == "B"
+    assert ratios[("act", "numpy")]["value"] == pytest.approx(0.5)  # fused is dlprimer's
+    text = bench.format_table(rows, machine="test box")
+    assert "test box" in text and "3.0 MiB" in text and "NOT met" in text
+
+
+def test_format_json_and_main(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({
+        "machine_info": {"python_version": "3.11", "dlprimer_bench": {
+            "cpu_model": "Some CPU", "cpu_count": 2, "blas_threads": 1}},
+        "benchmarks": [_entry("mlp x", "dlprimer", 2.0), _entry("mlp x", "numpy", 1.0)]}))
+    assert bench.main(["--format", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Some CPU, 2 CPUs, 1 BLAS thread(s)" in out and "2.00x" in out and "NOT met" in out
+
+
+def test_main_errors(tmp_path, capsys, monkeypatch):
+    assert bench.main(["--format", str(tmp_path / "missing.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--group", "no-such-group"])
+    assert e.value.code == 2
+    with pytest.raises(FileNotFoundError, match="no benchmarks/ directory"):
+        bench.find_benchmarks(roots=[str(tmp_path)])
+    capsys.readouterr()
+
+    def nowhere():
+        raise FileNotFoundError("no benchmarks/ directory found")
+    monkeypatch.setattr(bench, "find_benchmarks", nowhere)
+    assert bench.main([]) == 2
+    assert "no benchmarks/ directory" in capsys.readouterr().err
+    (tmp_path / "benchmarks").mkdir()
+    monkeypatch.setattr(bench, "find_benchmarks", lambda: str(tmp_path / "benchmarks"))
+    assert bench.main(["--group", "mlp"]) == 2
+    assert "not in this checkout" in capsys.readouterr().err
