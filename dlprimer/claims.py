@@ -247,7 +247,9 @@ def claim_gelu(backend, size) -> Claim:
         f"MLP {sizes} fwd+bwd step {step_ratio:.2f}x",
         "Per element GELU evaluates erf (or tanh) and its derivative, tens of FLOPs against "
         "ReLU's one comparison, so the op alone is several times slower (the tanh form is the "
-        "cheap approximation the chapter mentions). " + (
+        "cheap approximation the chapter mentions). On the CPU the exact form's cost is mostly "
+        "SciPy's erf, a scalar loop of about 15 ns per element that no fusion can shorten, so "
+        "erf-GELU's multiple here overstates its FLOP cost. " + (
             "In this small MLP the activation is a visible part of the step, because its matmuls "
             "are small (O(B*H) activation work against O(B*H*H) matmul work); "
             if step_ratio > 1.2 else
