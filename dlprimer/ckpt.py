@@ -155,8 +155,8 @@ def _decode(obj, arrays, backend=None):
             a = arrays[key]
         except KeyError:
             raise CheckpointError(f"checkpoint refers to array {key!r}, which it does not hold") from None
-        if backend is not None and backend.name != "cpu":
-            a = backend.asarray(a)
+        if backend is not None:
+            a = backend.asarray(a)  # no copy on the CPU
         if "__tensor__" in obj:
             from .backend import backend_for
             return Tensor(a, False, backend if backend is not None else backend_for("cpu"))

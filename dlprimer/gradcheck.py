@@ -68,15 +68,14 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     for (idx, t), a in zip(checked, analytic):
         host = t.numpy().astype(np.float64).reshape(-1).copy()
         numeric = np.empty_like(host)
-        xp = t.backend.xp
         original = t.data
         for k in range(host.size):
             v = host[k]
             host[k] = v + eps
-            t.data = xp.asarray(host.reshape(t.shape)) if t.backend.name != "cpu" else host.reshape(t.shape).copy()
+            t.data = t.backend.asarray(host.reshape(t.shape).copy())
             fp = scalar()
             host[k] = v - eps
-            t.data = xp.asarray(host.reshape(t.shape)) if t.backend.name != "cpu" else host.reshape(t.shape).copy()
+            t.data = t.backend.asarray(host.reshape(t.shape).copy())
             fm = scalar()
             host[k] = v
             numeric[k] = (fp - fm) / (2 * eps)

@@ -121,7 +121,7 @@ def load(path, backend=None) -> LoadedStateDict:
     out = LoadedStateDict()
     for k in order:
         arr = arrays[k]
-        out[k] = Tensor(arr if b.name == "cpu" else b.asarray(arr), False, b)
+        out[k] = Tensor(b.asarray(arr), False, b)
     out.source = path
     out.metadata = meta
     return out

@@ -313,7 +313,7 @@ def from_numpy(a: np.ndarray, backend=None) -> Tensor:
         raise TypeError(f"from_numpy() expects a numpy.ndarray, got {type(a).__name__}")
     b = backend_for(backend if backend is not None else "cpu")
     _dtype.as_dtype(a.dtype)
-    return Tensor(a if b.name == "cpu" else b.asarray(a), False, b)
+    return Tensor(b.asarray(a), False, b)  # np.asarray: zero-copy on the CPU
 
 
 def from_dlpack(obj) -> Tensor:

@@ -606,9 +606,9 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
                            samples_per_s=b / t_step if t_step > 0 else float("nan"))
                 if mem_peak is not None:
                     rec["mem_peak"] = mem_peak
-                    rec["metered"] = not meter.active or backend.name == "cpu"
+                    rec["metered"] = not meter.active or meter.slows_steps
                     acc["mem_peak"] = max(acc["mem_peak"], mem_peak)
-                if not (metered and backend.name == "cpu"):
+                if not (metered and meter.slows_steps):
                     acc["time"] += t_step
                 # -- the chapter's warnings --
                 if gnorm < vanishing_threshold:

@@ -47,6 +47,10 @@ class MemoryMeter:
     ``start()``/``stop()`` switch metering on where it costs something (the CPU).
     """
 
+    #: True when metering slows the computation it meters (CPU tracing does), so a
+    #: metered step's time must not be taken as a timing.
+    slows_steps: bool = False
+
     def start(self):
         pass
 
@@ -72,6 +76,9 @@ class Backend:
 
     name: str = "?"
     xp = None
+    #: True when arrays live in host memory, so host libraries (MPI, file writers)
+    #: can use them in place; device backends copy through to_numpy()/asarray().
+    host_memory: bool = False
 
     def __init__(self):
         self._seed = int(np.random.SeedSequence().entropy % (2**63))

@@ -41,6 +41,8 @@ class CPUMemoryMeter(MemoryMeter):
     must not have it on. ``numpy_current()`` counts NumPy's domain alone.
     """
 
+    slows_steps = True
+
     def __init__(self):
         self._started_here = False
 
@@ -88,6 +90,7 @@ class CPUMemoryMeter(MemoryMeter):
 class CPUBackend(Backend):
     name = "cpu"
     xp = np
+    host_memory = True
 
     def __init__(self):
         super().__init__()

@@ -112,16 +112,14 @@ class DataLoader:
     def _arrays_on(self, b):
         arrays = self._cache.get(b.name)
         if arrays is None:
-            arrays = self.dataset.arrays if b.name == "cpu" else tuple(
-                b.asarray(a) for a in self.dataset.arrays)
+            arrays = tuple(b.asarray(a) for a in self.dataset.arrays)  # no copy on the CPU
             self._cache[b.name] = arrays
         return arrays
 
     def _batch(self, b, idx: np.ndarray):
         if isinstance(self.dataset, TensorDataset):
             arrays = self._arrays_on(b)
-            if b.name != "cpu":
-                idx = b.asarray(idx)
+            idx = b.asarray(idx)
             parts = tuple(a[idx] for a in arrays)
         else:
             samples = [self.dataset[int(i)] for i in idx]

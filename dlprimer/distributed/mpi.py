@@ -106,7 +106,7 @@ class MPICommunicator(Communicator):
     def _all_reduce(self, data, backend):
         wd = self._guard("all_reduce")
         try:
-            if backend.name == "cpu":
+            if backend.host_memory:
                 self.comm.Allreduce(self.MPI.IN_PLACE, data, op=self.MPI.SUM)
             else:
                 host = backend.to_numpy(data)
@@ -118,7 +118,7 @@ class MPICommunicator(Communicator):
     def _broadcast(self, data, backend, root):
         wd = self._guard("broadcast")
         try:
-            if backend.name == "cpu":
+            if backend.host_memory:
                 self.comm.Bcast(data, root=root)
             else:
                 host = backend.to_numpy(data)

@@ -23,7 +23,7 @@ class NCCLCommunicator(MPICommunicator):
         self.nccl = _nccl.create(self.comm, device)
 
     def _all_reduce(self, data, backend):
-        if backend.name == "cpu":
+        if backend.host_memory:
             return super()._all_reduce(data, backend)
         wd = self._guard("all_reduce")
         try:
@@ -32,7 +32,7 @@ class NCCLCommunicator(MPICommunicator):
             self._release(wd)
 
     def _broadcast(self, data, backend, root):
-        if backend.name == "cpu":
+        if backend.host_memory:
             return super()._broadcast(data, backend, root)
         wd = self._guard("broadcast")
         try:
