@@ -116,6 +116,7 @@ def installed(monkeypatch, make_lazily=False):
     use when ``make_lazily``); yields the instance, or None when lazy."""
     monkeypatch.setattr(backend_mod, "_instances", dict(backend_mod._instances))
     monkeypatch.setattr(backend_mod, "_current", backend_mod._current)
+    monkeypatch.setattr(CPUBackend, "is_array", lambda self, a: type(a) is np.ndarray)
     real_make = backend_mod._make
     monkeypatch.setattr(backend_mod, "_make",
                         lambda name: FakeDevice() if name == "cuda" else real_make(name))

@@ -34,3 +34,22 @@ def test_detect_anomaly_checks_each_gradient_on_its_own_backend(dev):
     with dp.detect_anomaly():
         g.to("cpu").sum().backward()
     assert isinstance(g.grad.data, DeviceArray)
+
+
+def test_module_to_leaves_the_old_optimizers_gradient_buffers_behind(dev):
+    lin = dp.nn.Linear(4, 3)
+    opt = dp.optim.SGD(lin.parameters(), lr=0.1)
+    x = dp.tensor(np.random.default_rng().normal(size=(5, 4)))
+    lin(x).sum().backward()
+    opt.zero_grad()
+    lin.to("cuda")
+    lin(x.to("cuda")).sum().backward()  # no write into the CPU arena
+    for p in lin.parameters():
+        assert isinstance(p.grad.data, DeviceArray)
+    with pytest.raises(ValueError, match="no longer a 'cpu' array"):
+        opt.step()
+    opt2 = dp.optim.SGD(lin.parameters(), lr=0.1)
+    opt2.zero_grad()
+    lin(x.to("cuda")).sum().backward()
+    assert all(p.grad.data is p._grad_buffer for p in lin.parameters())
+    opt2.step()
