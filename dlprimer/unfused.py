@@ -267,6 +267,13 @@ def _refuse(backend):
             setattr(backend, name, old)
 
 
+def _adopt_new_backend(backend):
+    """Called by ``backend_for`` on each backend it creates: one created inside
+    ``fusion(False)`` (``model.to("cuda")`` in the block) runs unfused too."""
+    if not _enabled:
+        _unfuse(backend)
+
+
 def _apply(enabled: bool):
     global _enabled
     _enabled = enabled

@@ -53,3 +53,19 @@ def test_module_to_leaves_the_old_optimizers_gradient_buffers_behind(dev):
     lin(x.to("cuda")).sum().backward()
     assert all(p.grad.data is p._grad_buffer for p in lin.parameters())
     opt2.step()
+
+
+def _unfused_ops(b):
+    from dlprimer import unfused
+    return [n for n in unfused.UNFUSED_OPS
+            if getattr(vars(b).get(n), "func", None) is getattr(unfused, n)]
+
+
+def test_a_backend_created_inside_fusion_false_runs_unfused(monkeypatch):
+    from dlprimer import unfused
+    with installed(monkeypatch, make_lazily=True):
+        with dp.fusion(False):
+            dev = dp.backend.backend_for("cuda")
+            assert _unfused_ops(dev) == list(unfused.UNFUSED_OPS)
+        assert _unfused_ops(dev) == []
+        assert dev.relu_forward(dev.asarray(np.ones(2))) is not None
