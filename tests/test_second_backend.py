@@ -69,3 +69,20 @@ def test_a_backend_created_inside_fusion_false_runs_unfused(monkeypatch):
             assert _unfused_ops(dev) == list(unfused.UNFUSED_OPS)
         assert _unfused_ops(dev) == []
         assert dev.relu_forward(dev.asarray(np.ones(2))) is not None
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_unfused_lamb_and_lars_do_not_sync_with_the_host(dev, momentum):
+    """The unfused updates stand for an eager framework's chain of device ops: the
+    per-parameter trust ratios stay on the device (no float() per parameter)."""
+    from dlprimer import unfused
+    rng = np.random.default_rng()
+    offsets = np.array([0, 7, 7, 40, 41])
+    p, g, m, v, buf = (dev.asarray(rng.normal(size=41).astype(np.float32)) for _ in range(5))
+    v = dev.xp.abs(v)
+    p[7:40] = 0.0  # a zero-norm parameter: trust ratio 1
+    before = DeviceArray.syncs
+    unfused.lamb_update(dev, p, g, m, v, offsets, 1e-2, 0.9, 0.999, 1e-6, 0.01, 3)
+    unfused.lars_update(dev, p, g, buf if momentum else None, offsets, 0.1, momentum, 1e-4, 1e-3)
+    assert DeviceArray.syncs == before
+    assert isinstance(p, DeviceArray) and np.isfinite(p.view(np.ndarray)).all()
