@@ -86,3 +86,19 @@ def test_unfused_lamb_and_lars_do_not_sync_with_the_host(dev, momentum):
     unfused.lars_update(dev, p, g, buf if momentum else None, offsets, 0.1, momentum, 1e-4, 1e-3)
     assert DeviceArray.syncs == before
     assert isinstance(p, DeviceArray) and np.isfinite(p.view(np.ndarray)).all()
+
+
+@pytest.mark.parametrize("fn", ["cross_entropy", "focal_loss"])
+def test_class_losses_check_targets_with_one_host_sync(dev, fn):
+    """The target range check reads min and max in one transfer; backward reads nothing."""
+    rng = np.random.default_rng()
+    logits = dp.tensor(rng.normal(size=(6, 5))).to("cuda").requires_grad_()
+    target = dp.tensor(rng.integers(0, 5, 6)).to("cuda")
+    before = DeviceArray.syncs
+    loss = getattr(dp.nn.functional, fn)(logits, target)
+    assert DeviceArray.syncs - before == 1
+    loss.backward()
+    assert DeviceArray.syncs - before == 1
+    bad = dp.tensor(np.array([0, 1, 5, 2, 3, 4])).to("cuda")
+    with pytest.raises(ValueError, match="target class 5 is out of range for 5 classes"):
+        getattr(dp.nn.functional, fn)(logits, bad)
