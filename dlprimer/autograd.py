@@ -23,7 +23,7 @@ import functools
 import os
 import traceback
 
-from .backend import get_backend
+from .backend import backend_of_array, get_backend
 
 _grad_enabled = True
 _anomaly_enabled = False
@@ -254,9 +254,11 @@ class Function:
 
 # -- engine --------------------------------------------------------------------------
 def _check_finite(node, grads):
-    xp = node.backend.xp
+    # each gradient with its own backend's xp: a ToBackend node's gradient lives
+    # on the backend it came from, not on the node's
     for g in grads:
         if g is not None and getattr(g, "dtype", None) is not None and g.dtype.kind == "f":
+            xp = backend_of_array(g).xp
             if not bool(xp.isfinite(g).all()):
                 fr = _user_frame(node.trace) if node.trace else None
                 loc = f"{fr.filename}:{fr.lineno}" if fr else None

@@ -181,6 +181,13 @@ def _segments(offsets):
     return [(int(offsets[i]), int(offsets[i + 1])) for i in range(len(offsets) - 1)]
 
 
+def _where_positive(xp, a, b, num, den):
+    """num / den where the norms a and b are both > 0, else 1: on the device, as an
+    eager framework's chain keeps it (a float() per parameter would be a host sync)."""
+    ok = (a > 0) & (b > 0)
+    return xp.where(ok, num / xp.where(ok, den, 1), 1)
+
+
 def lamb_update(b, param, grad, m, v, offsets, lr, beta1, beta2, eps, weight_decay, step):
     xp = b.xp
     m[...] = m * beta1 + grad * (1 - beta1)
@@ -191,9 +198,9 @@ def lamb_update(b, param, grad, m, v, offsets, lr, beta1, beta2, eps, weight_dec
     if weight_decay:
         r = r + param * weight_decay
     for lo, hi in _segments(offsets):
-        wn = float(xp.sqrt((param[lo:hi] * param[lo:hi]).sum()))
-        rn = float(xp.sqrt((r[lo:hi] * r[lo:hi]).sum()))
-        trust = wn / rn if wn > 0 and rn > 0 else 1.0
+        wn = xp.sqrt((param[lo:hi] * param[lo:hi]).sum())
+        rn = xp.sqrt((r[lo:hi] * r[lo:hi]).sum())
+        trust = _where_positive(xp, wn, rn, wn, rn)
         param[lo:hi] = param[lo:hi] - r[lo:hi] * (lr * trust)
     return param
 
@@ -203,9 +210,9 @@ def lars_update(b, param, grad, buf, offsets, lr, momentum, weight_decay, trust_
     xp = b.xp
     for lo, hi in _segments(offsets):
         w, g = param[lo:hi], grad[lo:hi]
-        wn = float(xp.sqrt((w * w).sum()))
-        gn = float(xp.sqrt((g * g).sum()))
-        local = trust_coefficient * wn / (gn + weight_decay * wn + eps) if wn > 0 and gn > 0 else 1.0
+        wn = xp.sqrt((w * w).sum())
+        gn = xp.sqrt((g * g).sum())
+        local = _where_positive(xp, wn, gn, trust_coefficient * wn, gn + weight_decay * wn + eps)
         d = (g + w * weight_decay) * local
         if momentum:
             buf[lo:hi] = buf[lo:hi] * momentum + d
@@ -265,6 +272,13 @@ def _refuse(backend):
             backend.__dict__.pop(name, None)
         else:
             setattr(backend, name, old)
+
+
+def _adopt_new_backend(backend):
+    """Called by ``backend_for`` on each backend it creates: one created inside
+    ``fusion(False)`` (``model.to("cuda")`` in the block) runs unfused too."""
+    if not _enabled:
+        _unfuse(backend)
 
 
 def _apply(enabled: bool):

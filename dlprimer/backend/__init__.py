@@ -91,6 +91,10 @@ def backend_for(name) -> Backend:
         b = _instances[key] = _make(key)
         if _seed is not None:
             b.manual_seed(_seed)
+        # -- fusion switch: a backend created inside `with dp.fusion(False)` starts unfused --
+        from ..unfused import _adopt_new_backend
+        _adopt_new_backend(b)
+        # -- end fusion switch --
     return b
 
 

@@ -79,13 +79,25 @@ class CUDAMemoryMeter(MemoryMeter):
         self._peak = self.pool.used_bytes()
 
 
+#: The one meter of this process: ``set_allocator`` is process-wide, so a second
+#: meter would take the allocator over and leave the first one's peak blind.
+_shared_meter: CUDAMemoryMeter | None = None
+
+
+def _memory_meter() -> CUDAMemoryMeter:
+    global _shared_meter
+    if _shared_meter is None:
+        _shared_meter = CUDAMemoryMeter()
+    return _shared_meter
+
+
 class CUDABackend(Backend):
     name = "cuda"
     xp = cp
 
     def __init__(self):
         super().__init__()
-        self.memory = CUDAMemoryMeter()
+        self.memory = _memory_meter()
         self.device = cp.cuda.Device()
         self._sm_count = int(self.device.attributes["MultiProcessorCount"])
         self._max_blocks = self._sm_count * (2048 // _BLOCK)

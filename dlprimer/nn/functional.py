@@ -242,7 +242,8 @@ def _class_target(logits, target, fn):
         raise ValueError(f"{fn}: target of shape {tuple(arr.shape)} does not match logits of "
                          f"shape {logits.shape}; expected ({n},) class indices")
     if n:
-        lo, hi = int(arr.min()), int(arr.max())
+        xp = logits.backend.xp
+        lo, hi = (int(v) for v in logits.backend.to_numpy(xp.stack([arr.min(), arr.max()])))
         if lo < 0 or hi >= c:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{fn}: target class {bad} is out of range for {c} classes "

@@ -351,6 +351,9 @@ class Module:
                     if t.grad is not None:
                         t.grad = Tensor(dst.asarray(src.to_numpy(t.grad.data)), False, dst)
                     t._backend = dst
+                    # an optimizer arena's gradient slot stays on the old backend
+                    t.__dict__.pop("_grad_buffer", None)
+                    t.__dict__.pop("_grad_arena", None)
             return self
         dt = _dtype.as_dtype(target)
         if dt.kind != "f":

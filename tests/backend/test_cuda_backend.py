@@ -384,3 +384,34 @@ def test_wrong_dtype_and_shape_on_gpu(gpu):
         gpu.softmax_cross_entropy_forward(xp.ones((2, 5), xp.float32), xp.zeros(2, xp.float32))
     with pytest.raises(ValueError, match="contiguous 1-D view"):
         gpu.adam_update(*(xp.ones((2, 2), xp.float32),) * 4, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+
+
+def test_every_cuda_backend_shares_one_memory_meter(cuda_mod, monkeypatch):
+    """cupy.cuda.set_allocator is process-wide: a second CUDABackend (or meter) must not
+    orphan the first one's meter, whose peak() would then miss every later allocation."""
+    import types
+
+    class Pool:
+        used = 0
+
+        def used_bytes(self):
+            return self.used
+
+        def malloc(self, n):
+            self.used += n
+            return n
+
+    pool, installed = Pool(), {}
+    cp = types.SimpleNamespace(
+        get_default_memory_pool=lambda: pool,
+        cuda=types.SimpleNamespace(
+            set_allocator=lambda f: installed.update(alloc=f),
+            Device=lambda: types.SimpleNamespace(attributes={"MultiProcessorCount": 4})))
+    monkeypatch.setattr(cuda_mod, "cp", cp)
+    monkeypatch.setattr(cuda_mod, "_shared_meter", None, raising=False)
+    first, second = cuda_mod.CUDABackend(), cuda_mod.CUDABackend()
+    first.memory.reset_peak()
+    installed["alloc"](1000)  # a transient allocation, freed before anyone reads the meter
+    pool.used -= 1000
+    assert first.memory.peak() == second.memory.peak() == 1000
+    assert first.memory.current() == 0

@@ -203,3 +203,16 @@ def test_launch_source_names_every_kernel():
     for name, sig in EXTERN_C.items():
         m = re.search(rf'extern "C" __global__ void {name}\(([^)]*)\)', text)
         assert m and len(m.group(1).split(",")) == len(sig), name
+
+
+@pytest.mark.parametrize("c", [1, 2, 31, 32, 33, 100, 257, 5000])
+def test_row_reductions_launch_whole_warps(fake, c):
+    """block_reduce (kernels/reduce.cuh) needs blockDim a multiple of 32, at most 1024:
+    the softmax-CE forward sizes its block from C, so check it for awkward C."""
+    blocks = []
+    real = fake.launches.check
+    fake.launches.check = lambda name, grid, block, args: (blocks.append(block[0]),
+                                                           real(name, grid, block, args))
+    x = np.zeros((3, c), np.float32)
+    fake.softmax_cross_entropy_forward(x, np.zeros(3, np.int64))
+    assert blocks and all(b % 32 == 0 and 32 <= b <= 1024 for b in blocks)

@@ -1,0 +1,128 @@
+"""A second backend for tests without a GPU: NumPy memory posing as device memory.
+
+``FakeDevice`` is registered as backend ``"cuda"`` (:func:`installed`). Its arrays
+are :class:`DeviceArray` (a NumPy subclass) and its ``xp`` refuses plain NumPy
+arrays, the way CuPy refuses NumPy arrays, so code that mixes the arrays of two
+backends fails here as it would on a GPU. Turning a device array into a Python
+number (``float``, ``int``, ``bool``, ``.item()``) or a NumPy array
+(``to_numpy``) counts as a host synchronisation in ``DeviceArray.syncs``.
+"""
+import contextlib
+import functools
+
+import numpy as np
+
+import dlprimer.backend as backend_mod
+from dlprimer.backend.base import Backend
+from dlprimer.backend.cpu import CPUBackend
+
+
+class DeviceArray(np.ndarray):
+    syncs = 0
+
+    def _sync(self):
+        DeviceArray.syncs += 1
+        return self.view(np.ndarray)
+
+    def __float__(self):
+        return float(self._sync())
+
+    def __int__(self):
+        return int(self._sync())
+
+    def __index__(self):
+        return self._sync().__index__()
+
+    def __bool__(self):
+        return bool(self._sync())
+
+    def item(self, *args):
+        return self._sync().item(*args)
+
+
+def _on_device(a):
+    return a.view(DeviceArray) if type(a) is np.ndarray else a
+
+
+def _check(args):
+    for a in args:
+        if type(a) is np.ndarray:
+            raise TypeError("the fake device backend got a NumPy (host) array; "
+                            "CuPy refuses implicit conversion the same way")
+        if isinstance(a, (list, tuple)):
+            _check(a)
+
+
+class StrictXP:
+    """NumPy whose functions take only device arrays (and scalars) and return device arrays."""
+
+    def __getattr__(self, name):
+        f = getattr(np, name)
+        if not callable(f) or isinstance(f, type):
+            return f
+
+        @functools.wraps(f)
+        def call(*args, **kwargs):
+            _check(args)
+            _check(kwargs.values())
+            out = f(*args, **kwargs)
+            return tuple(map(_on_device, out)) if isinstance(out, tuple) else _on_device(out)
+        return call
+
+
+_FUSED = [n for n, f in vars(Backend).items() if callable(f) and n.endswith(
+    ("_forward", "_backward", "_update", "_keep"))]
+
+
+class FakeDevice(CPUBackend):
+    name = "cuda"
+    xp = StrictXP()
+
+    def __init__(self):
+        super().__init__()
+        for n in _FUSED:  # the CPU's fused ops, checked and returning device arrays
+            setattr(self, n, self._device_op(getattr(CPUBackend, n)))
+
+    def _device_op(self, f):
+        def op(*args, **kwargs):
+            _check(args)
+            out = f(self, *args, **kwargs)
+            return tuple(map(_on_device, out)) if isinstance(out, tuple) else _on_device(out)
+        return op
+
+    def asarray(self, data, dtype=None):
+        if isinstance(data, DeviceArray) and (dtype is None or data.dtype == dtype):
+            return data
+        return np.array(data, dtype=dtype).view(DeviceArray)
+
+    def to_numpy(self, a):
+        if isinstance(a, DeviceArray):
+            return np.array(a._sync())
+        return np.asarray(a)
+
+    def is_array(self, a):
+        return isinstance(a, DeviceArray)
+
+    def randn(self, shape, dtype, key=None):
+        return _on_device(super().randn(shape, dtype, key))
+
+    def rand(self, shape, dtype, key=None):
+        return _on_device(super().rand(shape, dtype, key))
+
+
+@contextlib.contextmanager
+def installed(monkeypatch, make_lazily=False):
+    """Register a FakeDevice as backend "cuda" (created by ``backend_for`` on first
+    use when ``make_lazily``); yields the instance, or None when lazy."""
+    monkeypatch.setattr(backend_mod, "_instances", dict(backend_mod._instances))
+    monkeypatch.setattr(backend_mod, "_current", backend_mod._current)
+    monkeypatch.setattr(CPUBackend, "is_array", lambda self, a: type(a) is np.ndarray)
+    real_make = backend_mod._make
+    monkeypatch.setattr(backend_mod, "_make",
+                        lambda name: FakeDevice() if name == "cuda" else real_make(name))
+    if make_lazily:
+        backend_mod._instances.pop("cuda", None)
+        yield None
+    else:
+        dev = backend_mod._instances["cuda"] = FakeDevice()
+        yield dev
