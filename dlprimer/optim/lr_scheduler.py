@@ -27,7 +27,21 @@ def _per_group(name, value, opt):
     return [value] * len(opt.param_groups)
 
 
-class LRScheduler:
+class _SchedulerState:
+    """What every schedule shares: the last learning rates, and its state (everything
+    but the optimizer) for checkpoints."""
+
+    def get_last_lr(self) -> list:
+        return list(self._last_lr)
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict: dict):
+        self.__dict__.update(state_dict)
+
+
+class LRScheduler(_SchedulerState):
     """Base: ``base_lrs`` (each group's ``initial_lr``), ``last_epoch`` (steps taken,
     0 after construction), ``step()``, ``get_last_lr()``, ``state_dict()``."""
 
@@ -51,15 +65,6 @@ class LRScheduler:
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-    def get_last_lr(self) -> list:
-        return list(self._last_lr)
-
-    def state_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
-
-    def load_state_dict(self, state_dict: dict):
-        self.__dict__.update(state_dict)
 
 
 class StepLR(LRScheduler):
@@ -186,7 +191,7 @@ class OneCycleLR(LRScheduler):
         return lrs
 
 
-class ReduceLROnPlateau:
+class ReduceLROnPlateau(_SchedulerState):
     """Multiply the rate by ``factor`` once the metric has not improved for more than
     ``patience`` steps, then wait ``cooldown`` steps before counting again (PyTorch's
     rule). Improvement: ``metric < best*(1-threshold)`` (mode "min", threshold_mode
@@ -249,15 +254,6 @@ class ReduceLROnPlateau:
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-
-    def get_last_lr(self) -> list:
-        return list(self._last_lr)
-
-    def state_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
-
-    def load_state_dict(self, state_dict: dict):
-        self.__dict__.update(state_dict)
 
 
 class WarmupCosineLR(LRScheduler):
