@@ -40,13 +40,16 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     for i, t in checked:
         if t.dtype != _dtype.float64:
             raise ValueError(f"gradcheck: input {i} is {t.dtype}; finite differences need float64")
+    # Fresh leaves stand in for the checked inputs: a non-leaf input (say x.astype(...))
+    # then gets its gradient too, and the caller's tensors and .grad stay untouched.
+    inputs = list(inputs)
+    for i, t in checked:
+        inputs[i] = t.detach().requires_grad_(True)
+    checked = [(i, inputs[i]) for i, _ in checked]
     rng = np.random.default_rng(seed)
     outs = _outputs(fn(*inputs))
     weights = [rng.standard_normal(o.shape) for o in outs]
 
-    saved_grads = [t.grad for _, t in checked]
-    for _, t in checked:
-        t.grad = None
     total = None
     for o, w in zip(outs, weights):
         if not o.requires_grad:
@@ -57,8 +60,6 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
         total.backward()
     analytic = [np.zeros(t.shape) if t.grad is None else t.grad.numpy().astype(np.float64).copy()
                 for _, t in checked]
-    for (_, t), g in zip(checked, saved_grads):
-        t.grad = g
 
     def scalar():
         with no_grad():

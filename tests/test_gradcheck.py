@@ -38,3 +38,12 @@ def test_gradcheck_leaves_inputs_and_grads_untouched(rng):
     dp.gradcheck(lambda t: (t * t).sum(), (x,))
     np.testing.assert_array_equal(x.numpy(), before)
     assert x.grad is None
+
+
+def test_gradcheck_accepts_non_leaf_inputs(rng):
+    x = dp.tensor(rng.standard_normal((4, 3)), dtype="float32", requires_grad=True)
+    w = dp.tensor(rng.standard_normal((3, 2)), dtype="float32", requires_grad=True)
+    x64, w64 = x.astype("float64"), w.astype("float64")
+    assert not x64.is_leaf
+    assert dp.gradcheck(lambda a, b: (a @ b).tanh(), (x64, w64))
+    assert x.grad is None and w.grad is None
