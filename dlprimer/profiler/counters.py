@@ -25,8 +25,9 @@ class LayerScope:
 class FlopCounter:
     """Counts forward and backward FLOPs of every recorded node, per (layer, op).
 
-    Nodes created while a checkpointed segment is recomputed in backward are booked
-    under ``recompute`` instead of forward. Each node gets a ``profiler_layer``
+    A checkpointed segment's forward runs without a graph, so its nodes are seen only
+    when it is recomputed in backward: their FLOPs are booked as forward (the work
+    the forward did) and again under ``recompute`` (the extra pass). Each node gets a ``profiler_layer``
     attribute so a backward observer can book its time to the same layer.
     """
 
@@ -46,7 +47,10 @@ class FlopCounter:
         f, b = node.flops()
         key = (layer, node.name)
         if _ckpt.is_recomputing():
+            # the segment's forward ran under no_grad (no nodes recorded then): its
+            # replay is the only place its forward FLOPs can be counted
             self.recompute[key] += f
+            self.fwd[key] += f
         else:
             self.fwd[key] += f
             self.count[key] += 1

@@ -134,7 +134,6 @@ def measure_step_memory(step_phases, backend, params, optimizer, batch) -> dict:
             meter.stop()
     res_total = sum(resident.values())
     activations = max(fwd[1], 0)
-    workspace = max(fwd[0] - fwd[1], bwd[0] - max(fwd[1], bwd[1]), stp[0] - max(bwd[1], stp[1]), 0)
     phases = {
         "forward": {"peak": res_total + fwd[0], "after": res_total + fwd[1]},
         "backward": {"peak": res_total + bwd[0], "after": res_total + bwd[1]},
@@ -148,8 +147,12 @@ def measure_step_memory(step_phases, backend, params, optimizer, batch) -> dict:
         "optimizer": opt_after,
         "inputs": resident["inputs"],
         "activations": activations,
-        "workspace": workspace,
     }
+    # workspace: what the peak holds beyond the state and the saved activations, so the
+    # split adds up to the peak. (Taking each phase's excess over what it keeps would
+    # count gradients twice when backward allocates them: once as grads, and again
+    # inside the backward excess over the activations.)
+    split["workspace"] = max(peak - sum(split.values()), 0)
     return {
         "meter": type(meter).__name__,
         "phases": phases,

@@ -13,6 +13,7 @@ import contextlib
 from collections import defaultdict
 
 from ..autograd import observe
+from ..checkpoint import is_recomputing
 from ..tensor import Tensor
 from .counters import BackwardTimer, FlopCounter, LayerScope
 from .memory import measure_step_memory
@@ -69,7 +70,7 @@ def _timed_layers(layers, scope, backend, sink):
                     return _inner(*a, **k)
             finally:
                 scope.current = prev
-                if t.elapsed is not None:
+                if t.elapsed is not None and not is_recomputing():
                     sink[_name] += t.elapsed
         object.__setattr__(mod, "forward", wrapper)
         patched.append(mod)

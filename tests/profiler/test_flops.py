@@ -5,7 +5,7 @@ import pytest
 import dlprimer as dp
 from dlprimer.autograd import observe
 from dlprimer.profiler import FlopCounter
-from _toy_modules import Linear, Seq, Tanh, mse
+from _toy_modules import Linear, Seq, Tanh, Toy, mse
 
 
 @pytest.mark.parametrize("B,i,h,o", [(7, 5, 11, 3), (32, 64, 128, 10)])
@@ -57,3 +57,60 @@ def test_recomputed_flops_are_booked_separately(rng):
     with observe(FlopCounter()) as c:
         mse(dp.checkpoint_sequential(net, 2, x), 0.0).backward()
     assert sum(v for k, v in c.recompute.items() if k[1] == "MatMul") == 2 * 4 * 8 * 8
+
+
+def test_checkpointed_forward_flops_equal_plain(rng):
+    """The segment's forward runs without a graph; its FLOPs are still forward FLOPs
+    (seen on the replay), and the replay is booked again as recompute."""
+    def run(segments):
+        net = Seq(Linear(8, 8, rng=np.random.default_rng(1)), Tanh(),
+                  Linear(8, 8, rng=np.random.default_rng(2)), Tanh())
+        x = dp.tensor(rng.standard_normal((4, 8)), requires_grad=True)
+        with observe(FlopCounter()) as c:
+            out = net(x) if segments is None else dp.checkpoint_sequential(net, segments, x)
+            mse(out, 0.0).backward()
+        return c
+    plain, ck = run(None), run(2)
+    assert ck.forward_total == plain.forward_total
+    assert ck.backward_total == plain.backward_total
+    assert sum(ck.recompute.values()) > 0
+
+
+def test_profile_does_not_book_recompute_as_forward_time(monkeypatch, rng):
+    """A checkpointed child's replay in backward must not add to its forward time
+    (each timer here reads 1 s, so the count of timed forwards is what shows)."""
+    from dlprimer.backend.base import Timer
+
+    class OneSecond(Timer):
+        __slots__ = ()
+
+        def __exit__(self, *exc):
+            self.elapsed = 1.0
+            return False
+
+    class Ckpt(Toy):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def children(self):
+            return [self.inner]
+
+        def named_children(self):
+            return [("inner", self.inner)]
+
+        def parameters(self):
+            return self.inner.parameters()
+
+        def forward(self, x):
+            return dp.checkpoint(self.inner, x)
+
+    inner = Seq(Linear(8, 8, rng=rng), Tanh())
+    net = Ckpt(inner)
+    x = dp.tensor(rng.standard_normal((4, 8)))
+    y = dp.tensor(rng.standard_normal((4, 8)))
+    be = x.backend
+    monkeypatch.setattr(be, "timer", lambda: OneSecond(be))
+    rep = dp.profiler.profile(net, mse, (x, y), warmup=0, repeats=2, memory=False)
+    rows = {r["name"]: r for r in rep.layers}
+    assert rows["inner:Seq"]["forward"]["median"] == 1.0
+    assert rows["inner:Seq"]["fwd_flops"] >= 2 * 4 * 8 * 8

@@ -95,3 +95,16 @@ def test_saved_tracker_counts_the_graph_like_the_estimator(rng):
     # the first Linear keeps the batch and the loss the targets (inputs, to the estimator)
     assert after_forward == t.peak == est.activation_bytes + x.nbytes + y.nbytes
     assert t.current == 0 and not t.live
+
+
+def test_split_adds_up_to_peak_when_backward_allocates_the_grads(rng):
+    """No optimizer arena: zero_grad sets .grad to None and backward allocates the
+    gradients. They are counted once (as grads), not again as backward workspace."""
+    net = Seq(Linear(32, 128, bias=True, rng=rng), ReLU(), Linear(128, 128, bias=True, rng=rng), ReLU(),
+              Linear(128, 10, bias=True, rng=rng))
+    x = dp.tensor(rng.standard_normal((64, 32)))
+    y = dp.tensor(rng.standard_normal((64, 10)))
+    mem = dp.profiler.profile(net, mse, (x, y), warmup=1, repeats=1).memory
+    assert mem["sources"]["grads"] == "allocator"
+    assert mem["split"]["workspace"] >= 0
+    assert sum(mem["split"].values()) == mem["peak"]
