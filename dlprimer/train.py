@@ -509,7 +509,7 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     def run_state(epoch, acc):
         return {"epoch": epoch, "acc": acc, "warned": sorted(warned), "vanish_count": vanish_count,
                 "layer_low": layer_low, "gnorm_hist": gnorm_hist[-50:], "best": best,
-                "bad_epochs": bad_epochs}
+                "bad_epochs": bad_epochs, "stopped_early": result.stopped_early}
 
     def save(epoch, acc):
         if manager is None:
@@ -519,13 +519,14 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
 
     if callable(getattr(model, "train", None)):
         model.train()
-    stop = False
+    # a run that already stopped early stays stopped when resumed
+    stop = result.stopped_early = bool(run.get("stopped_early", False))
     epoch = epoch0
     acc = dict(run.get("acc") or {"loss_sum": 0.0, "n": 0, "correct": 0, "time": 0.0,
                                   "mem_peak": 0, "classify": False})
     try:
         while not stop:
-            if steps is None and epoch >= epochs:
+            if (steps is None and epoch >= epochs) or (steps is not None and step >= steps):
                 break
             t_epoch = time.perf_counter()
             first = True

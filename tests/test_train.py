@@ -101,6 +101,25 @@ def test_step_budget_then_resume_for_more_steps(iris, tmp_path):
     assert np.array_equal(run(tmp_path / "b", 13, True), full)
 
 
+
+def test_resume_of_a_finished_run_takes_no_more_steps(iris, tmp_path):
+    """Re-running the same command with resume after it finished is a no-op: neither a
+    completed step budget nor an early stop trains further."""
+    def run(d, resume, lr=None, **kw):
+        model, opt, train, val = _setup(iris, seed=4)
+        if lr is not None:
+            opt = SGD(model.parameters(), lr=lr)
+        res = fit(model, opt, train, val, checkpoint_dir=d, resume=resume, progress=False, **kw)
+        return res, np.concatenate([p.numpy().ravel() for p in model.parameters()])
+    first, w = run(tmp_path / "s", False, steps=5)
+    again, w2 = run(tmp_path / "s", True, steps=5)
+    assert first.step == again.step == 5 and np.array_equal(w, w2)
+    stopped, w = run(tmp_path / "e", False, lr=0.0, epochs=10, early_stopping=1)
+    assert stopped.stopped_early and stopped.step < 10 * 8
+    again, w2 = run(tmp_path / "e", True, lr=0.0, epochs=10, early_stopping=1)
+    assert again.stopped_early and again.step == stopped.step and np.array_equal(w, w2)
+
+
 class InjectNaN(nn.Module):
     """Multiplies by NaN on its ``at``-th call: a layer whose output goes bad mid-training."""
 
