@@ -490,7 +490,7 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     gnorm_hist = list(run.get("gnorm_hist", []))
     best = run.get("best")
     bad_epochs = int(run.get("bad_epochs", 0))
-    best_state = None
+    best_state = run.get("best_state") if restore_best else None
 
     def emit(rec):
         if logger is not None:
@@ -509,7 +509,9 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     def run_state(epoch, acc):
         return {"epoch": epoch, "acc": acc, "warned": sorted(warned), "vanish_count": vanish_count,
                 "layer_low": layer_low, "gnorm_hist": gnorm_hist[-50:], "best": best,
-                "bad_epochs": bad_epochs, "stopped_early": result.stopped_early}
+                "bad_epochs": bad_epochs, "stopped_early": result.stopped_early,
+                # the best epoch's weights, so restore_best still works after a resume
+                **({"best_state": best_state} if restore_best and best_state is not None else {})}
 
     def save(epoch, acc):
         if manager is None:

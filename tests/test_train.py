@@ -209,6 +209,25 @@ def test_early_stopping_and_restore_best(iris):
     assert np.isclose(evaluate(model, val)["val_loss"], res.best_val_loss)
 
 
+
+@pytest.mark.filterwarnings("ignore::dlprimer.train.TrainingWarning")
+def test_restore_best_survives_a_resume(iris, tmp_path):
+    """The best epoch comes before the resume (lr 1.0: epoch 3 of 6): the resumed run
+    must still end on that epoch's weights, exactly as the uninterrupted run does."""
+    def run(d, epochs, resume):
+        model, _, train, val = _setup(iris)
+        opt = Adam(model.parameters(), lr=1.0)
+        res = fit(model, opt, train, val, epochs=epochs, early_stopping=10, restore_best=True,
+                  checkpoint_dir=d, resume=resume, progress=False)
+        return res, np.concatenate([p.numpy().ravel() for p in model.parameters()])
+    full, w = run(tmp_path / "a", 6, False)
+    losses = [e["val_loss"] for e in full.epochs]
+    assert int(np.argmin(losses)) < 3  # the premise: the best epoch is before the resume
+    run(tmp_path / "b", 3, False)
+    resumed, w2 = run(tmp_path / "b", 6, True)
+    assert resumed.best_val_loss == full.best_val_loss and np.array_equal(w, w2)
+
+
 def test_plateau_scheduler_and_epoch_interval(iris):
     model, opt, train, val = _setup(iris)
     sched = lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
