@@ -342,6 +342,8 @@ def cmd_train(a, out=sys.stdout):
     from .distributed import cli as dist_cli
     if a.resume and a.checkpoint_dir is None:
         raise UsageError("--resume needs --checkpoint-dir (where the checkpoints are)")
+    if a.checkpoint_every is not None and a.checkpoint_dir is None:
+        raise UsageError("--checkpoint-every needs --checkpoint-dir (where the checkpoints go)")
     _out_dir(a.log_dir, "--log-dir")
     _out_dir(a.checkpoint_dir, "--checkpoint-dir")
     b = _set_backend(a.backend)

@@ -431,6 +431,8 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
         raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError("checkpoint_every needs checkpoint_dir (where the checkpoints go)")
     if resume and checkpoint_dir is None and not isinstance(resume, (str, os.PathLike)):
         raise ValueError("resume=True needs checkpoint_dir (or pass resume=<checkpoint path>)")
     if not callable(model) or not callable(getattr(model, "parameters", None)):

@@ -68,6 +68,7 @@ def test_bad_arguments_one_line_exit_2(args, words, capsys):
 @pytest.mark.parametrize("args, words", [
     (["train", "--seed", "-1"], "--seed: '-1' must be >= 0"),
     (["train", "--resume"], "--resume needs --checkpoint-dir"),
+    (["train", "--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint-dir"),
     (["train", "--log-dir", "{file}"], "--log-dir {file}: exists and is not a directory"),
     (["train", "--checkpoint-dir", "{file}/sub"], "cannot create the directory"),
     (["primer", "--out", "{file}"], "--out {file}: exists and is not a directory"),

@@ -271,6 +271,8 @@ def test_bad_arguments(iris, tmp_path):
         fit(model, opt, train, clip=0)
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         fit(model, opt, train, resume=True)
+    with pytest.raises(ValueError, match="checkpoint_every needs checkpoint_dir"):
+        fit(model, opt, train, checkpoint_every=5, progress=False)  # was silently ignored
     with pytest.raises(ValueError, match="early_stopping watches the validation loss"):
         fit(model, opt, train, early_stopping=3)
     with pytest.raises(ValueError, match="unknown keys"):
