@@ -324,6 +324,8 @@ def save_checkpoint(path, model=None, optimizer=None, scheduler=None, step: int 
         "rng": rng_state() if rng else None,
         "extra": extra,
         "time": time.time(),
+        "types": {k: type(o).__name__ for k, o in (("optimizer", optimizer),
+                                                    ("scheduler", scheduler)) if o is not None},
     }
     from . import __version__
     state["dlprimer_version"] = __version__
@@ -341,6 +343,12 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, loader=Non
     """
     backend = _model_backend(model) if model is not None else None
     state = read_checkpoint(path, backend=backend)
+    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
+        saved = (state.get("types") or {}).get(key)
+        if obj is not None and saved is not None and saved != type(obj).__name__:
+            raise CheckpointError(f"checkpoint {os.fspath(path)!r} holds {key} state of a "
+                                  f"{saved}, not of a {type(obj).__name__}; resume with the "
+                                  f"same {key}")
     for obj, key in ((model, "model"), (optimizer, "optimizer"), (scheduler, "scheduler"),
                      (loader, "loader")):
         if obj is None:

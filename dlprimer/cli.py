@@ -70,6 +70,16 @@ def _probability(s):
     return v
 
 
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 0")
+    return v
+
+
 def _sizes(s):
     try:
         v = [int(x) for x in s.replace(" ", "").split(",") if x != ""]
@@ -90,7 +100,7 @@ def _common(p, backend_default="auto"):
     p.add_argument("--backend", choices=BACKENDS, default=backend_default,
                    help="where to compute: cpu, cuda, or auto (CUDA when a GPU is usable) "
                         f"[default: {backend_default}]")
-    p.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed [default: 0]")
 
 
 def _model_args(p, hidden_default="128,128"):
@@ -228,6 +238,37 @@ def _set_backend(name):
         raise UsageError(f"--backend {name}: {e}") from None
 
 
+def _out_dir(path, flag):
+    """Create output directory ``path`` (for option ``flag``) or raise a UsageError
+    saying why it cannot be used - before any work is done."""
+    if path is None:
+        return None
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot create the directory ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: directory is not writable")
+    return path
+
+
+def _out_file(path, flag):
+    """Check that output file ``path`` can be written (its directory exists and is
+    writable, and it is not a directory) before any work is done."""
+    if path is None:
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a directory, not a file")
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: directory {parent} is not writable")
+    return path
+
+
 def _default_lr(opt):
     return {"sgd": 0.1, "momentum": 0.05, "lars": 0.1}.get(opt, 1e-3)
 
@@ -299,6 +340,12 @@ def cmd_train(a, out=sys.stdout):
     from .data import DataLoader, load_dataset
     from .train import fit
     from .distributed import cli as dist_cli
+    if a.resume and a.checkpoint_dir is None:
+        raise UsageError("--resume needs --checkpoint-dir (where the checkpoints are)")
+    if a.checkpoint_every is not None and a.checkpoint_dir is None:
+        raise UsageError("--checkpoint-every needs --checkpoint-dir (where the checkpoints go)")
+    _out_dir(a.log_dir, "--log-dir")
+    _out_dir(a.checkpoint_dir, "--checkpoint-dir")
     b = _set_backend(a.backend)
     try:
         comm = dist_cli.setup(a)  # None unless --distributed or launched by mpiexec -n >1
@@ -363,6 +410,7 @@ def _profile_model(a_dataset, hidden, activation, batch_size, optimizer, lr, see
 
 
 def cmd_profile(a, out=sys.stdout):
+    _out_file(a.json, "--json")
     _set_backend(a.backend)
     rep, *_ = _profile_model(a.dataset, a.hidden, a.activation, a.batch_size, a.optimizer, a.lr,
                              a.seed, a.warmup, a.repeats)
@@ -381,6 +429,8 @@ def cmd_estimate(a, out=sys.stdout):
         e = estimate(a.sizes, a.batch, optimizer=a.optimizer, dtype=a.dtype, activation=a.activation)
         print(json.dumps(_clean(e.to_dict())) if a.json else e.table(), file=out)
         return e
+    if a.params < 1:
+        raise UsageError(f"--params {a.params:g}: a model needs at least one parameter")
     n = int(a.params)
     bpp = bytes_per_param(a.optimizer, a.dtype)
     item = {"float32": 4, "float64": 8}.get(a.dtype, 2)
@@ -409,6 +459,9 @@ def cmd_estimate(a, out=sys.stdout):
 
 def cmd_claims(a, out=sys.stdout):
     from .claims import check_claims, claims_json, format_claims
+    if a.only is not None and not a.only:
+        raise UsageError("--only: name at least one claim")
+    _out_file(a.json, "--json")
     b = _set_backend(a.backend)
     try:
         claims = check_claims(b, size=a.size, only=a.only,
@@ -432,6 +485,9 @@ def cmd_report(a, out=sys.stdout):
     b = _set_backend(a.backend)
     if not os.path.isdir(a.run) and a.no_measure:
         raise UsageError(f"--run {a.run}: no such directory (and --no-measure leaves nothing to plot)")
+    if os.path.exists(a.run) and not os.path.isdir(a.run):
+        raise UsageError(f"--run {a.run}: is not a directory")
+    _out_dir(a.out if a.out is not None else os.path.join(a.run, "report"), "--out")
     path = build_report(a.run, out_dir=a.out, measure=not a.no_measure, backend=b, seed=a.seed,
                         size=a.size)
     print(f"report: {path}", file=out)
@@ -450,8 +506,8 @@ def cmd_primer(a, out=sys.stdout):
     from .claims import check_claims, claims_json, format_claims
     from .report import build_report
     t0 = time.perf_counter()
+    _out_dir(a.out, "--out")
     b = _set_backend(a.backend)
-    os.makedirs(a.out, exist_ok=True)
     print(f"dlprimer primer: backend {b.name}; writing to {os.path.abspath(a.out)}\n", file=out)
 
     print("1/4 training an MLP on the digits (8x8 images, 10 classes)", file=out, flush=True)

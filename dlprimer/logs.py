@@ -72,7 +72,10 @@ class MetricLogger:
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(self.log_dir, "tensorboard"))
+                # purge what this log_dir's earlier events hold past the resume point (all
+                # of it for a fresh run), as metrics.jsonl is rewritten above
+                self._tb = SummaryWriter(os.path.join(self.log_dir, "tensorboard"),
+                                         purge_step=0 if resume_step is None else resume_step + 1)
             except ImportError:
                 if tensorboard is True:
                     raise ImportError("TensorBoard logging needs tensorboardX: "

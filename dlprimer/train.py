@@ -431,6 +431,8 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
         raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError("checkpoint_every needs checkpoint_dir (where the checkpoints go)")
     if resume and checkpoint_dir is None and not isinstance(resume, (str, os.PathLike)):
         raise ValueError("resume=True needs checkpoint_dir (or pass resume=<checkpoint path>)")
     if not callable(model) or not callable(getattr(model, "parameters", None)):
@@ -490,7 +492,7 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     gnorm_hist = list(run.get("gnorm_hist", []))
     best = run.get("best")
     bad_epochs = int(run.get("bad_epochs", 0))
-    best_state = None
+    best_state = run.get("best_state") if restore_best else None
 
     def emit(rec):
         if logger is not None:
@@ -509,7 +511,9 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     def run_state(epoch, acc):
         return {"epoch": epoch, "acc": acc, "warned": sorted(warned), "vanish_count": vanish_count,
                 "layer_low": layer_low, "gnorm_hist": gnorm_hist[-50:], "best": best,
-                "bad_epochs": bad_epochs}
+                "bad_epochs": bad_epochs, "stopped_early": result.stopped_early,
+                # the best epoch's weights, so restore_best still works after a resume
+                **({"best_state": best_state} if restore_best and best_state is not None else {})}
 
     def save(epoch, acc):
         if manager is None:
@@ -519,13 +523,14 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
 
     if callable(getattr(model, "train", None)):
         model.train()
-    stop = False
+    # a run that already stopped early stays stopped when resumed
+    stop = result.stopped_early = bool(run.get("stopped_early", False))
     epoch = epoch0
     acc = dict(run.get("acc") or {"loss_sum": 0.0, "n": 0, "correct": 0, "time": 0.0,
                                   "mem_peak": 0, "classify": False})
     try:
         while not stop:
-            if steps is None and epoch >= epochs:
+            if (steps is None and epoch >= epochs) or (steps is not None and step >= steps):
                 break
             t_epoch = time.perf_counter()
             first = True

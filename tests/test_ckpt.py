@@ -143,3 +143,20 @@ def test_stale_temporaries_are_removed(tmp_path):
     stale.write_bytes(b"half")
     CheckpointManager(tmp_path).clean_temporaries()
     assert not stale.exists()
+
+
+def test_optimizer_or_scheduler_of_another_kind_is_refused(tmp_path):
+    """Adam's moments must not load silently into SGD (nor a schedule into another)."""
+    from dlprimer import nn
+    from dlprimer.optim import SGD, Adam, lr_scheduler
+    model = nn.Linear(3, 2)
+    adam = Adam(model.parameters(), lr=1e-3)
+    sched = lr_scheduler.StepLR(adam, step_size=2)
+    path = tmp_path / "c.safetensors"
+    dp.save_checkpoint(path, model=model, optimizer=adam, scheduler=sched, step=1)
+    with pytest.raises(CheckpointError, match="optimizer state of a Adam, not of a SGD"):
+        dp.load_checkpoint(path, model=model, optimizer=SGD(model.parameters(), lr=0.1))
+    with pytest.raises(CheckpointError, match="scheduler state of a StepLR, not of a Cosine"):
+        dp.load_checkpoint(path, optimizer=adam,
+                           scheduler=lr_scheduler.CosineAnnealingLR(adam, T_max=4))
+    dp.load_checkpoint(path, model=model, optimizer=adam, scheduler=sched)  # same kinds load

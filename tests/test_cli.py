@@ -65,6 +65,37 @@ def test_bad_arguments_one_line_exit_2(args, words, capsys):
     assert words in err
 
 
+@pytest.mark.parametrize("args, words", [
+    (["train", "--seed", "-1"], "--seed: '-1' must be >= 0"),
+    (["train", "--resume"], "--resume needs --checkpoint-dir"),
+    (["train", "--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint-dir"),
+    (["train", "--log-dir", "{file}"], "--log-dir {file}: exists and is not a directory"),
+    (["train", "--checkpoint-dir", "{file}/sub"], "cannot create the directory"),
+    (["primer", "--out", "{file}"], "--out {file}: exists and is not a directory"),
+    (["report", "--run", "{file}"], "--run {file}: is not a directory"),
+    (["report", "--run", "{dir}", "--no-measure", "--out", "{file}"], "exists and is not a"),
+    (["profile", "--json", "{dir}/missing/p.json"], "missing does not exist"),
+    (["profile", "--json", "{dir}"], "is a directory, not a file"),
+    (["claims", "--json", "{dir}/missing/c.json"], "missing does not exist"),
+    (["claims", "--only", ","], "--only: name at least one claim"),
+    (["estimate", "--params", "0.5"], "--params 0.5: a model needs at least one parameter"),
+])
+def test_bad_values_and_paths_one_line_exit_2_before_any_work(args, words, tmp_path, capsys):
+    """Bad seeds, a --resume with nowhere to resume from, and output paths that cannot be
+    written are usage errors (status 2) found before training or measuring starts."""
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    fill = {"file": str(f), "dir": str(tmp_path)}
+    try:
+        rc = main([x.format(**fill) for x in args])
+    except SystemExit as e:
+        rc = e.code
+    captured = capsys.readouterr()
+    assert rc == 2, captured.err
+    assert captured.err.count("\n") == 1 and words.format(**fill) in captured.err
+    assert captured.out == ""  # nothing ran (no "dlprimer train: ..." banner, no measuring)
+
+
 def test_cuda_without_a_gpu_is_a_usage_error(tmp_path):
     import dlprimer as dp
     if dp.cuda_available():

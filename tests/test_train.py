@@ -101,6 +101,25 @@ def test_step_budget_then_resume_for_more_steps(iris, tmp_path):
     assert np.array_equal(run(tmp_path / "b", 13, True), full)
 
 
+
+def test_resume_of_a_finished_run_takes_no_more_steps(iris, tmp_path):
+    """Re-running the same command with resume after it finished is a no-op: neither a
+    completed step budget nor an early stop trains further."""
+    def run(d, resume, lr=None, **kw):
+        model, opt, train, val = _setup(iris, seed=4)
+        if lr is not None:
+            opt = SGD(model.parameters(), lr=lr)
+        res = fit(model, opt, train, val, checkpoint_dir=d, resume=resume, progress=False, **kw)
+        return res, np.concatenate([p.numpy().ravel() for p in model.parameters()])
+    first, w = run(tmp_path / "s", False, steps=5)
+    again, w2 = run(tmp_path / "s", True, steps=5)
+    assert first.step == again.step == 5 and np.array_equal(w, w2)
+    stopped, w = run(tmp_path / "e", False, lr=0.0, epochs=10, early_stopping=1)
+    assert stopped.stopped_early and stopped.step < 10 * 8
+    again, w2 = run(tmp_path / "e", True, lr=0.0, epochs=10, early_stopping=1)
+    assert again.stopped_early and again.step == stopped.step and np.array_equal(w, w2)
+
+
 class InjectNaN(nn.Module):
     """Multiplies by NaN on its ``at``-th call: a layer whose output goes bad mid-training."""
 
@@ -190,6 +209,25 @@ def test_early_stopping_and_restore_best(iris):
     assert np.isclose(evaluate(model, val)["val_loss"], res.best_val_loss)
 
 
+
+@pytest.mark.filterwarnings("ignore::dlprimer.train.TrainingWarning")
+def test_restore_best_survives_a_resume(iris, tmp_path):
+    """The best epoch comes before the resume (lr 1.0: epoch 3 of 6): the resumed run
+    must still end on that epoch's weights, exactly as the uninterrupted run does."""
+    def run(d, epochs, resume):
+        model, _, train, val = _setup(iris)
+        opt = Adam(model.parameters(), lr=1.0)
+        res = fit(model, opt, train, val, epochs=epochs, early_stopping=10, restore_best=True,
+                  checkpoint_dir=d, resume=resume, progress=False)
+        return res, np.concatenate([p.numpy().ravel() for p in model.parameters()])
+    full, w = run(tmp_path / "a", 6, False)
+    losses = [e["val_loss"] for e in full.epochs]
+    assert int(np.argmin(losses)) < 3  # the premise: the best epoch is before the resume
+    run(tmp_path / "b", 3, False)
+    resumed, w2 = run(tmp_path / "b", 6, True)
+    assert resumed.best_val_loss == full.best_val_loss and np.array_equal(w, w2)
+
+
 def test_plateau_scheduler_and_epoch_interval(iris):
     model, opt, train, val = _setup(iris)
     sched = lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
@@ -233,6 +271,8 @@ def test_bad_arguments(iris, tmp_path):
         fit(model, opt, train, clip=0)
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         fit(model, opt, train, resume=True)
+    with pytest.raises(ValueError, match="checkpoint_every needs checkpoint_dir"):
+        fit(model, opt, train, checkpoint_every=5, progress=False)  # was silently ignored
     with pytest.raises(ValueError, match="early_stopping watches the validation loss"):
         fit(model, opt, train, early_stopping=3)
     with pytest.raises(ValueError, match="unknown keys"):

@@ -136,6 +136,9 @@ def train_val_split(*arrays, val_fraction: float = 0.2, seed: int = 0, stratify=
             tr_parts.append(idx[k:])
         val_idx = rng.permutation(np.concatenate(val_parts))
         tr_idx = rng.permutation(np.concatenate(tr_parts))
+        if len(val_idx) == 0 or len(tr_idx) == 0:  # per-class rounding can empty a part
+            raise ValueError(f"val_fraction={val_fraction} of {n} samples, stratified by class, "
+                             f"leaves an empty part ({len(tr_idx)} train / {len(val_idx)} val)")
     out = []
     for a in hosts:
         out += [a[tr_idx], a[val_idx]]

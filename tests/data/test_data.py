@@ -71,6 +71,11 @@ def test_train_val_split_errors(rng):
         train_val_split(np.zeros(10), np.zeros(9))
     with pytest.raises(ValueError, match="empty part"):
         train_val_split(np.zeros(3), val_fraction=0.01)
+    y = np.repeat([0, 1, 2], 50)  # 1% of 150 is 1.5 samples, but 0.5 per class rounds to 0
+    with pytest.raises(ValueError, match="stratified by class, leaves an empty part"):
+        train_val_split(np.zeros(150), y, val_fraction=0.01, stratify=y)
+    with pytest.raises(ValueError, match="empty part"):
+        load_dataset("iris", val_fraction=0.01)
     X = rng.normal(size=(50, 2))
     Xt, Xv = train_val_split(X, val_fraction=0.2, seed=0)
     assert len(Xv) == 10 and len(Xt) == 40
