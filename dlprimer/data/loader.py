@@ -48,6 +48,9 @@ class DataLoader:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank!r}")
         if len(dataset) == 0:
             raise ValueError("DataLoader over an empty dataset")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -90,12 +93,12 @@ class DataLoader:
     def state_dict(self) -> dict:
         return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
                 "batch_size": self.batch_size, "shuffle": self.shuffle,
-                "num_replicas": self.num_replicas, "rank": self.rank}
+                "drop_last": self.drop_last, "num_replicas": self.num_replicas, "rank": self.rank}
 
     def load_state_dict(self, state: dict):
         """Resume at the saved (seed, epoch, position). The rank is not checked: rank 0
         writes the checkpoint and every rank resumes the same position on its own shard."""
-        for k in ("batch_size", "shuffle", "num_replicas"):
+        for k in ("batch_size", "shuffle", "drop_last", "num_replicas"):
             if k in state and state[k] != getattr(self, k):
                 raise ValueError(f"DataLoader state was saved with {k}={state[k]!r}, this loader "
                                  f"has {k}={getattr(self, k)!r}; resume needs the same value")

@@ -91,6 +91,8 @@ class PowScalar(Function):
     def backward(self, gy):
         (x,) = self.saved
         p = self.p
+        if p == 0:  # x**0 is constant (PyTorch: gradient 0, also at x == 0)
+            return self.backend.xp.zeros_like(gy * x), None
         if p == 2:
             return gy * (2 * x), None
         return gy * (p * x ** (p - 1)), None

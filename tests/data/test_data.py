@@ -171,3 +171,8 @@ def test_loader_errors():
     dl = DataLoader(ds, 2, shuffle=True)
     with pytest.raises(ValueError, match="batch_size=3"):
         dl.load_state_dict({**DataLoader(ds, 3, shuffle=True).state_dict()})
+    with pytest.raises(ValueError, match="drop_last=True"):
+        dl.load_state_dict({**DataLoader(ds, 2, shuffle=True, drop_last=True).state_dict()})
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            DataLoader(ds, 2, seed=bad)

@@ -161,3 +161,9 @@ def test_core_activations_keep_dtype(backend, rng, name, dtype):
            "tanh": lambda a: 1 - np.tanh(a) ** 2}[name](x.numpy().astype(np.float64))
     tol = 2e-3 if dtype == "float16" else 1e-6
     np.testing.assert_allclose(x.grad.numpy().astype(np.float64), ref, rtol=tol, atol=tol)
+
+
+def test_pow_zero_has_zero_gradient_even_at_zero(backend):
+    x = dp.tensor([0.0, 2.0, -1.5], dtype="float64", requires_grad=True)
+    (x ** 0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, 0.0])
