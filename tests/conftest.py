@@ -35,7 +35,7 @@ def rng():
 
 # Checks that must run wherever the CI installed their tools: with DLPRIMER_STRICT_SKIPS=1
 # a skip in these paths (other than a test marked cuda) fails the run.
-STRICT_PATHS = ("tests/backend/test_cuda_kernels_compile.py", "tests/distributed/")
+STRICT_PATHS = ("tests/backend/test_cuda_kernels_compile.py", "tests/distributed/", "tests/test_logs.py")
 _strict_skips = []
 
 
