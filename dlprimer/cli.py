@@ -33,31 +33,37 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- argument types -------------------------------------------------------------------------
-def _positive_int(s):
+def _number(s, conv):
     try:
-        v = int(s)
+        return conv(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+        kind = "an integer" if conv is int else "a number"
+        raise argparse.ArgumentTypeError(f"{s!r} is not {kind}") from None
+
+
+def _positive_int(s):
+    v = _number(s, int)
     if v < 1:
         raise argparse.ArgumentTypeError(f"{s!r} must be >= 1")
     return v
 
 
+def _nonneg_int(s):
+    v = _number(s, int)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 0")
+    return v
+
+
 def _positive_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    v = _number(s, float)
     if not v > 0 or v != v or v == float("inf"):
         raise argparse.ArgumentTypeError(f"{s!r} must be a positive finite number")
     return v
 
 
 def _nonneg_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    v = _number(s, float)
     if not v >= 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"{s!r} must be a finite number >= 0")
     return v
@@ -67,16 +73,6 @@ def _probability(s):
     v = _nonneg_float(s)
     if v >= 1:
         raise argparse.ArgumentTypeError(f"{s!r} must be in [0, 1)")
-    return v
-
-
-def _nonneg_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{s!r} must be >= 0")
     return v
 
 
