@@ -161,6 +161,7 @@ def test_custom_function(backend, rng):
     assert dp.gradcheck(lambda t: Cube.apply(t), (x,))
 
 
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # the injected inf
 def test_detect_anomaly_names_the_op_and_line(backend):
     x = dp.tensor([1.0, 0.0, 2.0], requires_grad=True)
     with dp.detect_anomaly():

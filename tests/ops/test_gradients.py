@@ -155,7 +155,7 @@ def test_comparisons_have_no_gradient(backend, rng):
 def test_core_activations_keep_dtype(backend, rng, name, dtype):
     x = dp.tensor(rng.standard_normal((3, 70_000)), dtype=dtype, requires_grad=True)
     y = getattr(x, name)()
-    y.sum().backward()
+    y.backward(dp.ones_like(y))  # a float16 sum of 210k values would overflow
     assert y.dtype == np.dtype(dtype) and x.grad.dtype == np.dtype(dtype)
     ref = {"relu": lambda a: a > 0, "sigmoid": lambda a: (1 / (1 + np.exp(-a))) * (1 / (1 + np.exp(a))),
            "tanh": lambda a: 1 - np.tanh(a) ** 2}[name](x.numpy().astype(np.float64))
