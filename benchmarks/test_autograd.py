@@ -22,10 +22,8 @@ ROUNDS = 5 if QUICK else 40
 WORKLOAD = f"autograd chain of {N_OPS} ops on 4 floats"
 
 
-def _dlprimer():
-    x = dp.tensor(np.random.default_rng(0).standard_normal(4).astype("float32"),
-                  requires_grad=True)
-
+def _autograd_chain(x):
+    """The chain on leaf ``x``: the same code drives dlprimer and PyTorch tensors."""
     def chain():
         h = x
         for _ in range(N_OPS // 2):
@@ -36,26 +34,22 @@ def _dlprimer():
         x.grad = None
         return g
     return chain
+
+
+def _start():
+    return np.random.default_rng(0).standard_normal(4).astype("float32")
+
+
+def _dlprimer():
+    return _autograd_chain(dp.tensor(_start(), requires_grad=True))
 
 
 def _torch(torch):
-    x = torch.tensor(np.random.default_rng(0).standard_normal(4).astype("float32"),
-                     requires_grad=True)
-
-    def chain():
-        h = x
-        for _ in range(N_OPS // 2):
-            h = h * 1.001
-            h = h + 0.001
-        h.sum().backward()
-        g = x.grad
-        x.grad = None
-        return g
-    return chain
+    return _autograd_chain(torch.tensor(_start(), requires_grad=True))
 
 
 def _numpy():
-    x = np.random.default_rng(0).standard_normal(4).astype("float32")
+    x = _start()
 
     def chain():
         h = x
