@@ -9,29 +9,18 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
-import scipy.linalg.blas
 import scipy.special
 
 from .base import Backend, MemoryMeter
 
 
-# -- BLAS axpy for in-place updates (bench) --
-_AXPY = {np.dtype(np.float32): scipy.linalg.blas.saxpy, np.dtype(np.float64): scipy.linalg.blas.daxpy}
-
-
-def _axpy(a, x, y):
-    """``y += a * x`` in place and return ``y``: BLAS ?axpy for contiguous float32/64
-    vectors (one read of x, one read-modify-write of y, no temporary; about 2x the
-    ``np.multiply(..., out=) ; +=`` pair), a NumPy expression otherwise."""
-    f = _AXPY.get(y.dtype)
-    if (f is not None and x.dtype == y.dtype and x.ndim == 1 and y.ndim == 1
-            and x.flags.c_contiguous and y.flags.c_contiguous and y.flags.writeable and y.size):
-        if f(x, y, a=a) is y:
-            return y
-        raise AssertionError("BLAS axpy did not update in place")  # pragma: no cover
-    y += x * y.dtype.type(a)
+def _axpy(a, x, y, tmp):
+    """``y += a * x`` in place through the scratch block ``tmp`` (NumPy ufuncs, no BLAS:
+    a second BLAS library brings a second thread pool into the step, which on a busy
+    machine cost 10x; see issue 13)."""
+    u = np.multiply(x, a, out=tmp[:x.shape[0]])
+    y += u
     return y
-# -- end BLAS axpy (bench) --
 
 
 class CPUMemoryMeter(MemoryMeter):
@@ -454,11 +443,12 @@ class CPUBackend(Backend):
     def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
                    weight_decay=0.0, first_step=False):
         """PyTorch's SGD: d = g + wd*w; b = d (first step) or mu*b + (1-dampening)*d;
-        d = d + mu*b (Nesterov) or b; w -= lr*d. The last line is BLAS axpy
-        (:func:`_axpy`): one pass, no scratch; plain SGD is that line alone."""
-        if not momentum and not weight_decay:
-            return _axpy(-lr, grad, param)
+        d = d + mu*b (Nesterov) or b; w -= lr*d; plain SGD is that last line alone."""
         t0, t1 = self._opt_scratch(param.dtype)
+        if not momentum and not weight_decay:
+            for s, e in self._opt_blocks(0, param.shape[0]):
+                _axpy(-lr, grad[s:e], param[s:e], t0)
+            return param
         for s, e in self._opt_blocks(0, param.shape[0]):
             n = e - s
             p, d = param[s:e], grad[s:e]
@@ -484,7 +474,7 @@ class CPUBackend(Backend):
                     d = u
                 else:
                     d = b
-            _axpy(-lr, d, p)
+            _axpy(-lr, d, p, t0 if np.shares_memory(d, t1) else t1)
         return param
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
@@ -516,14 +506,14 @@ class CPUBackend(Backend):
                     w += g
                     g = w
             u = np.subtract(g, mb, out=t1[:n])
-            _axpy(1.0 - beta1, u, mb)
+            mb += np.multiply(u, 1.0 - beta1, out=u)
             vb *= beta2
             np.multiply(g, g, out=u)
-            _axpy(1.0 - beta2, u, vb)
+            vb += np.multiply(u, 1.0 - beta2, out=u)
             np.sqrt(vb, out=u)
             u += eps_hat
             np.divide(mb, u, out=u)
-            _axpy(neg_alpha, u, p)
+            p += np.multiply(u, neg_alpha, out=u)
         return param
 
     def _segment_blocks(self, offsets):
