@@ -15,7 +15,7 @@ from .ops import (abs, broadcast_to, clip, concat, exp, log, matmul, maximum, me
                   relu, reshape, sigmoid, sqrt, stack, sum, tanh, transpose, where)
 from .gradcheck import GradcheckError, gradcheck
 # -- optim --
-from . import optim, utils
+from . import optim
 # -- end optim --
 
 __version__ = "0.1.0"
@@ -32,14 +32,14 @@ __all__ = [
 ]
 
 # -- training checkpoints (train) --
-from .ckpt import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from .train.checkpoints import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 __all__ += ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
 # -- measuring: profiler, gradient checkpointing, estimator, fusion switch (measure) --
 from . import profiler  # noqa: E402
 from .checkpoint import checkpoint, checkpoint_sequential  # noqa: E402
 from .profiler.estimate import estimate  # noqa: E402
-from .unfused import fusion, fusion_enabled  # noqa: E402
+from .backend.unfused import fusion, fusion_enabled  # noqa: E402
 
 __all__ += ["profiler", "checkpoint", "checkpoint_sequential", "estimate", "fusion", "fusion_enabled"]
 
@@ -48,3 +48,19 @@ from . import nn  # noqa: E402
 from .io import load, save  # noqa: E402
 
 __all__ += ["nn", "save", "load"]
+
+# -- old module paths, kept importable (issue 14 moved them; no file at the old path) --
+import sys as _sys  # noqa: E402
+
+from . import backend as _backend_pkg, train as _train_pkg  # noqa: E402
+
+utils = nn.utils  # dp.utils.clip_grad_norm_ (PyTorch's place: dp.nn.utils.clip_grad_norm_)
+MOVED_MODULES = {
+    "dlprimer.ckpt": _train_pkg.checkpoints,   # training checkpoints
+    "dlprimer.utils": nn.utils,                # clip_grad_norm_
+    "dlprimer.unfused": _backend_pkg.unfused,  # the fusion switch
+}
+for _old, _module in MOVED_MODULES.items():
+    _sys.modules.setdefault(_old, _module)
+ckpt, unfused = _train_pkg.checkpoints, _backend_pkg.unfused
+del _old, _module

@@ -60,7 +60,7 @@ class MetricLogger:
         os.makedirs(self.log_dir, exist_ok=True)
         self.path = os.path.join(self.log_dir, "metrics.jsonl")
         if resume_step is not None and os.path.exists(self.path):
-            from .ckpt import atomic_write
+            from .train.checkpoints import atomic_write
             kept = [r for r in read_jsonl(self.path)
                     if not isinstance(r.get("step"), int) or r["step"] <= resume_step]
             atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())

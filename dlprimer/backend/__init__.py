@@ -11,6 +11,7 @@ import os
 
 from .base import Backend, MemoryMeter, Timer
 from .cpu import CPUBackend
+from .unfused import adopt_backend, fusion, fusion_enabled
 
 NAMES = ("cpu", "cuda", "auto")
 
@@ -91,10 +92,7 @@ def backend_for(name) -> Backend:
         b = _instances[key] = _make(key)
         if _seed is not None:
             b.manual_seed(_seed)
-        # -- fusion switch: a backend created inside `with dp.fusion(False)` starts unfused --
-        from ..unfused import _adopt_new_backend
-        _adopt_new_backend(b)
-        # -- end fusion switch --
+        adopt_backend(b)  # the fusion switch: created inside `dp.fusion(False)`, starts unfused
     return b
 
 
@@ -151,4 +149,5 @@ def backend_of_array(a) -> Backend:
 
 
 __all__ = ["Backend", "MemoryMeter", "Timer", "set_backend", "get_backend", "use_backend",
-           "cuda_available", "cuda_unavailable_reason", "backend_for", "backend_of_array"]
+           "cuda_available", "cuda_unavailable_reason", "backend_for", "backend_of_array",
+           "fusion", "fusion_enabled"]

@@ -103,7 +103,7 @@ class _Encoder:
         self.arrays: dict[str, np.ndarray] = {}
 
     def array(self, a, path):
-        from .backend import backend_of_array
+        from ..backend import backend_of_array
         host = np.ascontiguousarray(backend_of_array(a).to_numpy(a))
         if host.dtype.kind not in "biuf":
             raise TypeError(f"checkpoint: cannot store an array of dtype {host.dtype} at {path}")
@@ -116,7 +116,7 @@ class _Encoder:
         return key
 
     def encode(self, obj, path):
-        from .tensor import Tensor
+        from ..tensor import Tensor
         if obj is None or isinstance(obj, (bool, str)):
             return obj
         if isinstance(obj, (int, float)) and not isinstance(obj, np.generic):
@@ -144,7 +144,7 @@ class _Encoder:
 
 def _decode(obj, arrays, backend=None):
     """Inverse of _Encoder.encode; arrays go to ``backend`` (None: NumPy)."""
-    from .tensor import Tensor
+    from ..tensor import Tensor
     if isinstance(obj, list):
         return [_decode(v, arrays, backend) for v in obj]
     if not isinstance(obj, dict):
@@ -158,7 +158,7 @@ def _decode(obj, arrays, backend=None):
         if backend is not None:
             a = backend.asarray(a)  # no copy on the CPU
         if "__tensor__" in obj:
-            from .backend import backend_for
+            from ..backend import backend_for
             return Tensor(a, False, backend if backend is not None else backend_for("cpu"))
         return a
     if "__np__" in obj:
@@ -264,7 +264,7 @@ def read_checkpoint(path, backend=None) -> dict:
 # -- random state ----------------------------------------------------------------------
 def rng_state() -> dict:
     """Every random stream dlprimer and its loaders draw from."""
-    from . import backend as _b
+    from .. import backend as _b
     return {
         "backends": {name: b.get_rng_state() for name, b in _b._instances.items()},
         "global_seed": _b._seed,
@@ -274,7 +274,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    from . import backend as _b
+    from .. import backend as _b
     if state.get("global_seed") is not None:
         _b._seed = int(state["global_seed"])
     for name, s in state.get("backends", {}).items():
@@ -327,7 +327,7 @@ def save_checkpoint(path, model=None, optimizer=None, scheduler=None, step: int 
         "types": {k: type(o).__name__ for k, o in (("optimizer", optimizer),
                                                     ("scheduler", scheduler)) if o is not None},
     }
-    from . import __version__
+    from .. import __version__
     state["dlprimer_version"] = __version__
     atomic_write(path, encode_checkpoint(state))
     return os.fspath(path)

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .autograd import AnomalyError, detect_anomaly, no_grad, observe
-from .tensor import Tensor
+from ..autograd import AnomalyError, detect_anomaly, no_grad, observe
+from ..tensor import Tensor
 
 #: Metric names every step record carries (per-layer ones add ``/<layer>``).
 STEP_METRICS = ("loss", "lr", "grad_norm", "update_ratio", "dead_relu", "time_forward",
@@ -129,7 +129,7 @@ def _lr_of(optimizer):
 
 def default_loss(out, target):
     """Cross-entropy for integer targets, mean squared error for float targets."""
-    from .nn import functional as F
+    from ..nn import functional as F
     if target.dtype.kind in "iu":
         return F.cross_entropy(out, target)
     return F.mse_loss(out, target)
@@ -415,9 +415,9 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     50th on the CPU, whose meter slows the step; those steps' times are flagged).
     progress: "auto" (tqdm on a terminal, plain lines otherwise), True or False.
     """
-    from .backend import get_backend
-    from .ckpt import CheckpointManager, load_checkpoint
-    from .logs import MetricLogger
+    from ..backend import get_backend
+    from .checkpoints import CheckpointManager, load_checkpoint
+    from ..logs import MetricLogger
 
     if steps is None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -727,7 +727,7 @@ def _copy_state(model) -> dict:
 def _clip(params, max_norm, total):
     """Scale all gradients by max_norm / (total + 1e-6) when total > max_norm (PyTorch's rule)."""
     try:
-        from .utils import clip_grad_norm_
+        from ..nn.utils import clip_grad_norm_
     except ImportError:
         clip_grad_norm_ = None
     if clip_grad_norm_ is not None:
