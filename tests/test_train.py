@@ -80,7 +80,7 @@ def test_resume_after_crash_is_bit_exact(iris, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", steps=17, crash_at=11)  # dies after the step-9 checkpoint (mid-epoch 2)
     model, res = run(tmp_path / "b", steps=17, resume=True, seed=123)
-    assert res.resumed_from.endswith("ckpt-00000009.safetensors")
+    assert res.resumed_from.endswith("-00000009.safetensors")  # ckpt-<run id>-<step>
     for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
         assert np.array_equal(p.numpy(), q.numpy()), n
     a = read_jsonl(tmp_path / "a" / "logs" / "metrics.jsonl")
