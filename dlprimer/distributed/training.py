@@ -154,9 +154,9 @@ def fit(model, optimizer, train_loader, val_loader=None, *, comm=None, scale_lr:
         if main:
             if isinstance(resume, (str, os.PathLike)):
                 path = os.fspath(resume)
-            elif checkpoint_dir is not None:
-                from ..train.checkpoints import CheckpointManager
-                path = CheckpointManager(checkpoint_dir).latest()
+            elif checkpoint_dir is not None:  # refuses to resume from nothing unless force
+                from ..train.extensions import Checkpoints
+                path = Checkpoints(checkpoint_dir).resolve_resume(True, kwargs.get("force", False))
         path = comm.broadcast_object(path)
         resume = path if path is not None else False
     dopt = DistributedOptimizer(optimizer, comm=comm, clip=clip)

@@ -163,8 +163,8 @@ def diagnose_nonfinite(model, loss_fn, x, y, named=None) -> dict:
         found["bad_parameters"] = bad_params
     if not found:
         return {"phase": "unknown", "op": None,
-                "message": "the replayed step was finite (the step itself, or a "
-                           "non-deterministic op, went NaN/inf)"}
+                "message": "replayed, the step's values were all finite: the gradient norm "
+                           "overflowed its dtype, or an op is non-deterministic"}
     found.setdefault("message", _message(found, bad_params))
     return found
 

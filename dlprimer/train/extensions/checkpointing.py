@@ -31,6 +31,7 @@ class Checkpoints(Extension):
         good one here when it is True. Refuses (CheckpointError) to resume from nothing, or
         to start a fresh run over another run's checkpoints, unless ``force``."""
         if isinstance(resume, (str, os.PathLike)):
+            self.manager.adopt(os.fspath(resume))
             return os.fspath(resume)
         if resume:
             path = self.manager.latest()
@@ -53,8 +54,8 @@ class Checkpoints(Extension):
             return (f"nothing usable to resume in {self.directory}: all {len(moved)} "
                     "checkpoint(s) there are corrupt (moved aside as *.corrupt); start a new "
                     "run with force=True (--force)")
-        return (f"nothing to resume: {self.directory} holds no checkpoint; run without "
-                "resume (--resume) to start, or pass force=True (--force)")
+        return (f"nothing to resume: {self.directory} holds no checkpoint; start a new run "
+                "without resume=True (--resume), or pass force=True (--force)")
 
     def save(self, trainer) -> str:
         path = self.manager.save(trainer.step, model=trainer.model, optimizer=trainer.optimizer,
