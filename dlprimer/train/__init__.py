@@ -12,12 +12,12 @@ from .checkpoints import CheckpointError, CheckpointManager, CheckpointWarning
 from .diagnostics import diagnose_nonfinite
 from .fitting import fit
 from .records import (EPOCH_METRICS, STEP_METRICS, DyingReLUWarning, ExplodingGradientWarning,
-                      FitResult, TrainingDiverged, TrainingWarning, VanishingGradientWarning,
+                      FitResult, TrainingDiverged, TrainingInterrupted, TrainingWarning, VanishingGradientWarning,
                       default_loss, evaluate)
 from .trainer import PRIORITY_ACT, PRIORITY_RECORD, PRIORITY_SAVE, Extension, Trainer
 
 __all__ = ["fit", "Trainer", "Extension", "extensions", "checkpoints", "FitResult", "evaluate",
-           "default_loss", "diagnose_nonfinite", "TrainingDiverged", "TrainingWarning",
+           "default_loss", "diagnose_nonfinite", "TrainingDiverged", "TrainingInterrupted", "TrainingWarning",
            "VanishingGradientWarning", "ExplodingGradientWarning", "DyingReLUWarning",
            "STEP_METRICS", "EPOCH_METRICS", "CheckpointManager", "CheckpointError",
            "CheckpointWarning", "PRIORITY_ACT", "PRIORITY_RECORD", "PRIORITY_SAVE"]

@@ -40,6 +40,15 @@ class TrainingDiverged(RuntimeError):
         self.report = report or {}
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; the message says at which step and which checkpoint
+    (``checkpoint``, holding ``checkpoint_step``) a resume starts from."""
+
+    def __init__(self, message, step=None, checkpoint=None, checkpoint_step=None):
+        super().__init__(message)
+        self.step, self.checkpoint, self.checkpoint_step = step, checkpoint, checkpoint_step
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` returns: the records it logged and how it ended."""

@@ -41,7 +41,8 @@ import warnings
 
 from ..autograd import observe
 from .diagnostics import SqNorms, diagnose_nonfinite, likely_cause
-from .records import FitResult, TrainingDiverged, default_loss, evaluate, lr_of, named_params
+from .records import (FitResult, TrainingDiverged, TrainingInterrupted, default_loss, evaluate,
+                      lr_of, named_params)
 
 PRIORITY_ACT = 300
 PRIORITY_RECORD = 200
@@ -239,8 +240,10 @@ class Trainer:
             self.completed = True
         except KeyboardInterrupt:
             self.call("on_interrupt")
-            self.message(self._interrupt_message())
-            raise
+            msg = self._interrupt_message()
+            self.message(msg)
+            raise TrainingInterrupted(msg, self.step, self.result.checkpoint,
+                                      self.result.checkpoint_step) from None
         finally:
             self.result.step = self.step
             self.call("on_run_end")
