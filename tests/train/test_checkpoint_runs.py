@@ -4,10 +4,6 @@ over another run is an error unless forced, a finished run says so. Real files; 
 case kills a training subprocess with SIGKILL and resumes it."""
 import os
 import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +14,8 @@ from dlprimer.data import DataLoader, load_dataset
 from dlprimer.logs import read_jsonl
 from dlprimer.optim import Adam
 from dlprimer.train import CheckpointError, CheckpointManager, CheckpointWarning, fit
+
+from ._slow_fit import spawn, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -107,55 +105,18 @@ def test_resuming_a_finished_run_says_so_and_logs_one_config(iris, tmp_path):
     assert [r["epoch"] for r in records if r["event"] == "epoch"] == [0, 1, 2]
 
 
-CHILD = textwrap.dedent("""
-    import sys, time
-    import dlprimer as dp
-    from dlprimer import nn
-    from dlprimer.data import DataLoader, load_dataset
-    from dlprimer.optim import Adam
-    from dlprimer.train import Extension, fit
-
-    d, marker, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-
-    class Slow(Extension):
-        def on_step_end(self, trainer, rec):
-            if trainer.step == 7:
-                open(marker, "w").close()
-            time.sleep(0.03)
-
-    iris = load_dataset("iris", seed=0)
-    dp.manual_seed(3)
-    model = nn.MLP([4, 8, 3])
-    opt = Adam(model.parameters(), lr=1e-2)
-    train = DataLoader(iris.train, batch_size=16, shuffle=True, seed=3)
-    res = fit(model, opt, train, steps=40, checkpoint_dir=d, checkpoint_every=3,
-              keep_checkpoints=2, progress=False, resume=resume, extensions=[Slow()])
-    print(res.resumed_from, res.step)
-""")
-
-
-def _child(args, **kw):
-    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-c", CHILD, *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-
-
-def _wait_for(path, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the training child never got going"
-        time.sleep(0.01)
+def _child(d, marker, resume):
+    return spawn(d, marker, resume, 40, 3, 2, 7, 0.03, 3)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkill_then_corrupt_newest_then_resume_equals_uninterrupted(iris, tmp_path):
-    ref = _child([str(tmp_path / "ref"), str(tmp_path / "m0"), "0"])
+    ref = _child(tmp_path / "ref", tmp_path / "m0", 0)
     out, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err
     d = tmp_path / "run"
-    p = _child([str(d), str(tmp_path / "m1"), "0"])
-    _wait_for(tmp_path / "m1", p)
+    p = _child(d, tmp_path / "m1", 0)
+    wait_for(tmp_path / "m1", p)
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
     m = CheckpointManager(d)
@@ -165,10 +126,10 @@ def test_sigkill_then_corrupt_newest_then_resume_equals_uninterrupted(iris, tmp_
     with pytest.warns(CheckpointWarning):
         before = m.latest()
     assert before is not None and f"-{run_id}-" in os.path.basename(before)
-    r = _child([str(d), str(tmp_path / "m2"), "1"])
+    r = _child(d, tmp_path / "m2", 1)
     out, err = r.communicate(timeout=300)
     assert r.returncode == 0, err
-    assert out.split() == [before, "40"]
+    assert out.split()[:3] == ["DONE", before, "40"]
     finals = [CheckpointManager(x).latest() for x in (tmp_path / "ref", d)]
     a, b = (dp.train.checkpoints.read_checkpoint(f)["model"] for f in finals)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -1,56 +1,21 @@
 """Ctrl-C (SIGINT) during training (issue 15, point 10): the running step finishes, a
 checkpoint of it is written, the message names that step, and a resume continues to
 the same weights as an uninterrupted run."""
-import os
 import signal
-import subprocess
 import sys
-import textwrap
-import time
 
 import numpy as np
 import pytest
 
 from dlprimer.train.checkpoints import read_checkpoint
 
+from ._slow_fit import spawn, wait_for
+
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGINT") or sys.platform == "win32",
                                 reason="needs POSIX SIGINT")
 
-CHILD = textwrap.dedent("""
-    import sys, time
-    import dlprimer as dp
-    from dlprimer import nn
-    from dlprimer.data import DataLoader, load_dataset
-    from dlprimer.optim import Adam
-    from dlprimer.train import Extension, fit
-
-    d, marker, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-
-    class Slow(Extension):
-        def on_step_end(self, trainer, rec):
-            if trainer.step == 5:
-                open(marker, "w").close()
-            time.sleep(0.05)
-
-    iris = load_dataset("iris", seed=0)
-    dp.manual_seed(1)
-    model = nn.MLP([4, 8, 3])
-    opt = Adam(model.parameters(), lr=1e-2)
-    train = DataLoader(iris.train, batch_size=16, shuffle=True, seed=1)
-    try:
-        res = fit(model, opt, train, steps=30, checkpoint_dir=d, checkpoint_every=10,
-                  progress=False, resume=resume, extensions=[Slow()])
-    except KeyboardInterrupt as e:
-        print("INTERRUPTED", e)
-        sys.exit(130)
-    print("DONE", res.resumed_from, res.step, res.checkpoint)
-""")
-
-
-def _child(*args):
-    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _child(d, marker, resume):
+    return spawn(d, marker, resume, 30, 10, 3, 5, 0.05, 1)
 
 
 def test_sigint_checkpoints_the_step_it_names_and_resumes_exactly(tmp_path):
@@ -58,11 +23,7 @@ def test_sigint_checkpoints_the_step_it_names_and_resumes_exactly(tmp_path):
     out_ref, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err
     p = _child(tmp_path / "run", tmp_path / "m1", 0)
-    deadline = time.monotonic() + 120
-    while not os.path.exists(tmp_path / "m1"):
-        assert p.poll() is None, p.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(tmp_path / "m1", p)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, (out, err)
