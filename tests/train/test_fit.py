@@ -141,7 +141,7 @@ def test_nan_in_a_layer_stops_training_naming_the_op(iris, tmp_path):
     msg = str(ei.value)
     assert ei.value.step == 4 and ei.value.report["layer"] == "2"
     assert "training stopped at step 4: the loss is nan" in msg
-    assert "layer '2' (InjectNaN)" in msg and "Mul (created at" in msg and "test_train.py" in msg
+    assert "layer '2' (InjectNaN)" in msg and "Mul (created at" in msg and "test_fit.py" in msg
     rec = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["event"] == "diverged"]
     assert rec and rec[0]["op"] == "Mul"
 
@@ -176,7 +176,7 @@ def test_nan_in_backward_names_the_function(iris):
     dp.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), BadGradLayer(), nn.Linear(8, 3))
     with pytest.raises(TrainingDiverged, match=r"gradient norm is nan.*backward of BadGrad "
-                                               r"\(created at .*test_train.py"):
+                                               r"\(created at .*test_fit.py"):
         fit(model, SGD(model.parameters(), lr=0.1), DataLoader(iris.train, 16), epochs=1,
             progress=False)
 
