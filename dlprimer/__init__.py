@@ -8,6 +8,7 @@ from . import _dtype
 from ._dtype import bool_, float16, float32, float64, int8, int32, int64, uint8
 from .autograd import Function, detect_anomaly, enable_grad, is_grad_enabled, no_grad
 from .backend import cuda_available, get_backend, set_backend, use_backend
+from ._moved import alias_moved_modules
 from .tensor import (Tensor, arange, empty, from_dlpack, from_numpy, full, manual_seed, ones,
                      ones_like, rand, randn, tensor, zeros, zeros_like)
 from . import ops  # installs the Tensor operators
@@ -34,6 +35,8 @@ __all__ = [
 # -- training checkpoints (train) --
 from .train.checkpoints import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 __all__ += ["save_checkpoint", "load_checkpoint", "CheckpointError"]
+# old module paths (dlprimer.ckpt, .utils, .unfused), before any module imports them
+ckpt, utils, unfused = alias_moved_modules()
 
 # -- measuring: profiler, gradient checkpointing, estimator, fusion switch (measure) --
 from . import profiler  # noqa: E402
@@ -48,19 +51,3 @@ from . import nn  # noqa: E402
 from .io import load, save  # noqa: E402
 
 __all__ += ["nn", "save", "load"]
-
-# -- old module paths, kept importable (issue 14 moved them; no file at the old path) --
-import sys as _sys  # noqa: E402
-
-from . import backend as _backend_pkg, train as _train_pkg  # noqa: E402
-
-utils = nn.utils  # dp.utils.clip_grad_norm_ (PyTorch's place: dp.nn.utils.clip_grad_norm_)
-MOVED_MODULES = {
-    "dlprimer.ckpt": _train_pkg.checkpoints,   # training checkpoints
-    "dlprimer.utils": nn.utils,                # clip_grad_norm_
-    "dlprimer.unfused": _backend_pkg.unfused,  # the fusion switch
-}
-for _old, _module in MOVED_MODULES.items():
-    _sys.modules.setdefault(_old, _module)
-ckpt, unfused = _train_pkg.checkpoints, _backend_pkg.unfused
-del _old, _module

@@ -135,3 +135,22 @@ def test_no_function_over_100_lines():
                 if n > 100 and not any(where.startswith(a) for a in LONG_FUNCTIONS_ALLOWED):
                     long.append(f"{where} ({n} lines)")
     assert not long, "split these into named steps: " + ", ".join(long)
+
+
+def test_every_module_loads_from_this_tree(tmp_path):
+    """Old paths resolve to the moved modules of this tree, never to a stale file that an
+    editable install of another checkout would supply."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import dlprimer, dlprimer.cli, "
+            "dlprimer.ckpt, dlprimer.utils, dlprimer.unfused, dlprimer.report, dlprimer.train; "
+            "print('\\n'.join(f'{n} {getattr(m, \"__file__\", None)}' for n, m in "
+            "sorted(sys.modules.items()) if n.split('.')[0] == 'dlprimer'))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln.split(" ", 1) for ln in proc.stdout.splitlines()]
+    outside = [(n, f) for n, f in rows if f != "None" and not f.startswith(str(PACKAGE))]
+    assert not outside, outside
+    files = dict(rows)
+    assert files["dlprimer.unfused"] == str(PACKAGE / "backend" / "unfused.py")
+    assert files["dlprimer.ckpt"] == str(PACKAGE / "train" / "checkpoints.py")
