@@ -96,6 +96,23 @@ def backend_for(name) -> Backend:
     return b
 
 
+def live_backends() -> dict[str, Backend]:
+    """The backends created so far, by name ("cpu", "cuda")."""
+    return dict(_instances)
+
+
+def global_seed() -> int | None:
+    """The last ``manual_seed`` (applied to backends created later), or None."""
+    return _seed
+
+
+def set_global_seed(seed: int | None) -> None:
+    """Restore the seed later backends start from (a training checkpoint's), without
+    reseeding the live ones."""
+    global _seed
+    _seed = None if seed is None else int(seed)
+
+
 def seed_all(seed: int):
     """Seed every backend's random stream, including backends created later."""
     global _seed
@@ -150,4 +167,4 @@ def backend_of_array(a) -> Backend:
 
 __all__ = ["Backend", "MemoryMeter", "Timer", "set_backend", "get_backend", "use_backend",
            "cuda_available", "cuda_unavailable_reason", "backend_for", "backend_of_array",
-           "fusion", "fusion_enabled"]
+           "fusion", "fusion_enabled", "live_backends", "global_seed", "set_global_seed"]

@@ -267,8 +267,8 @@ def rng_state() -> dict:
     """Every random stream dlprimer and its loaders draw from."""
     from .. import backend as _b
     return {
-        "backends": {name: b.get_rng_state() for name, b in _b._instances.items()},
-        "global_seed": _b._seed,
+        "backends": {name: b.get_rng_state() for name, b in _b.live_backends().items()},
+        "global_seed": _b.global_seed(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
@@ -277,7 +277,7 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     from .. import backend as _b
     if state.get("global_seed") is not None:
-        _b._seed = int(state["global_seed"])
+        _b.set_global_seed(state["global_seed"])
     for name, s in state.get("backends", {}).items():
         if name == "cuda" and not _b.cuda_available():
             continue
