@@ -79,6 +79,36 @@ def test_installed_wheel_finds_its_kernels(wheel, tmp_path):
     assert found == "True" and read == "True"
 
 
+def test_editable_install_finds_its_kernels(tmp_path):
+    """pip install -e: setuptools' editable finder maps dlprimer.kernels to <repo>/kernels;
+    the backend finds the sources beside the package."""
+    src = _source_tree(tmp_path)
+    prefix = tmp_path / "prefix"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(src),
+                           "--no-deps", "--no-build-isolation", "--no-index", "--prefix",
+                           str(prefix)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (site,) = prefix.glob("lib/python*/site-packages")
+    # the environment may hold its own editable install (CI does): drop its finder and
+    # install the one pip wrote into ``prefix``, loaded from its file
+    (finder,) = site.glob("__editable___dlprimer_*_finder.py")
+    code = ("import importlib.util as u, sys; "
+            "sys.meta_path[:] = [f for f in sys.meta_path "
+            "if not getattr(f, '__module__', '').startswith('__editable__')]; "
+            "spec = u.spec_from_file_location('dlprimer_editable_finder', sys.argv[1]); "
+            "m = u.module_from_spec(spec); spec.loader.exec_module(m); m.install(); "
+            "import dlprimer; "
+            "from dlprimer.backend import _kernels as k; print(dlprimer.__file__); "
+            "print(k.KERNEL_DIR); print(all(k.source_path(f).is_file() for f in k.FAMILIES))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-c", code, str(finder)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    package, kernels, found = run.stdout.split()
+    assert Path(package) == src / "dlprimer" / "__init__.py"
+    assert Path(kernels) == src / "kernels" and found == "True"
+
+
 def test_moved_modules_keep_their_old_paths():
     import dlprimer.ckpt
     import dlprimer.unfused
