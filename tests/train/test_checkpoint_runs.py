@@ -133,3 +133,15 @@ def test_sigkill_then_corrupt_newest_then_resume_equals_uninterrupted(iris, tmp_
     finals = [CheckpointManager(x).latest() for x in (tmp_path / "ref", d)]
     a, b = (dp.train.checkpoints.read_checkpoint(f)["model"] for f in finals)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_from_before_run_ids_still_resume(iris, tmp_path):
+    """A checkpoint named as before run ids (ckpt-<step>.safetensors, no run_id inside)
+    resumes, and the resumed run goes on under that legacy name."""
+    first, _ = _run(iris, tmp_path / "new", steps=4)
+    legacy = tmp_path / "old" / "ckpt-00000004.safetensors"
+    legacy.parent.mkdir()
+    os.replace(first.checkpoint, legacy)
+    res, _ = _run(iris, tmp_path / "old", steps=8, resume=True)
+    assert res.resumed_from == str(legacy) and res.step == 8
+    assert os.path.basename(res.checkpoint) == "ckpt-00000008.safetensors"
