@@ -8,6 +8,7 @@ from . import _dtype
 from ._dtype import bool_, float16, float32, float64, int8, int32, int64, uint8
 from .autograd import Function, detect_anomaly, enable_grad, is_grad_enabled, no_grad
 from .backend import cuda_available, get_backend, set_backend, use_backend
+from ._moved import alias_moved_modules
 from .tensor import (Tensor, arange, empty, from_dlpack, from_numpy, full, manual_seed, ones,
                      ones_like, rand, randn, tensor, zeros, zeros_like)
 from . import ops  # installs the Tensor operators
@@ -15,7 +16,7 @@ from .ops import (abs, broadcast_to, clip, concat, exp, log, matmul, maximum, me
                   relu, reshape, sigmoid, sqrt, stack, sum, tanh, transpose, where)
 from .gradcheck import GradcheckError, gradcheck
 # -- optim --
-from . import optim, utils
+from . import optim
 # -- end optim --
 
 __version__ = "0.1.0"
@@ -32,14 +33,16 @@ __all__ = [
 ]
 
 # -- training checkpoints (train) --
-from .ckpt import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from .train.checkpoints import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 __all__ += ["save_checkpoint", "load_checkpoint", "CheckpointError"]
+# old module paths (dlprimer.ckpt, .utils, .unfused), before any module imports them
+ckpt, utils, unfused = alias_moved_modules()
 
 # -- measuring: profiler, gradient checkpointing, estimator, fusion switch (measure) --
 from . import profiler  # noqa: E402
 from .checkpoint import checkpoint, checkpoint_sequential  # noqa: E402
 from .profiler.estimate import estimate  # noqa: E402
-from .unfused import fusion, fusion_enabled  # noqa: E402
+from .backend.unfused import fusion, fusion_enabled  # noqa: E402
 
 __all__ += ["profiler", "checkpoint", "checkpoint_sequential", "estimate", "fusion", "fusion_enabled"]
 

@@ -10,10 +10,12 @@ exits with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+import warnings
 
 BACKENDS = ("cpu", "cuda", "auto")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "lamb", "lars")
@@ -77,8 +79,12 @@ def _probability(s):
 
 
 def _sizes(s):
+    parts = s.replace(" ", "").split(",")
+    if "" in parts:
+        raise argparse.ArgumentTypeError(f"{s!r}: empty entry in the comma-separated list "
+                                         "(e.g. 128,128)")
     try:
-        v = [int(x) for x in s.replace(" ", "").split(",") if x != ""]
+        v = [int(x) for x in parts if x != ""]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers "
                                          "(e.g. 128,128)") from None
@@ -99,7 +105,7 @@ def _common(p, backend_default="auto"):
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed [default: 0]")
 
 
-def _model_args(p, hidden_default="128,128"):
+def _model_args(p, hidden_default="128,128", batch_default=64):
     from .data import DATASETS
     p.add_argument("--dataset", choices=DATASETS, default="digits",
                    help="data set (all offline) [default: digits]")
@@ -107,7 +113,8 @@ def _model_args(p, hidden_default="128,128"):
                    help=f"hidden layer sizes, comma-separated [default: {hidden_default}]")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                    help="hidden activation [default: relu]")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="batch size [default: 64]")
+    p.add_argument("--batch-size", type=_positive_int, default=batch_default,
+                   help=f"batch size [default: {batch_default}]")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="[default: adam]")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate [default: 1e-3 for Adam-like, 0.1 for SGD-like]")
@@ -150,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-dir", default=None, help="training checkpoints go here")
     s.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="STEPS",
                    help="also checkpoint every STEPS steps [default: each epoch]")
-    s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint "
+                   "(an error when there is none; see --force)")
+    s.add_argument("--force", action="store_true", help="start a new run even where --resume finds "
+                   "nothing usable, or beside another run's checkpoints in --checkpoint-dir")
     s.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a better validation loss")
     s.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -162,8 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Profile forward, backward and optimizer step: per-layer times, "
                        "the backward/forward time and FLOP ratios, and the memory split.")
     _common(s)
-    _model_args(s, hidden_default="512,512")
-    s.set_defaults(batch_size=256)
+    _model_args(s, hidden_default="512,512", batch_default=256)
     s.add_argument("--repeats", type=_positive_int, default=20, help="[default: 20]")
     s.add_argument("--warmup", type=_positive_int, default=3, help="[default: 3]")
     s.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
@@ -262,7 +271,21 @@ def _out_file(path, flag):
         raise UsageError(f"{flag} {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: directory {parent} is not writable")
+    _probe_write(path, flag)
     return path
+
+
+def _probe_write(path, flag):
+    """Open ``path`` for writing without changing it (created then removed when new):
+    os.access answers yes for root even where no file can be made (/proc)."""
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a" if existed else "x"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot be written ({e.strerror})") from None
+    if not existed:
+        os.unlink(path)
 
 
 def _default_lr(opt):
@@ -340,6 +363,9 @@ def cmd_train(a, out=sys.stdout):
         raise UsageError("--resume needs --checkpoint-dir (where the checkpoints are)")
     if a.checkpoint_every is not None and a.checkpoint_dir is None:
         raise UsageError("--checkpoint-every needs --checkpoint-dir (where the checkpoints go)")
+    if a.resume and not a.force and not os.path.isdir(a.checkpoint_dir):
+        raise UsageError(f"--resume: {a.checkpoint_dir} does not exist, so there is nothing to "
+                         "resume; start without --resume, or add --force")
     _out_dir(a.log_dir, "--log-dir")
     _out_dir(a.checkpoint_dir, "--checkpoint-dir")
     b = _set_backend(a.backend)
@@ -351,13 +377,14 @@ def cmd_train(a, out=sys.stdout):
     data = load_dataset(a.dataset, seed=a.seed)
     sizes = [data.num_features, *a.hidden, data.num_outputs]
     model = build_model(sizes, a.activation, a.dropout, a.checkpoint_segments)
+    _check_segments(a.checkpoint_segments, model)
     opt = make_optimizer(a.optimizer, model.parameters(), a.lr, a.weight_decay)
     train = DataLoader(data.train, a.batch_size, shuffle=True, seed=a.seed)
     val = DataLoader(data.val, max(a.batch_size, 256))
     total = a.steps if a.steps is not None else a.epochs * len(train)
     sched = make_scheduler(a.schedule, opt, total)
     config = {"command": "train", "dataset": a.dataset, "sizes": sizes, "activation": a.activation,
-              "lr": opt.param_groups[0]["lr"], "schedule": a.schedule, "seed": a.seed,
+              "lr": opt.param_groups[0].get("initial_lr", opt.param_groups[0]["lr"]), "schedule": a.schedule, "seed": a.seed,
               "dropout": a.dropout, "checkpoint_segments": a.checkpoint_segments}
     if comm is None or comm.rank == 0:
         print(f"dlprimer train: {a.dataset} ({len(data.train)} train / {len(data.val)} val), MLP "
@@ -367,15 +394,20 @@ def cmd_train(a, out=sys.stdout):
                     log_dir=a.log_dir, checkpoint_dir=a.checkpoint_dir,
                     checkpoint_every=a.checkpoint_every, resume=a.resume,
                     early_stopping=a.early_stopping, progress=not a.no_progress,
-                    stream=out if not a.no_progress else None, config=config)
-    if comm is not None:
-        from .distributed import fit as dist_fit
-        config["world_size"] = comm.world_size
-        res = dist_fit(model, opt, train, val, comm=comm, **fit_args, **dist_cli.fit_kwargs(a))
-        if comm.rank != 0:
-            return res
-    else:
-        res = fit(model, opt, train, val, **fit_args)
+                    stream=out if not a.no_progress else None, config=config, force=a.force)
+    with _one_line_warnings(), _checkpoint_errors_are_usage():
+        if comm is not None:
+            from .distributed import fit as dist_fit
+            config["world_size"] = comm.world_size
+            res = dist_fit(model, opt, train, val, comm=comm, **fit_args, **dist_cli.fit_kwargs(a))
+            if comm.rank != 0:
+                return res
+        else:
+            res = fit(model, opt, train, val, **fit_args)
+    if res.already_complete:
+        print(f"dlprimer train: run already complete: {res.resumed_from} holds step {res.step}; "
+              "nothing to train (its metrics are in the log)", file=out)
+        return res
     final = {k: v for k, v in res.final.items() if isinstance(v, (int, float, str, bool))}
     final["steps"] = res.step
     if a.json:
@@ -386,6 +418,41 @@ def cmd_train(a, out=sys.stdout):
               + (f"; log {res.log_path}" if res.log_path else "")
               + (f"; checkpoint {res.checkpoint}" if res.checkpoint else ""), file=out)
     return res
+
+
+def _check_segments(k, model):
+    """--checkpoint-segments K needs at least K layers (modules) to split."""
+    n = len(list(model.children()))
+    if k > n:
+        raise UsageError(f"--checkpoint-segments {k}: the model has only {n} layers (modules) "
+                         f"to split into segments; use 1 to {n}")
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """dlprimer's own warnings (training pathologies, skipped checkpoints) as one line
+    each, ``dlprimer: warning: ...``, without the source line Python adds."""
+    from .train import CheckpointWarning, TrainingWarning
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (CheckpointWarning, TrainingWarning)):
+            print(f"dlprimer: warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def _checkpoint_errors_are_usage():
+    """Nothing to resume, another run's checkpoints, a corrupt --resume file: exit 2."""
+    from .train import CheckpointError
+    try:
+        yield
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
 
 
 def _profile_model(a_dataset, hidden, activation, batch_size, optimizer, lr, seed, warmup, repeats):
@@ -408,8 +475,10 @@ def _profile_model(a_dataset, hidden, activation, batch_size, optimizer, lr, see
 def cmd_profile(a, out=sys.stdout):
     _out_file(a.json, "--json")
     _set_backend(a.backend)
-    rep, *_ = _profile_model(a.dataset, a.hidden, a.activation, a.batch_size, a.optimizer, a.lr,
-                             a.seed, a.warmup, a.repeats)
+    rep, _, _, batch, sizes = _profile_model(a.dataset, a.hidden, a.activation, a.batch_size,
+                                             a.optimizer, a.lr, a.seed, a.warmup, a.repeats)
+    print(f"dlprimer profile: {a.dataset}, MLP {sizes} {a.activation}, batch {len(batch[1])}, "
+          f"{a.optimizer}, warmup {a.warmup}, repeats {a.repeats}", file=out)
     print(rep.table(), file=out)
     if a.json:
         with open(a.json, "w") as f:
@@ -511,7 +580,7 @@ def cmd_primer(a, out=sys.stdout):
         ["train", "--dataset", "digits", "--hidden", "128,128", "--epochs", str(a.epochs),
          "--batch-size", "64", "--optimizer", "adam", "--lr", "2e-3", "--schedule", "cosine",
          "--backend", b.name, "--seed", str(a.seed), "--log-dir", os.path.join(a.out, "logs"),
-         "--checkpoint-dir", os.path.join(a.out, "checkpoints")])
+         "--checkpoint-dir", os.path.join(a.out, "checkpoints"), "--force"])  # a re-run: new run
     res = cmd_train(targs, out=out)
 
     print(f"   ({time.perf_counter() - t0:.1f} s)", file=out)
@@ -580,8 +649,8 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a training run says at which step and what it saved
+        print(f"{prog}: {e or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as e:  # one line for the user; DLPRIMER_DEBUG=1 shows the traceback
         if os.environ.get("DLPRIMER_DEBUG"):

@@ -59,11 +59,13 @@ class MetricLogger:
         self.log_dir = os.fspath(log_dir)
         os.makedirs(self.log_dir, exist_ok=True)
         self.path = os.path.join(self.log_dir, "metrics.jsonl")
+        has_config = False
         if resume_step is not None and os.path.exists(self.path):
-            from .ckpt import atomic_write
+            from .train.checkpoints import atomic_write
             kept = [r for r in read_jsonl(self.path)
                     if not isinstance(r.get("step"), int) or r["step"] <= resume_step]
             atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+            has_config = any(r.get("event") == "config" for r in kept)  # one config per run
         elif resume_step is None and os.path.exists(self.path):
             os.unlink(self.path)
         self._f = open(self.path, "a")
@@ -95,7 +97,7 @@ class MetricLogger:
             except Exception as e:  # a misconfigured tracking server must not stop training
                 warnings.warn(f"MLflow logging disabled: {type(e).__name__}: {e}", RuntimeWarning)
                 self._mlflow = None
-        if config is not None:
+        if config is not None and not has_config:
             self.log({"event": "config", "step": 0, **config})
 
     @property

@@ -11,6 +11,7 @@ import os
 
 from .base import Backend, MemoryMeter, Timer
 from .cpu import CPUBackend
+from .unfused import adopt_backend, fusion, fusion_enabled
 
 NAMES = ("cpu", "cuda", "auto")
 
@@ -91,11 +92,25 @@ def backend_for(name) -> Backend:
         b = _instances[key] = _make(key)
         if _seed is not None:
             b.manual_seed(_seed)
-        # -- fusion switch: a backend created inside `with dp.fusion(False)` starts unfused --
-        from ..unfused import _adopt_new_backend
-        _adopt_new_backend(b)
-        # -- end fusion switch --
+        adopt_backend(b)  # the fusion switch: created inside `dp.fusion(False)`, starts unfused
     return b
+
+
+def live_backends() -> dict[str, Backend]:
+    """The backends created so far, by name ("cpu", "cuda")."""
+    return dict(_instances)
+
+
+def global_seed() -> int | None:
+    """The last ``manual_seed`` (applied to backends created later), or None."""
+    return _seed
+
+
+def set_global_seed(seed: int | None) -> None:
+    """Restore the seed later backends start from (a training checkpoint's), without
+    reseeding the live ones."""
+    global _seed
+    _seed = None if seed is None else int(seed)
 
 
 def seed_all(seed: int):
@@ -151,4 +166,5 @@ def backend_of_array(a) -> Backend:
 
 
 __all__ = ["Backend", "MemoryMeter", "Timer", "set_backend", "get_backend", "use_backend",
-           "cuda_available", "cuda_unavailable_reason", "backend_for", "backend_of_array"]
+           "cuda_available", "cuda_unavailable_reason", "backend_for", "backend_of_array",
+           "fusion", "fusion_enabled", "live_backends", "global_seed", "set_global_seed"]

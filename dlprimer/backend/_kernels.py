@@ -1,7 +1,10 @@
 """Where the CUDA kernels live and how NVRTC compiles them (no CuPy import at top level).
 
-The kernel sources ship inside the package (``dlprimer/kernels/*.cu`` and the
-``*.cuh`` headers they include). One function, :func:`nvrtc_options`, holds the
+The kernel sources live at the repository's top level (``kernels/*.cu`` and the
+``*.cuh`` headers they include); the wheel ships them inside the package as
+``dlprimer/kernels/`` (setuptools maps one onto the other, see ``setup.py``), and
+:func:`find_kernel_dir` looks in both places, so a source checkout, an editable
+install and an installed wheel all find them. One function, :func:`nvrtc_options`, holds the
 options and include path; the CUDA backend passes it to ``cupy.RawModule`` and
 the CI check (:func:`nvrtc_compile`) passes it, completed exactly as CuPy
 completes it at run time, to CuPy's low-level NVRTC bindings, which need no GPU
@@ -12,7 +15,25 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def find_kernel_dir(package_dir: Path = _PACKAGE_DIR) -> Path:
+    """The directory holding the ``.cu``/``.cuh`` sources: ``<package>/kernels`` in an
+    installed wheel, ``<repository>/kernels`` beside the package in a source checkout
+    or an editable install. Raises FileNotFoundError naming both places otherwise."""
+    for candidate in (package_dir / "kernels", package_dir.parent / "kernels"):
+        if (candidate / "common.cuh").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"CUDA kernel sources not found in {package_dir / 'kernels'} (installed wheel) nor in "
+        f"{package_dir.parent / 'kernels'} (source checkout); reinstall dlprimer")
+
+
+try:
+    KERNEL_DIR = find_kernel_dir()
+except FileNotFoundError:  # reported when a kernel is read, not at import
+    KERNEL_DIR = _PACKAGE_DIR / "kernels"
 
 #: C++ type of each supported array dtype.
 CTYPES = {"float32": "float", "float64": "double"}

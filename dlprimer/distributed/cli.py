@@ -50,21 +50,54 @@ def fit_kwargs(args) -> dict:
     return {"scale_lr": bool(args.scale_lr), "warmup_steps": int(args.warmup_steps)}
 
 
+def _checked(conv, low, strict=True):
+    """argparse type: ``conv(text)`` that must be > low (>= low when not strict)."""
+    def parse(text):
+        try:
+            v = conv(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({conv.__name__})") from None
+        if not (v > low if strict else v >= low) or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'>' if strict else '>='} {low}")
+        return v
+    return parse
+
+
+_positive_int, _nonneg_int, _positive_float = _checked(int, 0), _checked(int, 0, False), _checked(float, 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ..data import DATASETS
+    p = argparse.ArgumentParser(
+        prog="python -m dlprimer.distributed",
+        description="Data-parallel training of a one-hidden-layer MLP on a bundled data set: "
+                    "every rank reads its shard, gradients are averaged with one all-reduce "
+                    "per step. Launch with mpiexec -n N; alone it trains on one rank.",
+        epilog="example: mpiexec -n 2 python -m dlprimer.distributed --dataset digits "
+               "--epochs 5 --scale-lr --warmup-steps 20")
+    p.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="bundled data set (offline) [default: digits]")
+    p.add_argument("--hidden", type=_positive_int, default=64,
+                   help="hidden layer width [default: 64]")
+    p.add_argument("--epochs", type=_positive_int, default=3, help="[default: 3]")
+    p.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="per-rank batch; the global batch is N x this [default: 32]")
+    p.add_argument("--lr", type=_positive_float, default=0.05,
+                   help="SGD learning rate (momentum 0.9) before --scale-lr [default: 0.05]")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed [default: 0]")
+    p.add_argument("--log-dir", help="metrics.jsonl goes here (written by rank 0)")
+    p.add_argument("--checkpoint-dir", help="training checkpoints go here (written by rank 0)")
+    p.add_argument("--force", action="store_true",
+                   help="start a new run beside another run's checkpoints in --checkpoint-dir")
+    add_arguments(p)
+    return p
+
+
 def main(argv=None) -> int:
     from .. import nn, optim
     from ..data import DataLoader, load_dataset
     from . import fit, init, launched_world_size
-    p = argparse.ArgumentParser(prog="python -m dlprimer.distributed",
-                                description="Data-parallel training of an MLP on a bundled data set.")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32, help="per-rank batch")
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-dir")
-    p.add_argument("--checkpoint-dir")
-    add_arguments(p)
+    p = _parser()
     args = p.parse_args(argv)
     try:
         comm = setup(args)
@@ -81,7 +114,8 @@ def main(argv=None) -> int:
     train = DataLoader(split.train, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     val = DataLoader(split.val, batch_size=256)
     res = fit(model, opt, train, val, epochs=args.epochs, log_dir=args.log_dir,
-              checkpoint_dir=args.checkpoint_dir, progress=False, **fit_kwargs(args))
+              checkpoint_dir=args.checkpoint_dir, progress=False, force=args.force,
+              **fit_kwargs(args))
     if comm.rank == 0:
         last = res.epochs[-1] if res.epochs else {}
         print(json.dumps({"world_size": comm.world_size, "steps": res.step,

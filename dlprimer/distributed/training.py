@@ -59,7 +59,7 @@ class DistributedOptimizer:
         d = self.comm.stats.since(snap)
         self.comm_seconds, self.comm_bytes = d["seconds"], d["bytes"]
         if self.clip is not None:
-            from ..utils import clip_grad_norm_
+            from ..nn.utils import clip_grad_norm_
             clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                             self.clip)
         return self.optimizer.step()
@@ -154,9 +154,9 @@ def fit(model, optimizer, train_loader, val_loader=None, *, comm=None, scale_lr:
         if main:
             if isinstance(resume, (str, os.PathLike)):
                 path = os.fspath(resume)
-            elif checkpoint_dir is not None:
-                from ..ckpt import CheckpointManager
-                path = CheckpointManager(checkpoint_dir).latest()
+            elif checkpoint_dir is not None:  # refuses to resume from nothing unless force
+                from ..train.extensions import Checkpoints
+                path = Checkpoints(checkpoint_dir).resolve_resume(True, kwargs.get("force", False))
         path = comm.broadcast_object(path)
         resume = path if path is not None else False
     dopt = DistributedOptimizer(optimizer, comm=comm, clip=clip)

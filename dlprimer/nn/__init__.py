@@ -2,7 +2,7 @@
 
 ``import dlprimer.nn as nn``; ``import dlprimer.nn.functional as F``.
 """
-from . import functional, init
+from . import functional, init, utils
 from .activation import ELU, GELU, Dropout, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .container import MLP, Sequential
 from .linear import Identity, Linear
@@ -13,6 +13,6 @@ from .parameter import Parameter
 __all__ = [
     "Module", "Parameter", "Linear", "Identity", "Sequential", "MLP",
     "ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh", "ELU", "Softmax", "LogSoftmax",
-    "Dropout", "BatchNorm1d", "LayerNorm", "functional", "init",
+    "Dropout", "BatchNorm1d", "LayerNorm", "functional", "init", "utils",
     "StateDictError", "IncompatibleKeys", "RemovableHandle",
 ]

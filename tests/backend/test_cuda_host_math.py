@@ -1,6 +1,6 @@
 """The CUDA kernels' per-element math, compiled for the host, against NumPy.
 
-``dlprimer/kernels/*.cuh`` hold the math of every kernel as ``__host__ __device__``
+``kernels/*.cuh`` hold the math of every kernel as ``__host__ __device__``
 functions; here the host C++ compiler builds them (``kernel_host.py``) and each is
 compared on fresh random inputs plus +-1e4, zeros, -0.0 and NaN with
 

@@ -32,6 +32,7 @@ import random
 import re
 import secrets
 import time
+import warnings
 
 import numpy as np
 
@@ -103,7 +104,7 @@ class _Encoder:
         self.arrays: dict[str, np.ndarray] = {}
 
     def array(self, a, path):
-        from .backend import backend_of_array
+        from ..backend import backend_of_array
         host = np.ascontiguousarray(backend_of_array(a).to_numpy(a))
         if host.dtype.kind not in "biuf":
             raise TypeError(f"checkpoint: cannot store an array of dtype {host.dtype} at {path}")
@@ -116,7 +117,7 @@ class _Encoder:
         return key
 
     def encode(self, obj, path):
-        from .tensor import Tensor
+        from ..tensor import Tensor
         if obj is None or isinstance(obj, (bool, str)):
             return obj
         if isinstance(obj, (int, float)) and not isinstance(obj, np.generic):
@@ -144,7 +145,7 @@ class _Encoder:
 
 def _decode(obj, arrays, backend=None):
     """Inverse of _Encoder.encode; arrays go to ``backend`` (None: NumPy)."""
-    from .tensor import Tensor
+    from ..tensor import Tensor
     if isinstance(obj, list):
         return [_decode(v, arrays, backend) for v in obj]
     if not isinstance(obj, dict):
@@ -158,7 +159,7 @@ def _decode(obj, arrays, backend=None):
         if backend is not None:
             a = backend.asarray(a)  # no copy on the CPU
         if "__tensor__" in obj:
-            from .backend import backend_for
+            from ..backend import backend_for
             return Tensor(a, False, backend if backend is not None else backend_for("cpu"))
         return a
     if "__np__" in obj:
@@ -264,19 +265,19 @@ def read_checkpoint(path, backend=None) -> dict:
 # -- random state ----------------------------------------------------------------------
 def rng_state() -> dict:
     """Every random stream dlprimer and its loaders draw from."""
-    from . import backend as _b
+    from .. import backend as _b
     return {
-        "backends": {name: b.get_rng_state() for name, b in _b._instances.items()},
-        "global_seed": _b._seed,
+        "backends": {name: b.get_rng_state() for name, b in _b.live_backends().items()},
+        "global_seed": _b.global_seed(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
 
 
 def set_rng_state(state: dict) -> None:
-    from . import backend as _b
+    from .. import backend as _b
     if state.get("global_seed") is not None:
-        _b._seed = int(state["global_seed"])
+        _b.set_global_seed(state["global_seed"])
     for name, s in state.get("backends", {}).items():
         if name == "cuda" and not _b.cuda_available():
             continue
@@ -308,15 +309,18 @@ def _model_backend(model):
 
 
 def save_checkpoint(path, model=None, optimizer=None, scheduler=None, step: int | None = None,
-                    loader=None, extra: dict | None = None, rng: bool = True) -> str:
+                    loader=None, extra: dict | None = None, rng: bool = True,
+                    run_id: str | None = None) -> str:
     """Write a training checkpoint to ``path`` atomically; returns the path.
 
     model / optimizer / scheduler / loader: anything with ``state_dict()``.
     step: the number of optimizer steps taken. extra: more state (JSON-able values
-    and arrays). rng: save every random stream (backends, NumPy, Python).
+    and arrays). rng: save every random stream (backends, NumPy, Python). run_id: the
+    training run the checkpoint belongs to (:class:`CheckpointManager`).
     """
     state = {
         "step": None if step is None else int(step),
+        "run_id": run_id,
         "model": _state_of(model, "model"),
         "optimizer": _state_of(optimizer, "optimizer"),
         "scheduler": _state_of(scheduler, "scheduler"),
@@ -327,7 +331,7 @@ def save_checkpoint(path, model=None, optimizer=None, scheduler=None, step: int 
         "types": {k: type(o).__name__ for k, o in (("optimizer", optimizer),
                                                     ("scheduler", scheduler)) if o is not None},
     }
-    from . import __version__
+    from .. import __version__
     state["dlprimer_version"] = __version__
     atomic_write(path, encode_checkpoint(state))
     return os.fspath(path)
@@ -365,34 +369,62 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, loader=Non
     return state
 
 
-class CheckpointManager:
-    """Numbered checkpoints in one directory: ``ckpt-00000100.safetensors`` (step 100).
+class CheckpointWarning(RuntimeWarning):
+    """A checkpoint was unusable and was moved aside (one readable line each)."""
 
-    ``save(step, ...)`` writes atomically and keeps the newest ``keep``;
-    ``latest()`` returns the newest file that verifies, skipping (with a warning)
-    ones that do not, so a corrupted last checkpoint falls back to the one before.
+
+class CheckpointManager:
+    """The checkpoints of training runs in one directory.
+
+    Each run has an id (8 hex digits, new for every fresh run; a resumed run keeps the
+    id of the checkpoint it resumed from); its checkpoints are named
+    ``ckpt-<run>-<step>.safetensors`` and hold the id too (``state["run_id"]``).
+    Files from before run ids (``ckpt-<step>.safetensors``) belong to run "".
+
+    ``save(step, ...)`` writes atomically, then prunes the *current run's* checkpoints
+    to the newest ``keep`` (other runs' files are never touched, and the one just
+    written, the run's newest good checkpoint, is never deleted). ``latest()``
+    returns the most recently written checkpoint that verifies, whatever its run;
+    a file that does not verify is renamed ``<name>.corrupt`` (so it no longer
+    counts) with one :class:`CheckpointWarning`, and the one before is tried.
     """
 
-    PATTERN = re.compile(r"^ckpt-(\d+)\.safetensors$")
+    PATTERN = re.compile(r"^ckpt-(?:(?P<run>[0-9a-f]{8})-)?(?P<step>\d+)\.safetensors$")
 
-    def __init__(self, directory, keep: int = 3):
+    def __init__(self, directory, keep: int = 3, run_id: str | None = None):
         if keep is not None and keep < 1:
             raise ValueError(f"keep must be >= 1 (or None for all), got {keep}")
+        if run_id is not None and not re.fullmatch(r"[0-9a-f]{8}|", run_id):
+            raise ValueError(f"run_id must be 8 hex digits, got {run_id!r}")
         self.directory = os.fspath(directory)
         self.keep = keep
+        self.run_id = secrets.token_hex(4) if run_id is None else run_id
+        self.moved_aside: list[str] = []
         os.makedirs(self.directory, exist_ok=True)
 
-    def path_for(self, step: int) -> str:
-        return os.path.join(self.directory, f"ckpt-{int(step):08d}.safetensors")
+    def path_for(self, step: int, run_id: str | None = None) -> str:
+        run = self.run_id if run_id is None else run_id
+        name = f"ckpt-{run}-{int(step):08d}" if run else f"ckpt-{int(step):08d}"
+        return os.path.join(self.directory, name + ".safetensors")
 
-    def checkpoints(self) -> list[tuple[int, str]]:
-        """(step, path) of every checkpoint file, oldest first."""
+    def all_checkpoints(self) -> list[tuple[str, int, str]]:
+        """(run id, step, path) of every checkpoint file, oldest written first."""
         out = []
         for name in os.listdir(self.directory):
             m = self.PATTERN.match(name)
             if m:
-                out.append((int(m.group(1)), os.path.join(self.directory, name)))
-        return sorted(out)
+                path = os.path.join(self.directory, name)
+                try:
+                    mtime = os.stat(path).st_mtime_ns
+                except FileNotFoundError:
+                    continue
+                out.append((mtime, int(m.group("step")), m.group("run") or "", path))
+        return [(run, step, path) for _, step, run, path in sorted(out)]
+
+    def checkpoints(self, run_id: str | None = None) -> list[tuple[int, str]]:
+        """(step, path) of one run's checkpoint files (default: this run's), by step."""
+        run = self.run_id if run_id is None else run_id
+        return sorted((step, path) for r, step, path in self.all_checkpoints() if r == run)
 
     def clean_temporaries(self):
         """Remove temp files left by writes that were killed."""
@@ -408,25 +440,47 @@ class CheckpointManager:
                     pass
 
     def save(self, step: int, **objects) -> str:
-        path = save_checkpoint(self.path_for(step), step=step, **objects)
+        path = save_checkpoint(self.path_for(step), step=step, run_id=self.run_id, **objects)
         if self.keep is not None:
             for _, old in self.checkpoints()[:-self.keep]:
-                try:
-                    os.unlink(old)
-                except OSError:
-                    pass
+                if old != path:
+                    try:
+                        os.unlink(old)
+                    except OSError:
+                        pass
         return path
 
+    def move_aside(self, path: str, error: Exception) -> str:
+        """Rename an unusable checkpoint to ``<name>.corrupt`` and warn in one line."""
+        aside = path + ".corrupt"
+        i = 1
+        while os.path.exists(aside):
+            aside, i = f"{path}.corrupt{i}", i + 1
+        try:
+            os.replace(path, aside)
+        except OSError:
+            aside = None
+        self.moved_aside.append(path)
+        where = f"moved it aside to {os.path.basename(aside)}" if aside else "could not move it aside"
+        warnings.warn(f"{error}; {where} and tried the checkpoint before it", CheckpointWarning,
+                      stacklevel=3)
+        return aside
+
     def latest(self) -> str | None:
-        """The newest checkpoint that verifies, or None."""
-        import warnings
-        for _, path in reversed(self.checkpoints()):
+        """The most recently written checkpoint that verifies (any run), or None."""
+        for _, _, path in reversed(self.all_checkpoints()):
             try:
                 read_checkpoint(path)
                 return path
             except CheckpointError as e:
-                warnings.warn(f"skipping {e}", RuntimeWarning, stacklevel=2)
+                self.move_aside(path, e)
         return None
+
+    def adopt(self, path: str) -> None:
+        """Continue the run that wrote ``path`` (its id names the next checkpoints)."""
+        m = self.PATTERN.match(os.path.basename(os.fspath(path)))
+        if m and os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.directory):
+            self.run_id = m.group("run") or ""
 
 
 def _pid_alive(pid: int) -> bool:

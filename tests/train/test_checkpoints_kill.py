@@ -15,14 +15,14 @@ import time
 import numpy as np
 import pytest
 
-from dlprimer.ckpt import CheckpointManager, read_checkpoint
+from dlprimer.train.checkpoints import CheckpointManager, read_checkpoint
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
 CHILD = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    import dlprimer.ckpt as ck
+    import dlprimer.train.checkpoints as ck
 
     directory, marker, mid_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
     real_write = os.write

@@ -1,4 +1,5 @@
-"""dp.utils.clip_grad_norm_: PyTorch's semantics, over an arena or plain parameters."""
+"""dp.nn.utils.clip_grad_norm_ (``dp.utils.clip_grad_norm_`` is the same function):
+PyTorch's semantics, over an arena or plain parameters."""
 import numpy as np
 import pytest
 

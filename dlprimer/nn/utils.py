@@ -1,7 +1,7 @@
-"""Training utilities: gradient clipping."""
+"""Training utilities where PyTorch users look for them (``torch.nn.utils``): gradient clipping."""
 from __future__ import annotations
 
-from .tensor import Tensor, tensor
+from ..tensor import Tensor, tensor
 
 
 def _grad_arrays(params):

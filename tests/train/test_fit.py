@@ -80,7 +80,7 @@ def test_resume_after_crash_is_bit_exact(iris, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", steps=17, crash_at=11)  # dies after the step-9 checkpoint (mid-epoch 2)
     model, res = run(tmp_path / "b", steps=17, resume=True, seed=123)
-    assert res.resumed_from.endswith("ckpt-00000009.safetensors")
+    assert res.resumed_from.endswith("-00000009.safetensors")  # ckpt-<run id>-<step>
     for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
         assert np.array_equal(p.numpy(), q.numpy()), n
     a = read_jsonl(tmp_path / "a" / "logs" / "metrics.jsonl")
@@ -141,7 +141,7 @@ def test_nan_in_a_layer_stops_training_naming_the_op(iris, tmp_path):
     msg = str(ei.value)
     assert ei.value.step == 4 and ei.value.report["layer"] == "2"
     assert "training stopped at step 4: the loss is nan" in msg
-    assert "layer '2' (InjectNaN)" in msg and "Mul (created at" in msg and "test_train.py" in msg
+    assert "layer '2' (InjectNaN)" in msg and "Mul (created at" in msg and "test_fit.py" in msg
     rec = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["event"] == "diverged"]
     assert rec and rec[0]["op"] == "Mul"
 
@@ -176,7 +176,7 @@ def test_nan_in_backward_names_the_function(iris):
     dp.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), BadGradLayer(), nn.Linear(8, 3))
     with pytest.raises(TrainingDiverged, match=r"gradient norm is nan.*backward of BadGrad "
-                                               r"\(created at .*test_train.py"):
+                                               r"\(created at .*test_fit.py"):
         fit(model, SGD(model.parameters(), lr=0.1), DataLoader(iris.train, 16), epochs=1,
             progress=False)
 

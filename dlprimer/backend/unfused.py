@@ -9,6 +9,10 @@ every fused Backend op (activations, softmax-cross-entropy, optimizer updates) r
 such a chain, written here once in ``xp`` code for every backend, so the profiler can
 time the same model, on the same data, in the same run, both ways.
 
+It lives with the backends (``dlprimer/backend/unfused.py``; ``dlprimer.unfused`` is
+an alias): ``backend_for`` hands it every backend it creates (:func:`adopt_backend`),
+and this module imports nothing from the backend registry, so there is no cycle.
+
 Mechanism: inside the block the fused methods of every live Backend instance are
 shadowed by instance attributes bound to the functions below (same names and
 signatures as the contract in ``backend/base.py``); leaving the block removes them.
@@ -236,6 +240,7 @@ mask: it is neither activation, loss nor update, and its mask must not change)."
 # -- the switch ---------------------------------------------------------------------------
 _enabled = True
 _patched: dict = {}  # id(backend) -> (backend, {name: previous instance attribute or None})
+_known: dict = {}  # id(backend) -> backend, every backend ``backend_for`` has created
 
 
 def fusion_enabled() -> bool:
@@ -244,11 +249,7 @@ def fusion_enabled() -> bool:
 
 
 def _live_backends():
-    from .backend import _instances, get_backend
-    seen = {id(b): b for b in _instances.values()}
-    cur = get_backend()
-    seen.setdefault(id(cur), cur)
-    return list(seen.values())
+    return list(_known.values())
 
 
 def _unfuse(backend):
@@ -274,9 +275,11 @@ def _refuse(backend):
             setattr(backend, name, old)
 
 
-def _adopt_new_backend(backend):
-    """Called by ``backend_for`` on each backend it creates: one created inside
+def adopt_backend(backend):
+    """Called by ``backend_for`` on each backend it creates, so the switch knows every
+    live backend without importing the backend registry; one created inside
     ``fusion(False)`` (``model.to("cuda")`` in the block) runs unfused too."""
+    _known[id(backend)] = backend
     if not _enabled:
         _unfuse(backend)
 
@@ -308,4 +311,4 @@ def fusion(enabled: bool = True):
         _apply(prev)
 
 
-__all__ = ["fusion", "fusion_enabled", "UNFUSED_OPS"]
+__all__ = ["fusion", "fusion_enabled", "adopt_backend", "UNFUSED_OPS"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dlprimer as dp
-from dlprimer.ckpt import (CheckpointError, CheckpointManager, atomic_write, decode_checkpoint,
+from dlprimer.train.checkpoints import (CheckpointError, CheckpointManager, atomic_write, decode_checkpoint,
                            encode_checkpoint)
 from dlprimer.data import DataLoader, TensorDataset
 
@@ -131,7 +131,7 @@ def test_atomic_write_errors_and_cleanup(tmp_path, monkeypatch):
         os.write(fd, b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("dlprimer.ckpt._write_all", boom)
+    monkeypatch.setattr("dlprimer.train.checkpoints._write_all", boom)
     with pytest.raises(OSError, match="disk full"):
         atomic_write(target, b"new")
     assert target.read_bytes() == b"old"
