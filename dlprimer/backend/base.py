@@ -79,6 +79,8 @@ class Backend:
     #: True when arrays live in host memory, so host libraries (MPI, file writers)
     #: can use them in place; device backends copy through to_numpy()/asarray().
     host_memory: bool = False
+    #: the low-precision dtypes ``dp.autocast`` may use on this backend.
+    autocast_dtypes: tuple = ("float16", "bfloat16")
 
     def __init__(self):
         self._seed = int(np.random.SeedSequence().entropy % (2**63))
