@@ -1,12 +1,13 @@
 """Convolution and pooling over NCHW images: conv2d, max_pool2d, avg_pool2d.
 
 A convolution is a matrix product over unfolded windows ("im2col"): the input's
-KH x KW shifted, strided slices are stacked into cols of shape (N, C*KH*KW, OH*OW),
+KH x KW shifted, strided slices are stacked into cols of shape (C*KH*KW, N*OH*OW),
 and y = W (O, C*KH*KW) @ cols. Backward is two more products, gW = gy cols^T and
 gcols = W^T gy, the latter folded back onto the input by adding the same slices
 ("col2im"). The unfolding is KH*KW slice copies, the same code on every backend.
-The Conv2d node keeps the input (as PyTorch does), not the KH*KW times larger
-cols, and unfolds again in backward: memory over a copy's worth of time.
+The cols are laid out (C*KH*KW, N*OH*OW) so that one matrix product covers the
+whole batch. The Conv2d node keeps the input (as PyTorch does), not the KH*KW
+times larger cols, and unfolds again in backward: memory over a copy's worth of time.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def _pad(xp, x, ph, pw, value=0.0):
     return xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
 
 
-def _unfold(xp, xpad, kh, kw, sh, sw, oh, ow):
-    """(N, C, KH, KW, OH, OW): window element (i, j) of every output position."""
+def _windows(xp, xpad, kh, kw, sh, sw, oh, ow):
+    """(N, C, KH, KW, OH, OW): window element (i, j) of every output position (pooling)."""
     n, c = xpad.shape[:2]
     cols = xp.empty((n, c, kh, kw, oh, ow), dtype=xpad.dtype)
     for i in range(kh):
@@ -39,13 +40,29 @@ def _unfold(xp, xpad, kh, kw, sh, sw, oh, ow):
     return cols
 
 
-def _fold(xp, cols, pad_shape, sh, sw, dtype):
-    """The adjoint of :func:`_unfold`: add each window element back where it came from."""
-    kh, kw, oh, ow = cols.shape[2:]
-    g = xp.zeros(pad_shape, dtype=dtype)
+def _unfold(xp, xpad, kh, kw, sh, sw, oh, ow):
+    """im2col as a (C KH KW, N OH OW) matrix, so that one matrix product covers the
+    whole batch: row (c, i, j) holds window element (i, j) of channel c at every
+    output position of every image."""
+    n, c = xpad.shape[:2]
+    cols = xp.empty((c, kh, kw, n, oh, ow), dtype=xpad.dtype)
+    xt = xpad.transpose(1, 0, 2, 3)
     for i in range(kh):
         for j in range(kw):
-            g[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[:, :, i, j]
+            cols[:, i, j] = xt[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+    return cols.reshape(c * kh * kw, n * oh * ow)
+
+
+def _fold(xp, gcols, pad_shape, kh, kw, sh, sw, oh, ow):
+    """col2im, the adjoint of :func:`_unfold`: add each window element back where it
+    came from, giving the (N, C, H + 2 ph, W + 2 pw) gradient."""
+    n, c = pad_shape[:2]
+    g6 = gcols.reshape(c, kh, kw, n, oh, ow)
+    g = xp.zeros(pad_shape, dtype=gcols.dtype)
+    gt = g.transpose(1, 0, 2, 3)
+    for i in range(kh):
+        for j in range(kw):
+            gt[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += g6[:, i, j]
     return g
 
 
@@ -69,34 +86,33 @@ class Conv2d(Function):
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
         oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-        self.geom = (x.shape, x.dtype, kh, kw, sh, sw, ph, pw, oh, ow)
+        self.geom = (x.shape, kh, kw, sh, sw, ph, pw, oh, ow)
         self.save(x if nw else None, w if nx else None)
         cols = _unfold(xp, _pad(xp, x, ph, pw), kh, kw, sh, sw, oh, ow)
-        y = mm(xp, w.reshape(o, -1), cols.reshape(n, c * kh * kw, oh * ow))
+        y = mm(xp, w.reshape(o, -1), cols)                    # (O, N OH OW)
         if b is not None:
-            y += b.reshape(1, o, 1)
-        y = y.reshape(n, o, oh, ow)
+            y += b.reshape(o, 1)
+        y = xp.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
         return y if y.dtype == x.dtype else y.astype(x.dtype)
 
     def backward(self, gy):
         x, w = self.saved
         nx, nw, nb = self.needs_input_grad
         xp = self.backend.xp
-        xshape, xdtype, kh, kw, sh, sw, ph, pw, oh, ow = self.geom
+        xshape, kh, kw, sh, sw, ph, pw, oh, ow = self.geom
         n, c = xshape[:2]
         o = gy.shape[1]
-        gy3 = gy.reshape(n, o, oh * ow)
+        g2 = xp.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(o, n * oh * ow)
         gx = gw = gb = None
         if nw:
             cols = _unfold(xp, _pad(xp, x, ph, pw), kh, kw, sh, sw, oh, ow)
-            gw = xp.tensordot(_up(gy3), _up(cols.reshape(n, c * kh * kw, oh * ow)),
-                              axes=([0, 2], [0, 2])).reshape(o, c, kh, kw)
+            gw = mm(xp, g2, cols.T).reshape(o, c, kh, kw)
         if nb:
-            gb = _up(gy3).sum(axis=(0, 2))
+            gb = _up(g2).sum(axis=1)
         if nx:
-            gcols = mm(xp, w.reshape(o, -1).T, gy3).reshape(n, c, kh, kw, oh, ow)
+            gcols = mm(xp, w.reshape(o, -1).T, g2)            # (C KH KW, N OH OW)
             pad_shape = (n, c, xshape[2] + 2 * ph, xshape[3] + 2 * pw)
-            gx = _crop(_fold(xp, gcols, pad_shape, sh, sw, gcols.dtype), ph, pw)
+            gx = _crop(_fold(xp, gcols, pad_shape, kh, kw, sh, sw, oh, ow), ph, pw)
         return gx, gw, gb
 
     def flops(self):
@@ -122,7 +138,7 @@ class MaxPool2d(Function):
         (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
         n, c, h, wd = x.shape
         oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-        cols = _unfold(xp, _pad(xp, x, ph, pw, -float("inf")), kh, kw, sh, sw, oh, ow)
+        cols = _windows(xp, _pad(xp, x, ph, pw, -float("inf")), kh, kw, sh, sw, oh, ow)
         cols = cols.reshape(n, c, kh * kw, oh, ow)
         arg = cols.argmax(axis=2)
         self.save(arg.astype(_dtype.uint8 if kh * kw < 256 else _dtype.int32))
