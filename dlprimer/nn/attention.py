@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from .. import _dtype
+from .. import amp as _amp
 from ..ops.attention import scaled_dot_product_attention
 from ..tensor import Tensor, empty
 from . import functional as F
@@ -94,6 +95,11 @@ class MultiheadAttention(Module):
         elif not self.batch_first:
             query, key, value = (t.transpose(1, 0, 2) for t in (query, key, value))
         n, L, S = query.shape[0], query.shape[1], key.shape[1]
+        if _amp.autocast_dtype() is not None:   # one low-precision copy for self-attention
+            same_k, same_v = key is query, value is query
+            query = _amp.cast_low(query)
+            key = query if same_k else _amp.cast_low(key)
+            value = query if same_v else _amp.cast_low(value)
         if key.shape[:2] != value.shape[:2] or key.shape[0] != n:
             raise ValueError(f"MultiheadAttention: key {key.shape} and value {value.shape} must share "
                              f"batch and length, and the batch of query {query.shape}")

@@ -144,7 +144,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             raise ValueError(f"{fn}: attn_mask must be bool (True = attend) or float (added), "
                              f"got {mask.dtype}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    q, k, v = _amp.cast_float32(q), _amp.cast_float32(k), _amp.cast_float32(v)
     if _amp.autocast_dtype() is not None:
         q, k, v = _amp.cast_low(q), _amp.cast_low(k), _amp.cast_low(v)
     return ScaledDotProductAttention.apply(q, k, v, mask=mask, scale=scale,

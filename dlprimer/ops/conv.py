@@ -237,7 +237,6 @@ def conv2d(input, weight, bias=None, stride=1, padding=0):
                          f"{weight.shape}; expected ({weight.shape[0]},)")
     stride, padding = _pair(stride, "conv2d", "stride", 1), _pair(padding, "conv2d", "padding", 0)
     _check_window("conv2d", x.shape, weight.shape[2:], padding)
-    x, weight = _amp.cast_float32(x), _amp.cast_float32(weight)
     if _amp.autocast_dtype() is not None:
         x, weight, bias = _amp.cast_low(x), _amp.cast_low(weight), _amp.cast_low(bias)
     return Conv2d.apply(x, weight, bias, stride=stride, padding=padding)
