@@ -93,6 +93,7 @@ def _tiny():
     return lin, optim.SGD(lin.parameters(), lr=0.1)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
 def test_grad_scaler_skips_an_inf_step_and_halves_its_scale():
     lin, opt = _tiny()
     scaler = GradScaler()
@@ -113,6 +114,7 @@ def test_grad_scaler_skips_an_inf_step_and_halves_its_scale():
     np.testing.assert_allclose(lin.weight.grad.numpy(), [[1, 2, 3], [1, 2, 3]])   # unscaled
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
 def test_grad_scaler_matches_torch_scale_sequence(rng):
     torch = pytest.importorskip("torch")
     lin, opt = _tiny()
