@@ -1,6 +1,7 @@
 """The affine map of a Linear layer as one Function: y = x W^T + b."""
 from __future__ import annotations
 
+from .. import _dtype
 from ..autograd import Function
 from ._util import mm, prod
 
@@ -43,7 +44,8 @@ class Linear(Function):
             gw = mm(xp, g2.T, x2, out=buf)
         if nb:
             buf = self.leaf_grad_out(2, (out,), gy.dtype)
-            gb = g2.sum(axis=0, out=buf) if buf is not None else g2.sum(axis=0)
+            gb = g2.sum(axis=0, out=buf) if buf is not None else g2.sum(
+                axis=0, dtype=_dtype.float32 if _dtype.is_half(g2.dtype) else None)
         return gx, gw, gb
 
     def flops(self):
