@@ -64,7 +64,8 @@ def _number(v, fn, name, lo=None, hi=None, lo_open=False):
 # -- activations -------------------------------------------------------------------------
 def relu(x):
     """max(x, 0); the gradient at 0 is 0."""
-    return ReLU.apply(_amp.cast_float32(_tensor(x, "relu")))
+    x = _tensor(x, "relu")
+    return ReLU.apply(x if x.backend.half_relu else _amp.cast_float32(x))
 
 
 def leaky_relu(x, negative_slope=0.01):

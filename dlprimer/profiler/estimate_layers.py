@@ -16,6 +16,8 @@ term quadratic in T, the reason long contexts need memory-efficient attention.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..ops.activation import GELU
 from ..ops.elementwise import ReLU, Sigmoid, Tanh
 from ..ops.loss import CrossEntropy
@@ -42,57 +44,60 @@ def _row(label, f, b, saved):
 
 # -- a chain of image layers --------------------------------------------------------------
 def image_rows(model, shape, lo, half):
-    """Rows for an (N, C, H, W) batch through the model's leaf layers in order."""
+    """Rows for an (N, C, H, W) batch through the model's leaf layers in order.
+
+    Under autocast (``half``) a product saves a half copy of its input unless that
+    buffer is already half and saved (a ReLU output on a backend whose ReLU takes
+    half inputs, ``backend.half_relu``); pooling and the other activations run in
+    float32."""
     if len(shape) != 4:
         raise ValueError(f"estimate: an image model needs an input shape (N, C, H, W), got {shape}")
+    from ..backend import get_backend
     hi = max(lo, 4)
+    half_relu = half and get_backend().half_relu
     n, feat = shape[0], tuple(shape[1:])
-    rows, grad_in, buf_saved = [], False, True     # the batch is counted as inputs
+    rows, grad_in = [], False
+    buf_saved, buf_low = True, False        # the batch: counted as inputs, float32
     for m in (m for m in model.modules() if not list(m.children())):
         name = type(m).__name__.lower()
-        size = n
-        for d in feat:
-            size *= d
+        size = n * int(np.prod(feat))
+        copy = not buf_saved or (half and not buf_low)     # a product keeps its input
         if name == "conv2d":
             c, h, w = feat
             (kh, kw), (sh, sw), (ph, pw) = m.kernel_size, m.stride, m.padding
             oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
             o = m.out_channels
             mac, bias = 2 * n * o * c * kh * kw * oh * ow, (n * o * oh * ow if m.bias is not None else 0)
-            saved = size * lo if (half or not buf_saved) else 0
-            saved += o * c * kh * kw * lo if half else 0
+            saved = size * lo * copy + (o * c * kh * kw * lo if half else 0)
             rows.append(_row(f"Conv2d({c}, {o}, {kh}x{kw})", mac + bias, mac * (1 + grad_in) + bias, saved))
-            feat, grad_in, buf_saved = (o, oh, ow), True, False
+            feat, grad_in, buf_saved, buf_low = (o, oh, ow), True, False, half
         elif name in ("maxpool2d", "avgpool2d"):
             c, h, w = feat
             (kh, kw), (sh, sw), (ph, pw) = m.kernel_size, m.stride, m.padding
             feat = (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
-            out = n * feat[0] * feat[1] * feat[2]
+            out = n * int(np.prod(feat))
             k = kh * kw
             f = (k - 1) * out if name == "maxpool2d" else k * out
             rows.append(_row(type(m).__name__, f, k * out, out if name == "maxpool2d" else 0))
-            buf_saved = False
+            buf_saved, buf_low = False, False
         elif name == "flatten":
             feat = (size // n,)
         elif name == "linear":
             i, o = m.in_features, m.out_features
             bias = n * o if m.bias is not None else 0
-            saved = n * i * lo if (half or not buf_saved) else 0
-            saved += i * o * lo if half else 0
+            saved = n * i * lo * copy + (i * o * lo if half else 0)
             rows.append(_row(f"Linear({i}, {o})", 2 * n * i * o + bias,
                              2 * n * i * o * (1 + grad_in) + bias, saved))
-            feat, grad_in, buf_saved = (o,), True, False
+            feat, grad_in, buf_saved, buf_low = (o,), True, False, half
         elif name in _ACT:
             fn = _ACT[name]
-            saved = size * hi
-            rows.append(_row(name, fn.fwd_flops_per_elem * size, fn.bwd_flops_per_elem * size, saved))
-            buf_saved = name != "gelu"        # GELU keeps its input, the others their output
-            if name == "gelu":
-                rows[-1]["activation_bytes"] = size * hi * 2   # its input and a new output
-                buf_saved = False
+            low = buf_low and name == "relu" and half_relu
+            rows.append(_row(name, fn.fwd_flops_per_elem * size, fn.bwd_flops_per_elem * size,
+                             size * (lo if low else hi)))
+            buf_saved, buf_low = name != "gelu", low   # GELU keeps its input, the others their output
         elif name == "dropout" and getattr(m, "p", 0) > 0 and m.training:
             rows.append(_row("dropout", 2 * size, 2 * size, 0))
-            buf_saved = False
+            buf_saved, buf_low = False, False
         elif name not in ("identity", "dropout"):
             raise ValueError(f"estimate: no analytic model for layer {type(m).__name__} in an image model")
     if len(feat) != 1:

@@ -24,6 +24,8 @@ def test_autocast_runs_products_low_and_the_rest_in_float32(backend, rng, low):
         assert F.scaled_dot_product_attention(q, q, q).dtype == h.dtype
         a = F.gelu(h)
         assert a.dtype == dp.float32                      # activations in float32
+        relu_dtype = h.dtype if dp.get_backend().half_relu else dp.float32
+        assert F.relu(h).dtype == relu_dtype              # ... but an exact ReLU may stay half
         assert F.softmax(h).dtype == dp.float32
         assert F.layer_norm(h, (4,)).dtype == dp.float32
         loss = F.cross_entropy(h, dp.tensor([0, 1, 2, 3, 0], backend=backend))
