@@ -72,7 +72,7 @@ HALF = (float16, bfloat16)
 
 def is_float(dtype) -> bool:
     """True for float16/32/64 and bfloat16 (whose NumPy kind is "V")."""
-    d = np.dtype(dtype)
+    d = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
     return d.kind == "f" or d == bfloat16
 
 
