@@ -64,6 +64,12 @@ class MultiheadAttention(Module):
         b = self.in_proj_bias[i * e:(i + 1) * e] if self.in_proj_bias is not None else None
         return F.linear(x, w, b)
 
+    def _batch(self, x, unbatched):
+        """(N, L, E) from the caller's layout."""
+        if unbatched:
+            return x.reshape(1, *x.shape)
+        return x if self.batch_first else x.transpose(1, 0, 2)
+
     def _heads(self, x, n, length):
         """(N, L, E) -> (N, H, L, d)."""
         return x.reshape(n, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
@@ -90,16 +96,11 @@ class MultiheadAttention(Module):
         if query.shape[-1] != e or key.shape[-1] != e or value.shape[-1] != e:
             raise ValueError(f"MultiheadAttention: query {query.shape}, key {key.shape} and value "
                              f"{value.shape} must end in embed_dim {e}")
-        if unbatched:
-            query, key, value = (t.reshape(1, *t.shape) for t in (query, key, value))
-        elif not self.batch_first:
-            query, key, value = (t.transpose(1, 0, 2) for t in (query, key, value))
+        same_k, same_v = key is query, value is query    # self-attention: one copy
+        query = self._batch(_amp.cast_low(query), unbatched)
+        key = query if same_k else self._batch(_amp.cast_low(key), unbatched)
+        value = query if same_v else self._batch(_amp.cast_low(value), unbatched)
         n, L, S = query.shape[0], query.shape[1], key.shape[1]
-        if _amp.autocast_dtype() is not None:   # one low-precision copy for self-attention
-            same_k, same_v = key is query, value is query
-            query = _amp.cast_low(query)
-            key = query if same_k else _amp.cast_low(key)
-            value = query if same_v else _amp.cast_low(value)
         if key.shape[:2] != value.shape[:2] or key.shape[0] != n:
             raise ValueError(f"MultiheadAttention: key {key.shape} and value {value.shape} must share "
                              f"batch and length, and the batch of query {query.shape}")
