@@ -32,6 +32,14 @@ def _t(xp, a):
     return xp.swapaxes(a, -1, -2)
 
 
+def _add_into(s, add):
+    """``s + add``, in place when ``add`` broadcasts into ``s``'s shape."""
+    if add.ndim <= s.ndim and all(a in (1, b) for a, b in zip(add.shape[::-1], s.shape[::-1])):
+        s += add
+        return s
+    return s + add
+
+
 class ScaledDotProductAttention(Function):
     """softmax(Q K^T scale + mask) V. FLOPs with B batch elements: forward
     2 B L S (E + Ev) for the two products + 5 B L S for scale, mask and softmax;
@@ -45,12 +53,10 @@ class ScaledDotProductAttention(Function):
         s *= scale
         L, S = s.shape[-2], s.shape[-1]
         if is_causal:
-            s = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -xp.inf)
-        if mask is not None:
-            if mask.dtype == bool:
-                s = xp.where(mask, s, -xp.inf)
-            else:
-                s += mask
+            mask = xp.tril(xp.ones((L, S), dtype=bool))
+        if mask is not None:   # as an additive 0 / -inf mask: one broadcast add, no where
+            add = xp.where(mask, 0.0, -xp.inf) if mask.dtype == bool else mask
+            s = _add_into(s, add.astype(s.dtype, copy=False))
         s -= s.max(axis=-1, keepdims=True)
         p = xp.exp(s, out=s)
         p /= p.sum(axis=-1, keepdims=True)
