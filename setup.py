@@ -10,5 +10,5 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["dlprimer", "dlprimer.*"]) + ["dlprimer.kernels"],
     package_dir={"dlprimer.kernels": "kernels"},
-    package_data={"dlprimer.kernels": ["*.cu", "*.cuh"]},
+    package_data={"dlprimer.kernels": ["*.cu", "*.cuh"], "dlprimer.data": ["corpus/*.txt"]},
 )

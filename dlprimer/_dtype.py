@@ -1,13 +1,19 @@
 """dtype names and the rules that turn Python data into arrays.
 
 dlprimer's dtypes are NumPy dtype objects (CuPy uses the same ones), so
-``t.dtype == dp.float32`` works on either backend.
+``t.dtype == dp.float32`` works on either backend. ``bfloat16`` is ml_dtypes'
+NumPy dtype (1 sign, 8 exponent, 7 mantissa bits: float32's range, 3 significant
+digits); CuPy 14 accepts the same dtype object, so it names bfloat16 on both
+backends. NumPy reports its kind as "V", so test floating point with
+:func:`is_float`, never ``dtype.kind == "f"``.
 """
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 float16 = np.dtype("float16")
+bfloat16 = np.dtype(ml_dtypes.bfloat16)
 float32 = np.dtype("float32")
 float64 = np.dtype("float64")
 int8 = np.dtype("int8")
@@ -17,7 +23,7 @@ uint8 = np.dtype("uint8")
 bool_ = np.dtype("bool")
 
 VALID = {
-    "float16": float16, "float32": float32, "float64": float64,
+    "float16": float16, "bfloat16": bfloat16, "float32": float32, "float64": float64,
     "int8": int8, "int32": int32, "int64": int64, "uint8": uint8, "bool": bool_,
 }
 DEFAULT_FLOAT = float32
@@ -31,6 +37,8 @@ def as_dtype(dtype) -> np.dtype | None:
     """
     if dtype is None:
         return None
+    if isinstance(dtype, str) and dtype in VALID:
+        return VALID[dtype]
     try:
         d = np.dtype(dtype)
     except TypeError:
@@ -59,5 +67,15 @@ def infer_dtype(data) -> np.dtype:
     return as_dtype(arr.dtype)
 
 
+HALF = (float16, bfloat16)
+
+
 def is_float(dtype) -> bool:
-    return np.dtype(dtype).kind == "f"
+    """True for float16/32/64 and bfloat16 (whose NumPy kind is "V")."""
+    d = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+    return d.kind == "f" or d == bfloat16
+
+
+def is_half(dtype) -> bool:
+    """True for the two 16-bit floating-point dtypes, float16 and bfloat16."""
+    return np.dtype(dtype) in HALF

@@ -62,6 +62,9 @@ def test_wheel_ships_every_kernel_and_module(wheel):
     modules = sorted(p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py")
                      if "__pycache__" not in p.parts)
     assert not [m for m in modules if m not in names], "modules missing from the wheel"
+    data = sorted(p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*")
+                  if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts)
+    assert not [d for d in data if d not in names], "package data missing from the wheel"
 
 
 def test_installed_wheel_finds_its_kernels(wheel, tmp_path):

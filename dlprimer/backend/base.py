@@ -79,6 +79,11 @@ class Backend:
     #: True when arrays live in host memory, so host libraries (MPI, file writers)
     #: can use them in place; device backends copy through to_numpy()/asarray().
     host_memory: bool = False
+    #: the low-precision dtypes ``dp.autocast`` may use on this backend.
+    autocast_dtypes: tuple = ("float16", "bfloat16")
+    #: whether the fused ReLU accepts float16/bfloat16 arrays (max(x, 0) is exact in any
+    #: precision, so under autocast a half input then stays half, and so does what it saves).
+    half_relu: bool = False
 
     def __init__(self):
         self._seed = int(np.random.SeedSequence().entropy % (2**63))

@@ -80,6 +80,7 @@ class CPUBackend(Backend):
     name = "cpu"
     xp = np
     host_memory = True
+    half_relu = True      # NumPy's maximum runs on float16 and ml_dtypes' bfloat16
 
     def __init__(self):
         super().__init__()

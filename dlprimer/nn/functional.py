@@ -10,8 +10,13 @@ import numbers
 
 import numpy as np
 
+from .. import _dtype
+from .. import amp as _amp
 from ..ops.activation import (ELU, GELU, BiasGELU, Dropout, LeakyReLU, LogSoftmax, ReLU,
                               Sigmoid, SiLU, Softmax, Tanh)
+from ..ops.attention import scaled_dot_product_attention
+from ..ops.conv import avg_pool2d, conv2d, max_pool2d
+from ..ops.embedding import embedding
 from ..ops.linear import Linear
 from ..ops.loss import (REDUCTIONS, BCEWithLogits, CrossEntropy, FocalLoss, HuberLoss, L1Loss,
                         MSELoss)
@@ -22,7 +27,8 @@ __all__ = [
     "relu", "leaky_relu", "gelu", "bias_gelu", "silu", "sigmoid", "tanh", "elu", "softmax",
     "log_softmax", "linear", "dropout", "batch_norm", "layer_norm",
     "cross_entropy", "mse_loss", "l1_loss", "huber_loss", "binary_cross_entropy_with_logits",
-    "focal_loss",
+    "focal_loss", "embedding", "scaled_dot_product_attention", "conv2d", "max_pool2d",
+    "avg_pool2d",
 ]
 
 
@@ -35,11 +41,13 @@ def _tensor(x, fn, name="input"):
         raise TypeError(f"{fn}: {name} must be a Tensor, got {type(x).__name__} ({e})") from None
 
 
-def _float(x, fn, name="input"):
+def _float(x, fn, name="input", amp=True):
+    """``x`` as a floating-point Tensor; under ``dp.autocast`` a half-precision ``x``
+    is cast up to float32 (``amp=False`` leaves it: the low-precision ops)."""
     x = _tensor(x, fn, name)
-    if x.dtype.kind != "f":
+    if not _dtype.is_float(x.dtype):
         raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {x.dtype}")
-    return x
+    return _amp.cast_float32(x) if amp else x
 
 
 def _number(v, fn, name, lo=None, hi=None, lo_open=False):
@@ -56,7 +64,8 @@ def _number(v, fn, name, lo=None, hi=None, lo_open=False):
 # -- activations -------------------------------------------------------------------------
 def relu(x):
     """max(x, 0); the gradient at 0 is 0."""
-    return ReLU.apply(_tensor(x, "relu"))
+    x = _tensor(x, "relu")
+    return ReLU.apply(x if x.backend.half_relu else _amp.cast_float32(x))
 
 
 def leaky_relu(x, negative_slope=0.01):
@@ -125,8 +134,8 @@ def log_softmax(x, axis=-1):
 # -- layers --------------------------------------------------------------------------------
 def linear(x, weight, bias=None):
     """x W^T + b with ``weight`` of shape (out, in), ``bias`` (out,)."""
-    x = _float(x, "linear")
-    weight = _float(weight, "linear", "weight")
+    x = _float(x, "linear", amp=False)
+    weight = _float(weight, "linear", "weight", amp=False)
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), "
                          f"got shape {weight.shape}")
@@ -134,10 +143,12 @@ def linear(x, weight, bias=None):
         raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape "
                          f"{weight.shape}: the input's last axis must be {weight.shape[1]}")
     if bias is not None:
-        bias = _float(bias, "linear", "bias")
+        bias = _float(bias, "linear", "bias", amp=False)
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"linear: bias of shape {bias.shape} does not match weight of "
                              f"shape {weight.shape}; expected ({weight.shape[0]},)")
+    if _amp.autocast_dtype() is not None:
+        x, weight, bias = _amp.cast_low(x), _amp.cast_low(weight), _amp.cast_low(bias)
     return Linear.apply(x, weight, bias)
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 
+from .. import amp as _amp
 from ..autograd import Function
 from ..tensor import Tensor
-from ._util import as_operand, prod, unbroadcast
+from ._util import as_operand, mm, prod, unbroadcast
 
 
 def _shape_of(a):
@@ -178,7 +179,8 @@ class MatMul(Function):
         na, nb = self.needs_input_grad or (False, False)
         self.save(b if na else None, a if nb else None)
         self.sa, self.sb = sa, sb
-        return self.backend.xp.matmul(a, b)
+        y = mm(self.backend.xp, a, b)   # half inputs: float32 accumulation, rounded below
+        return y if y.dtype == a.dtype else y.astype(a.dtype)
 
     def backward(self, gy):
         b, a = self.saved
@@ -195,11 +197,11 @@ class MatMul(Function):
         ga = gb = None
         if na:
             b2 = b[:, None] if b1 else b
-            ga = xp.matmul(gy, xp.swapaxes(b2, -1, -2))
+            ga = mm(xp, gy, xp.swapaxes(b2, -1, -2))
             ga = unbroadcast(ga, (1,) + sa if a1 else sa).reshape(sa)
         if nb:
             a2 = a[None, :] if a1 else a
-            gb = xp.matmul(xp.swapaxes(a2, -1, -2), gy)
+            gb = mm(xp, xp.swapaxes(a2, -1, -2), gy)
             gb = unbroadcast(gb, sb + (1,) if b1 else sb).reshape(sb)
         return ga, gb
 
@@ -249,6 +251,8 @@ def matmul(a, b):
         from ..tensor import tensor
         a = a if isinstance(a, Tensor) else tensor(a, backend=like.backend)
         b = b if isinstance(b, Tensor) else tensor(b, backend=like.backend)
+    if _amp._state["dtype"] is not None:   # under dp.autocast: the product in half precision
+        a, b = _amp.cast_low(a), _amp.cast_low(b)
     return MatMul.apply(a, b)
 
 

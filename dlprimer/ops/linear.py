@@ -1,8 +1,9 @@
 """The affine map of a Linear layer as one Function: y = x W^T + b."""
 from __future__ import annotations
 
+from .. import _dtype
 from ..autograd import Function
-from ._util import prod
+from ._util import mm, prod
 
 
 class Linear(Function):
@@ -13,6 +14,8 @@ class Linear(Function):
     keeps x only if W needs a gradient and W only if x does. When W and b are
     parameters of an optimizer, gW and gb are computed straight into their slots
     of the gradient arena (:meth:`Function.leaf_grad_out`): no temporary, no copy.
+    Half-precision inputs (under ``dp.autocast``) are multiplied with float32
+    accumulation and the output is rounded to the input's dtype.
     Forward costs 2 M in out (+ M out for the bias) FLOPs for M rows; backward 2 M in out for
     each of x and W that needs a gradient, plus M out for the bias.
     """
@@ -22,10 +25,10 @@ class Linear(Function):
         self.save(x if nw else None, w if nx else None)
         self.xshape = x.shape
         xp = self.backend.xp
-        y = xp.matmul(x, w.T)
+        y = mm(xp, x, w.T)
         if b is not None:
             y += b
-        return y
+        return y if y.dtype == x.dtype else y.astype(x.dtype)
 
     def backward(self, gy):
         x, w = self.saved
@@ -33,15 +36,16 @@ class Linear(Function):
         xp = self.backend.xp
         out = gy.shape[-1]
         g2 = gy.reshape(-1, out)
-        gx = xp.matmul(gy, w) if nx else None
+        gx = mm(xp, gy, w) if nx else None
         gw = gb = None
         if nw:
             x2 = x.reshape(-1, x.shape[-1])
             buf = self.leaf_grad_out(1, (out, x2.shape[-1]), xp.result_type(gy, x))
-            gw = xp.matmul(g2.T, x2, out=buf) if buf is not None else xp.matmul(g2.T, x2)
+            gw = mm(xp, g2.T, x2, out=buf)
         if nb:
             buf = self.leaf_grad_out(2, (out,), gy.dtype)
-            gb = g2.sum(axis=0, out=buf) if buf is not None else g2.sum(axis=0)
+            gb = g2.sum(axis=0, out=buf) if buf is not None else g2.sum(
+                axis=0, dtype=_dtype.float32 if _dtype.is_half(g2.dtype) else None)
         return gx, gw, gb
 
     def flops(self):

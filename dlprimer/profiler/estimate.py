@@ -243,7 +243,10 @@ def estimate(model_or_sizes, batch, optimizer="adam", dtype="float32", activatio
              bias=True, master_weights=True, loss_saves=1) -> Estimate:
     """Analytic parameters, FLOPs and bytes of one training step.
 
-    ``model_or_sizes``: a Module (Linear layers, activations, Dropout) or MLP layer
+    ``model_or_sizes``: a Module (Linear layers, activations, Dropout; a chain of
+    Conv2d / pooling / Flatten layers before them, such as ``nn.SmallCNN``, with
+    ``batch`` an input shape (N, C, H, W); or an ``nn.GPT`` with ``batch`` the token
+    shape (B, T), see :mod:`dlprimer.profiler.estimate_layers`) or MLP layer
     sizes such as ``[784, 256, 10]`` (with ``activation`` between the layers, and
     ``bias``). ``batch``: batch size, input shape or input Tensor. ``optimizer``: a
     name, class or instance (see :func:`state_arrays`). ``dtype``: the training
@@ -251,6 +254,11 @@ def estimate(model_or_sizes, batch, optimizer="adam", dtype="float32", activatio
     ``master_weights=False``). ``loss_saves``: (B, C) arrays the loss keeps (1:
     softmax probabilities; 0 to leave the loss out).
     """
+    if not isinstance(model_or_sizes, (list, tuple)) and callable(getattr(model_or_sizes, "modules", None)):
+        from . import estimate_layers
+        layer_kind = estimate_layers.kind(model_or_sizes)
+        if layer_kind is not None:
+            return _estimate_layers(model_or_sizes, layer_kind, batch, optimizer, dtype, master_weights)
     name = _dtype_name(dtype)
     s = _itemsize(name)
     if isinstance(model_or_sizes, (list, tuple)):
@@ -310,3 +318,34 @@ def estimate(model_or_sizes, batch, optimizer="adam", dtype="float32", activatio
                     optimizer_bytes=master + params * k * state_item,
                     input_bytes=B * d_in * s, activation_bytes=saved, fwd_flops=fwd, bwd_flops=bwd,
                     bytes_per_param=bytes_per_param(optimizer, name, master_weights), layers=rows)
+
+
+def _estimate_layers(model, layer_kind, batch, optimizer, dtype, master_weights) -> Estimate:
+    """:func:`estimate` for the image models and the GPT (costs in :mod:`.estimate_layers`)."""
+    from . import estimate_layers
+    shape = tuple(getattr(batch, "shape", batch)) if not isinstance(batch, numbers.Integral) else None
+    if not shape or not all(isinstance(d, numbers.Integral) and d > 0 for d in shape):
+        raise ValueError(f"estimate: a {layer_kind} model needs the input's shape (or the input), "
+                         f"got {batch!r}")
+    if layer_kind == "gpt" and str(getattr(dtype, "name", dtype)).startswith(("int", "uint")):
+        dtype = "float32"      # the token ids' dtype says nothing about the training precision
+    name = _dtype_name(dtype)
+    s = _itemsize(name)
+    half = name in HALF
+    fn = estimate_layers.gpt_rows if layer_kind == "gpt" else estimate_layers.image_rows
+    rows = fn(model, shape, s, half)
+    params = sum(int(np.prod(p.shape)) for p in model.parameters())
+    k = state_arrays(optimizer)
+    opt_name = optimizer if isinstance(optimizer, str) else (
+        optimizer.__name__ if isinstance(optimizer, type) else type(optimizer).__name__)
+    state_item = 4 if (half and master_weights) else s
+    wbytes = 4 if (half and master_weights) else s     # autocast: the float32 parameters are the master copy
+    n_in = int(np.prod(shape))
+    return Estimate(batch=int(shape[0]), dtype=name, optimizer=str(opt_name), params=params,
+                    param_bytes=params * wbytes, grad_bytes=params * wbytes,
+                    optimizer_bytes=params * k * state_item,
+                    input_bytes=n_in * (8 if layer_kind == "gpt" else s),
+                    activation_bytes=sum(r["activation_bytes"] for r in rows),
+                    fwd_flops=sum(r["fwd_flops"] for r in rows), bwd_flops=sum(r["bwd_flops"] for r in rows),
+                    bytes_per_param=(4 + 4 + 4 * k) if half else bytes_per_param(optimizer, name),
+                    layers=rows)
