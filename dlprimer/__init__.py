@@ -48,3 +48,9 @@ from . import nn  # noqa: E402
 from .io import load, save  # noqa: E402
 
 __all__ += ["nn", "save", "load"]
+
+# -- threads and measurement records (measure) --
+from . import measure  # noqa: E402
+from .measure import get_num_threads, set_num_threads  # noqa: E402
+
+__all__ += ["measure", "set_num_threads", "get_num_threads"]
