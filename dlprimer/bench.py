@@ -233,8 +233,11 @@ def build_parser(parser=None):
     p.add_argument("--quick", action="store_true", help="small sizes (DLPRIMER_BENCH_QUICK=1)")
     p.add_argument("--json", default="bench-results.json",
                    help="where pytest-benchmark writes the raw results [default: %(default)s]")
-    p.add_argument("--threads", type=int, default=None,
-                   help="BLAS (and torch) threads; 0 = no cap [default: 1, or $DLPRIMER_BENCH_THREADS]")
+    if parser is None:  # the dlprimer command adds --threads N|auto to every subcommand
+        from .cli import _threads
+        p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
+                       help="threads of every pool for the session [default: 1, or "
+                            "$DLPRIMER_BENCH_THREADS]")
     p.add_argument("--format", metavar="JSON", default=None,
                    help="only print the table of a saved results file")
     p.add_argument("pytest_args", nargs="*", help="further pytest arguments (after --)")
@@ -265,8 +268,10 @@ def run(args, out=None) -> int:
     env = dict(os.environ, DLPRIMER_BENCH_NO_SUMMARY="1")  # the table is printed below
     if args.quick:
         env["DLPRIMER_BENCH_QUICK"] = "1"
-    if args.threads is not None:
-        env["DLPRIMER_BENCH_THREADS"] = str(args.threads)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        from .measure import auto_threads
+        env["DLPRIMER_BENCH_THREADS"] = str(auto_threads() if threads == "auto" else threads)
     json_path = os.path.abspath(args.json)
     cmd = [sys.executable, "-m", "pytest", *(targets or [bench]), "-q", "--benchmark-only", f"--benchmark-json={json_path}", "--benchmark-sort=name",
            *args.pytest_args]

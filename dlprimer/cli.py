@@ -91,12 +91,28 @@ def _int_list(s):
     return _sizes(s)
 
 
+def _threads(s):
+    """``--threads``: a positive integer, or ``auto`` (the cores idle at start)."""
+    if s.strip().lower() == "auto":
+        return "auto"
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is neither a positive integer nor 'auto'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 1 (or 'auto')")
+    return v
+
+
 # -- parser ---------------------------------------------------------------------------------
 def _common(p, backend_default="auto"):
     p.add_argument("--backend", choices=BACKENDS, default=backend_default,
                    help="where to compute: cpu, cuda, or auto (CUDA when a GPU is usable) "
                         f"[default: {backend_default}]")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed [default: 0]")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
+                   help="threads of every pool (BLAS, OpenMP, ...): N, or auto = the cores idle "
+                        "at start, from the load average [default: auto; bench: 1]")
 
 
 def _model_args(p, hidden_default="128,128"):
@@ -226,6 +242,18 @@ def _version():
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def _apply_threads(a):
+    """Set the thread policy before any work: ``--threads N|auto`` (default auto)."""
+    import dlprimer as dp
+    from .measure import auto_threads
+    n = getattr(a, "threads", None)
+    if n is None and a.command == "bench":
+        return None  # the benchmark session keeps its own default (DLPRIMER_BENCH_THREADS)
+    n = auto_threads() if n in (None, "auto") else n
+    dp.set_num_threads(n)
+    return n
+
+
 def _set_backend(name):
     import dlprimer as dp
     try:
@@ -575,6 +603,7 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     prog = f"dlprimer {a.command}"
     try:
+        _apply_threads(a)
         rc = COMMANDS[a.command](a)
         return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
     except UsageError as e:
