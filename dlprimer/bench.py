@@ -224,6 +224,16 @@ def find_benchmarks(roots=None) -> str:
                             "in the current directory (dlprimer bench runs from a source checkout)")
 
 
+def _threads_arg(s):
+    if s.strip().lower() == "auto":
+        return "auto"
+    from .measure import parse_threads
+    try:
+        return parse_threads(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser(parser=None):
     p = parser or argparse.ArgumentParser(
         prog="dlprimer bench", description="Run the benchmark suite (pytest-benchmark) and print "
@@ -234,8 +244,7 @@ def build_parser(parser=None):
     p.add_argument("--json", default="bench-results.json",
                    help="where pytest-benchmark writes the raw results [default: %(default)s]")
     if parser is None:  # the dlprimer command adds --threads N|auto to every subcommand
-        from .cli import _threads
-        p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
+        p.add_argument("--threads", type=_threads_arg, default=None, metavar="N|auto",
                        help="threads of every pool for the session [default: 1, or "
                             "$DLPRIMER_BENCH_THREADS]")
     p.add_argument("--format", metavar="JSON", default=None,

@@ -94,7 +94,7 @@ class Timing:
     def __str__(self):
         lo, hi = self.ci95
         if self.unit == "x":
-            return f"{self.median:.3g}x [{lo:.3g}-{hi:.3g}]"
+            return f"{self.median:#.3g}x [{lo:#.3g}-{hi:#.3g}]"
         return f"{_fmt(self.median)} [{_fmt(lo)}-{_fmt(hi)}]"
 
 
