@@ -119,3 +119,28 @@ def get_num_threads() -> int:
     if sizes:
         return max(sizes)
     return _policy if _policy is not None else cpu_cores()
+
+
+class limited:
+    """``with limited(n): ...`` runs the block with every loaded pool (and PyTorch's,
+    when imported) capped at ``n`` threads, and puts the previous sizes back after."""
+
+    def __init__(self, n: int):
+        self.n = _check(n, "limited")
+
+    def __enter__(self):
+        from threadpoolctl import threadpool_limits
+        self._limits = threadpool_limits(limits=self.n)
+        torch = sys.modules.get("torch")
+        self._torch = (torch, torch.get_num_threads()) if torch is not None else None
+        if torch is not None:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        self._limits.restore_original_limits()
+        if self._torch is not None:
+            self._torch[0].set_num_threads(self._torch[1])
+        elif sys.modules.get("torch") is not None:  # imported inside: match the BLAS again
+            blas = [p["threads"] for p in thread_pools() if p["api"] == "blas" and p["threads"]]
+            sys.modules["torch"].set_num_threads(max(blas) if blas else cpu_cores())
