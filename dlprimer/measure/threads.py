@@ -130,9 +130,9 @@ class limited:
 
     def __enter__(self):
         from threadpoolctl import threadpool_limits
-        self._limits = threadpool_limits(limits=self.n)
-        torch = sys.modules.get("torch")
+        torch = sys.modules.get("torch")  # its count first: it reads OpenMP's, changed below
         self._torch = (torch, torch.get_num_threads()) if torch is not None else None
+        self._limits = threadpool_limits(limits=self.n)
         if torch is not None:
             torch.set_num_threads(self.n)
         return self

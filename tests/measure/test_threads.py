@@ -103,3 +103,13 @@ def test_no_second_thread_pool_works_in_a_training_step():
     assert not clean["scipy_linalg"]
     control = _probe("saxpy")
     assert control["others"] > 10, f"the probe did not see SciPy's BLAS working: {control}"
+
+
+def test_limited_sets_and_restores_every_pool(restore_threads):
+    import scipy.linalg  # noqa: F401
+    dp.set_num_threads(1)
+    with threads.limited(2):
+        assert all(s == 2 for s in _pool_sizes())
+    assert all(s == 1 for s in _pool_sizes())
+    with pytest.raises(ValueError, match="got 0"):
+        threads.limited(0)
