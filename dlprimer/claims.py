@@ -68,9 +68,30 @@ class Claim:
     band: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.warnings:
+            self.warnings = _dedupe(self.data.pop("warnings", None) or [])
 
     def to_dict(self):
         return asdict(self)
+
+
+def _dedupe(ws):
+    return list(dict.fromkeys(ws))
+
+
+def _report_warnings(rep):
+    """Warnings of a profile's total records, and a load change during it."""
+    from .measure.stats import LOAD_CHANGE
+    t = rep.total
+    ws = [f"{ph}: {w}" for ph in ("forward", "backward") for w in (t[ph].get("warnings") or [])]
+    fp = rep.meta.get("fingerprint") or {}
+    a, b = (fp.get("load_start") or [None])[0], (fp.get("load_end") or [None])[0]
+    if a is not None and b is not None and abs(b - a) >= LOAD_CHANGE:
+        ws.append(f"the load average changed from {a:.2f} to {b:.2f} during the measurement")
+    return ws
 
 
 def _batch(sizes, n, backend, seed=0):
@@ -141,7 +162,8 @@ def claim_backward(backend, size) -> Claim:
         {"time_ratio": tr, "forward_s": t["forward"], "backward_s": t["backward"],
          "flop_ratio": _exact(t["flop_ratio"])},
         {"backward_share_time": share_t, "backward_share_flops": share_f, "sizes": sizes,
-         "batch": size["batch"], "layers": rep.layers, "fingerprint": rep.meta.get("fingerprint")})
+         "batch": size["batch"], "layers": rep.layers, "fingerprint": rep.meta.get("fingerprint"),
+         "warnings": _report_warnings(rep)})
 
 
 # -- 2. 12 bytes per parameter with Adam -------------------------------------------------------
@@ -232,7 +254,8 @@ def claim_checkpointing(backend, size) -> Claim:
         {"extra_time": _band(*CKPT_TIME_BAND), "memory_saved": _band(*CKPT_MEMORY_BAND)},
         {"extra_time": {"median": extra, "ci95": ci, "n": best["step"]["n"], "unit": "x"},
          "memory_saved": _exact(mem_saved)},
-        {"segments": tr.sqrt_choice, "depth": tr.depth, "rows": rows, "tradeoff": tr.to_dict()})
+        {"segments": tr.sqrt_choice, "depth": tr.depth, "rows": rows, "tradeoff": tr.to_dict(),
+         "warnings": tr.meta.get("warnings", [])})
 
 
 # -- 4. GELU vs ReLU ---------------------------------------------------------------------------
@@ -381,8 +404,12 @@ def format_claims(claims, width: int = 100, fingerprint=None) -> str:
         lines += textwrap.wrap("environment: " + describe(fingerprint), width) + [""]
     for i, c in enumerate(claims, 1):
         lines.append(f"{i}. {c.statement}  [{c.verdict}]")
+        warn = "; ".join(c.warnings[:4]) + (f"; and {len(c.warnings) - 4} more" if len(c.warnings) > 4 else "")
         for label, text in (("claimed", c.claimed), ("measured", c.measured),
-                            ("verdict", f"{c.verdict}: {c.reason}"), ("why", c.why)):
+                            ("verdict", f"{c.verdict}: {c.reason}"), ("why", c.why),
+                            ("warning", warn)):
+            if not text:
+                continue
             wrapped = textwrap.wrap(text, width - 13) or [""]
             lines.append(f"   {label + ':':<10}{wrapped[0]}")
             lines += [f"   {'':<10}{w}" for w in wrapped[1:]]

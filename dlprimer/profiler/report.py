@@ -123,6 +123,9 @@ class Report:
         if tr:
             lines.append(f"backward/forward time, median of per-step ratios: "
                          f"{self.total['time_ratio']:.2f}x [{tr[0]:.2f}-{tr[1]:.2f}]")
+        for ph in ("forward", "backward", "step"):
+            for w in ((self.total.get(ph) or {}).get("warnings") or []):
+                lines.append(f"warning: total {ph}: {w}")
         eng = self.total.get("backward_engine")
         if eng is not None:
             lines.append(f"backward outside ops (engine, gradient accumulation): {fmt_time(eng)}")
