@@ -254,6 +254,11 @@ def _apply_threads(a):
     return n
 
 
+def _fingerprint(backend):
+    from .measure import fingerprint
+    return fingerprint(backend)
+
+
 def _set_backend(name):
     import dlprimer as dp
     try:
@@ -351,7 +356,8 @@ def cmd_train(a, out=sys.stdout):
     sched = make_scheduler(a.schedule, opt, total)
     config = {"command": "train", "dataset": a.dataset, "sizes": sizes, "activation": a.activation,
               "lr": opt.param_groups[0]["lr"], "schedule": a.schedule, "seed": a.seed,
-              "dropout": a.dropout, "checkpoint_segments": a.checkpoint_segments}
+              "dropout": a.dropout, "checkpoint_segments": a.checkpoint_segments,
+              "fingerprint": _fingerprint(b)}
     if comm is None or comm.rank == 0:
         print(f"dlprimer train: {a.dataset} ({len(data.train)} train / {len(data.val)} val), MLP "
               f"{sizes} {a.activation}, {type(opt).__name__} lr {config['lr']:g}, "

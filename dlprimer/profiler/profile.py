@@ -222,7 +222,8 @@ def _layer_rows(s, counter, names, repeats):
 def _total_row(s, counter, has_optimizer):
     total = _entry("total", s.fwd, s.bwd, counter.forward_total, counter.backward_total)
     total["step"] = stats(s.step) if has_optimizer else None
-    total["backward_engine"] = stats(s.engine)["median"]
+    engine = stats(s.engine)
+    total["backward_engine"], total["backward_engine_ci95"] = engine["median"], engine["ci95"]
     total["recompute_flops"] = sum(counter.recompute.values())
     fb = total["forward"]["median"] + total["backward"]["median"]
     total["flops_per_s"] = _ratio(total["fwd_flops"] + total["bwd_flops"], fb)
@@ -234,8 +235,10 @@ def _backward_ops(s, counter, btimer, bwd_median):
     bwd_med = bwd_median or 1.0
     ops = []
     for (layer, op), vs in s.key_bwd.items():
-        med = stats(vs)["median"]
-        ops.append({"layer": layer, "op": op, "backward": med, "share": med / bwd_med,
+        rec = stats(vs)
+        med = rec["median"]
+        ops.append({"layer": layer, "op": op, "backward": med, "backward_ci95": rec["ci95"],
+                    "share": med / bwd_med,
                     "calls": btimer.calls.get((layer, op), 0),
                     "bwd_flops": counter.bwd.get((layer, op), 0),
                     "fwd_flops": counter.fwd.get((layer, op), 0)})

@@ -74,6 +74,7 @@ class _Page:
         self.out_dir = out_dir
         self.sections = []
         self.images = []
+        self.fingerprints = []   # (what, fingerprint) of each record the page shows
 
     def path(self, name):
         return os.path.join(self.out_dir, name)
@@ -99,12 +100,13 @@ def _training_section(page, run):
     cfg = next((r for r in records if r.get("event") == "config"), {})
     epochs = [r for r in records if r.get("event") == "epoch"]
     warns = [r for r in records if r.get("event") in ("warning", "diverged")]
+    page.fingerprints.append(("training", cfg.get("fingerprint")))
     plots.loss_curves(records, page.path("loss_accuracy.png"))
     plots.diagnostics(records, page.path("diagnostics.png"))
     last = epochs[-1] if epochs else {}
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmtv(v))}</td></tr>"
                    for k, v in list(cfg.items()) + [("final " + k, v) for k, v in last.items()]
-                   if k not in ("event",))
+                   if k not in ("event", "fingerprint"))
     wl = "".join(f"<li>{html.escape(str(w.get('message')))}</li>" for w in warns) or \
         "<li>none: no vanishing or exploding gradients, no dying ReLUs</li>"
     page.add(
@@ -265,7 +267,7 @@ def build_report(run, out_dir=None, measure: bool = True, backend=None, seed: in
     _checkpoint_section(page, claims, b, seed, size, measure)
     _batch_section(page, claims)
     _claims_section(page, claims)
-    _environment_section(page, [("this report", finish(fp)),
+    _environment_section(page, page.fingerprints + [("this report", finish(fp)),
                                 ("profile", ((prof or {}).get("meta") or {}).get("fingerprint")),
                                 ("claims", claims_fp)])
     doc = _PAGE.format(
