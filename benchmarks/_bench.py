@@ -39,21 +39,27 @@ def round_robin(fns: dict, rounds: int, burst: int = 3) -> dict:
     the median of the burst; the starting peer rotates from round to round. A load
     spike on this shared machine then hits every peer of that round alike, and
     ``dlprimer.bench`` takes the median of the per-round ratios. One warm-up burst
-    each first (untimed). Returns peer -> list of per-round seconds (paired by index)."""
+    each first (untimed). Returns peer -> list of per-round seconds (paired by index),
+    and under ``"cpu:" + peer`` the process CPU time of the same calls (all threads):
+    on a machine shared with other processes, wall time includes waiting for a core,
+    CPU time does not, so at one thread the CPU-time ratio is the steadier one."""
     import time
     for fn in fns.values():
         for _ in range(burst):
             fn()
     out = {k: [] for k in fns}
+    out.update({f"cpu:{k}": [] for k in fns})
     order = list(fns)
     for r in range(rounds):
         for k in order[r % len(order):] + order[:r % len(order)]:
-            fn, ts = fns[k], []
+            fn, ts, cs = fns[k], [], []
             for _ in range(burst):
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 fn()
                 ts.append(time.perf_counter() - t0)
+                cs.append(time.process_time() - c0)
             out[k].append(statistics.median(ts))
+            out[f"cpu:{k}"].append(statistics.median(cs))
     return out
 
 
@@ -79,6 +85,8 @@ def record_samples(benchmark, samples, peer):
     xs = samples[peer]
     benchmark.extra_info.update(rr_samples_s=list(xs), rr_median_s=statistics.median(xs),
                                 rr_best_s=min(xs))
+    if f"cpu:{peer}" in samples:
+        benchmark.extra_info["rr_cpu_samples_s"] = list(samples[f"cpu:{peer}"])
 
 
 @contextlib.contextmanager

@@ -110,11 +110,12 @@ def _peer_of(entry):
     return {"fused": "dlprimer", "naive": "numpy", "unfused": "dlprimer-unfused"}.get(peer, peer)
 
 
-def _paired(dl_entry, peer_entry):
+def _paired(dl_entry, peer_entry, key="rr_samples_s"):
     """The record of per-round ratios dlprimer/peer when both entries carry round-robin
-    samples of the same rounds (``extra_info["rr_samples_s"]``), else None."""
-    a = (dl_entry.get("extra_info") or {}).get("rr_samples_s")
-    b = (peer_entry.get("extra_info") or {}).get("rr_samples_s")
+    samples of the same rounds (``extra_info[key]``: wall seconds, or with
+    ``rr_cpu_samples_s`` process CPU seconds), else None."""
+    a = (dl_entry.get("extra_info") or {}).get(key)
+    b = (peer_entry.get("extra_info") or {}).get(key)
     if not a or not b or len(a) != len(b) or min(b) <= 0:
         return None
     from .measure.stats import ratio
@@ -128,8 +129,10 @@ def _ratio_row(group, peer, dl_entry, peer_entry, unit):
     if rec is not None:
         dl_s = dl_entry["extra_info"].get("rr_median_s")
         peer_s = peer_entry["extra_info"].get("rr_median_s")
+        cpu = _paired(dl_entry, peer_entry, "rr_cpu_samples_s")
         return dict(kind="ratio", workload=group, peer=peer, dlprimer_s=dl_s, peer_s=peer_s,
                     value=rec["median"], ci95=rec["ci95"], n=rec["n"], method="paired median",
+                    cpu_value=cpu["median"] if cpu else None, cpu_ci95=cpu["ci95"] if cpu else None,
                     target=target, unit=unit)
     dl, t = _best(dl_entry), _best(peer_entry)
     return dict(kind="ratio", workload=group, peer=peer, dlprimer_s=dl, peer_s=t, value=dl / t,
@@ -200,18 +203,22 @@ def format_table(rows, machine=None) -> str:
     if ratio_rows:
         w = max([len("workload")] + [len(str(r["workload"])) for r in ratio_rows])
         lines.append(f"| {'workload':<{w}} | {'peer':<16} | {'dlprimer':>10} | {'peer':>10} | "
-                     f"{'dlprimer/peer':>13} | {'95% interval':>13} | {'target':>6} | {'':7} |")
+                     f"{'dlprimer/peer':>13} | {'95% interval':>13} | {'cpu-time ratio':>20} | "
+                     f"{'target':>6} | {'':7} |")
         lines.append(f"|{'-' * (w + 2)}|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 15}|{'-' * 15}|"
-                     f"{'-' * 8}|{'-' * 9}|")
+                     f"{'-' * 22}|{'-' * 8}|{'-' * 9}|")
         for r in ratio_rows:
             tgt = f"<={r['target']:g}" if r["target"] is not None else ""
-            ci = r.get("ci95")
+            ci, cci = r.get("ci95"), r.get("cpu_ci95")
             span = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "(best)"
+            cpu = f"{r['cpu_value']:.2f}x [{cci[0]:.2f}-{cci[1]:.2f}]" if cci else ""
             lines.append(f"| {r['workload']:<{w}} | {r['peer']:<16} | {_fmt_time(r['dlprimer_s'], r.get('unit', 's')):>10} | "
                          f"{_fmt_time(r['peer_s'], r.get('unit', 's')):>10} | {r['value']:>12.2f}x | {span:>13} | "
-                         f"{tgt:>6} | {_status(r):7} |")
-        lines.append("(dlprimer/peer: median of per-round ratios, peers timed in turn; times: "
-                     "medians; '(best)': ratio of best times where no paired samples exist)")
+                         f"{cpu:>20} | {tgt:>6} | {_status(r):7} |")
+        lines.append("(dlprimer/peer: median of per-round wall-time ratios, peers timed in turn; "
+                     "cpu-time ratio: the same for process CPU time, which waiting for a busy core "
+                     "does not inflate; times: medians; '(best)': ratio of best times where no "
+                     "paired samples exist)")
     if fig_rows:
         lines.append("")
         w = max([len("figure")] + [len(str(r["workload"])) for r in fig_rows])
