@@ -41,6 +41,7 @@ def test_threads_applied_before_the_command(monkeypatch, capsys):
     monkeypatch.setattr(threads, "_policy", threads._policy)
     monkeypatch.setattr("dlprimer.set_num_threads", lambda n: seen.append(n))
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(threads, "runnable_now", lambda: None)
     monkeypatch.setattr(threads, "cpu_cores", lambda: 4)
     assert cli.main(["estimate", "--sizes", "4,2", "--threads", "3"]) == 0
     assert cli.main(["estimate", "--sizes", "4,2", "--threads", "auto"]) == 0

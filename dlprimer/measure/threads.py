@@ -47,11 +47,30 @@ def load_average() -> float | None:
         return None
 
 
+def runnable_now() -> int | None:
+    """Processes runnable at this instant besides this one (Linux ``/proc/loadavg``'s
+    fourth field), or None where unknown. The one-minute average lags a load that
+    started seconds ago; this does not."""
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - 1)
+
+
+def busy_cores() -> float | None:
+    """The load to plan around: the larger of the one-minute load average and the
+    processes runnable now (None when neither is known)."""
+    known = [v for v in (load_average(), runnable_now()) if v is not None]
+    return max(known) if known else None
+
+
 def auto_threads(cores: int | None = None, load: float | None = None) -> int:
-    """The cores idle now: ``cores - load`` rounded down, at least 1 (all cores when
-    the load is unknown)."""
+    """The cores idle now: ``cores - load`` rounded to nearest, at least 1 (all cores
+    when the load is unknown); ``load`` defaults to :func:`busy_cores`."""
     cores = cpu_cores() if cores is None else cores
-    load = load_average() if load is None else load
+    load = busy_cores() if load is None else load
     if load is None or not math.isfinite(load):
         return cores
     return max(1, min(cores, int(math.floor(cores - load + 0.5))))

@@ -65,6 +65,7 @@ def test_set_num_threads_rejects_bad_values(bad):
     (0.1, 2, 2), (1.0, 2, 1), (0.6, 2, 1), (0.4, 2, 2), (7.5, 2, 1), (2.2, 8, 6), (0.0, 1, 1)])
 def test_auto_threads_from_a_faked_load_average(monkeypatch, load, cores, expected):
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(threads, "runnable_now", lambda: None)
     monkeypatch.setattr(threads, "cpu_cores", lambda: cores)
     assert threads.auto_threads() == expected
     assert threads.parse_threads("auto") == expected
@@ -74,7 +75,23 @@ def test_auto_threads_without_a_load_average(monkeypatch):
     def missing():
         raise OSError("no load average here")
     monkeypatch.setattr(os, "getloadavg", missing)
+    monkeypatch.setattr(threads, "runnable_now", lambda: None)
     assert threads.auto_threads(cores=4) == 4
+
+
+def test_auto_threads_sees_a_load_that_just_started(monkeypatch):
+    """A spinner started seconds ago: the one-minute average still reads 0.1, but one
+    other process is runnable now, so 'auto' leaves its core alone."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    monkeypatch.setattr(threads, "runnable_now", lambda: 1)
+    assert threads.auto_threads(cores=2) == 1
+
+
+def test_runnable_now_reads_proc(monkeypatch):
+    if not os.path.isfile("/proc/loadavg"):
+        pytest.skip("no /proc/loadavg")
+    n = threads.runnable_now()
+    assert isinstance(n, int) and n >= 0
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "two", "", "1.5"])
