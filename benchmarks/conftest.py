@@ -25,7 +25,6 @@ Environment:
 from __future__ import annotations
 
 import os
-import platform
 
 import pytest
 
@@ -99,14 +98,8 @@ def _fingerprint():
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from dlprimer.measure.fingerprint import cpu_model
+    return cpu_model()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
