@@ -4,6 +4,7 @@ and its size, the BLAS vendors, GPU / driver / CuPy / CUDA when present, the
 library versions and dlprimer's version and git commit."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -25,9 +26,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the source checkout dlprimer runs from, or None (an installed wheel,
-    no git)."""
+    no git); asked once per process."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if not os.path.isdir(os.path.join(root, ".git")) and not os.path.isfile(os.path.join(root, ".git")):
         return None
