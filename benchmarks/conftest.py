@@ -25,19 +25,20 @@ Environment:
 from __future__ import annotations
 
 import os
-import platform
 
 import pytest
 
 from _bench import QUICK, THREADS, blas_threads
 
 _limiter = None
+_FINGERPRINT: dict = {}
 
 
 def pytest_configure(config):
     """Cap BLAS threads for the session (NumPy and SciPy loaded first, so that
-    threadpoolctl sees their BLAS libraries)."""
+    threadpoolctl sees their BLAS libraries); note the load average at the start."""
     global _limiter
+    _FINGERPRINT["load_start"] = [round(x, 2) for x in os.getloadavg()]
     if THREADS > 0:
         try:
             from threadpoolctl import threadpool_limits
@@ -65,13 +66,16 @@ def torch_cpu():
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """The machine facts the table is read against."""
+    """The machine facts the table is read against, with the environment fingerprint
+    (load average at the start of the session and now, at its end)."""
+    from dlprimer.measure import finish
     machine_info["dlprimer_bench"] = {
         "quick": QUICK,
         "blas_threads": blas_threads(),
         "thread_cap": THREADS,
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
+        "fingerprint": _fingerprint(),
     }
     try:
         import torch
@@ -81,15 +85,21 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         pass
 
 
-def _cpu_model() -> str:
+def _fingerprint():
+    """The environment now (thread pools as capped), with the session's starting load."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        import dlprimer as dp
+        from dlprimer.measure import finish, fingerprint
+        fp = fingerprint(dp.get_backend())
+    except Exception as e:  # the fingerprint never stops a benchmark run
+        return {"error": f"{type(e).__name__}: {e}"}
+    fp["load_start"] = _FINGERPRINT.get("load_start", fp["load_start"])
+    return finish(fp)
+
+
+def _cpu_model() -> str:
+    from dlprimer.measure.fingerprint import cpu_model
+    return cpu_model()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -104,6 +114,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     rows = rows_from_benchmarks([b.as_dict(include_data=False) for b in bs.benchmarks
                                  if getattr(b, "has_error", False) is False])
     if rows:
+        from dlprimer.measure import describe
         terminalreporter.write_line("")
-        for line in format_table(rows).splitlines():
+        fp = _fingerprint()
+        for line in format_table(rows, machine=describe(fp) if fp else None).splitlines():
             terminalreporter.write_line(line)

@@ -8,20 +8,23 @@ group each):
             x**3, so the peer is not handicapped by a slow pow);
   unfused -- the same backend calls under ``dp.fusion(False)`` (primitive ops);
   fused  -- the backend's fused ops (blocked in-place ufunc chains).
-The fused entry records ``fused/copy`` and ``naive/fused`` (best-of-rounds times) in
-its extra_info, and the module prints the table at the end.
+The peers take turns (``_bench.round_robin``, one call each per round); the fused
+entry records ``fused/copy``, ``naive/fused`` and ``unfused/fused`` as medians of
+per-round ratios in its extra_info, and the module prints the table at the end.
 
     python -m pytest benchmarks/test_activations.py --benchmark-only
     DLPRIMER_BENCH_QUICK=1 python -m pytest benchmarks/test_activations.py   # small sizes (CI)
 """
 import math
 import os
+import statistics
 
 import numpy as np
 import pytest
 import scipy.special
 
 import dlprimer as dp
+from _bench import group_samples, record_samples
 from dlprimer.backend import backend_for
 
 QUICK = os.environ.get("DLPRIMER_BENCH_QUICK") == "1"
@@ -83,7 +86,11 @@ CASES = {
     "gelu_tanh": (_naive_gelu_tanh, _fused_gelu_tanh),
     "relu": (_naive_relu, _fused_relu),
 }
-_best: dict = {}
+_ratios: dict = {}
+
+
+def _paired_median(a, b):
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +104,14 @@ def data():
 def _ratio_table(request):
     yield
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    lines = [f"CPU activation fwd+bwd, {N} float32 elements (best of {ROUNDS}):"]
+    lines = [f"CPU activation fwd+bwd, {N} float32 elements (medians of per-round ratios, "
+             f"{ROUNDS} rounds, peers in turn):"]
     for name in CASES:
-        t = {k: _best.get((name, k)) for k in ("copy", "naive", "fused")}
-        if None in t.values():
+        r = _ratios.get(name)
+        if r is None:
             continue
-        lines.append(f"  {name:9s} copy {t['copy'] * 1e3:8.2f} ms  naive {t['naive'] * 1e3:8.2f} ms  "
-                     f"fused {t['fused'] * 1e3:8.2f} ms  fused/copy {t['fused'] / t['copy']:6.2f}  "
-                     f"naive/fused {t['naive'] / t['fused']:5.2f}")
+        lines.append(f"  {name:9s} fused/copy {r['fused_over_copy']:6.2f}  "
+                     f"naive/fused {r['naive_over_fused']:5.2f}  unfused/fused {r['unfused_over_fused']:5.2f}")
     if tr is not None and len(lines) > 1:
         cap = request.config.pluginmanager.get_plugin("capturemanager")
         with cap.global_and_fixture_disabled():
@@ -113,12 +120,17 @@ def _ratio_table(request):
                 tr.write_line(line)
 
 
+def _peers(name):
+    naive, fused = CASES[name]
+    return {"copy": _copy, "naive": naive, "unfused": _unfused(fused), "fused": fused}
+
+
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("peer", ["copy", "naive", "unfused", "fused"])  # copy runs first
+@pytest.mark.parametrize("peer", ["copy", "naive", "unfused", "fused"])
 def test_activation_fwd_bwd(benchmark, data, name, peer):
     x, gy = data
     naive, fused = CASES[name]
-    fn = {"copy": _copy, "naive": naive, "fused": fused, "unfused": _unfused(fused)}[peer]
+    fn = _peers(name)[peer]
     y, gx = fn(x, gy)
     assert y.dtype == np.float32 and gx.dtype == np.float32 and y.shape == x.shape
     if peer != "copy":
@@ -128,11 +140,16 @@ def test_activation_fwd_bwd(benchmark, data, name, peer):
         np.testing.assert_allclose(rgx, ngx, rtol=1e-5, atol=1e-5)
     benchmark.group = f"activation {name} fwd+bwd ({N} float32)"
     benchmark.extra_info.update(elements=N, bytes_per_array=x.nbytes)
+    rr = group_samples(benchmark, benchmark.group,
+                       lambda: {p: (lambda f=f: f(x, gy)) for p, f in _peers(name).items()},
+                       rounds=ROUNDS, burst=1)
+    record_samples(benchmark, rr, peer)
     benchmark.pedantic(fn, args=(x, gy), rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    if benchmark.stats is None:  # --benchmark-disable: the body ran once, untimed
+    if rr is None:  # --benchmark-disable: the body ran once, untimed
         return
-    _best[(name, peer)] = benchmark.stats.stats.min
-    if peer == "fused" and (name, "copy") in _best:
-        benchmark.extra_info["fused_over_copy"] = _best[(name, "fused")] / _best[(name, "copy")]
-        if (name, "naive") in _best:
-            benchmark.extra_info["naive_over_fused"] = _best[(name, "naive")] / _best[(name, "fused")]
+    r = {"fused_over_copy": _paired_median(rr["fused"], rr["copy"]),
+         "naive_over_fused": _paired_median(rr["naive"], rr["fused"]),
+         "unfused_over_fused": _paired_median(rr["unfused"], rr["fused"])}
+    _ratios[name] = r
+    if peer == "fused":
+        benchmark.extra_info.update(r)

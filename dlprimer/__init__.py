@@ -57,3 +57,8 @@ from . import amp  # noqa: E402
 from .amp import autocast  # noqa: E402
 
 __all__ += ["amp", "autocast"]
+# -- threads and measurement records (measure) --
+from . import measure  # noqa: E402
+from .measure import get_num_threads, set_num_threads  # noqa: E402
+
+__all__ += ["measure", "set_num_threads", "get_num_threads"]

@@ -9,14 +9,17 @@ on a GPU a device copy and PyTorch CUDA. Each entry's ``extra_info`` names its
 
 This module runs pytest with ``--benchmark-json`` and turns that JSON into rows:
 
-* a *ratio* row per (workload, peer): dlprimer's best-of-rounds time over the
-  peer's (below 1: dlprimer is faster); a bound's ratio says how far from the
-  hardware limit dlprimer is;
+* a *ratio* row per (workload, peer): the median of per-round ratios of dlprimer's
+  time to the peer's, the two timed in turn, with its 95% interval (below 1:
+  dlprimer is faster; groups without round-robin samples fall back to best times);
+  a bound's ratio says how far from the hardware limit dlprimer is;
 * a *figure* row per figure a benchmark reports itself (ns/param, us/op, bytes,
   backward/forward ratios), with the target where the project has one.
 
 Targets (issue 9 and the issues whose benchmarks live here) are in :data:`TARGETS`
-and :data:`FIGURE_TARGETS`; each row says ``met`` or ``NOT met``.
+and :data:`FIGURE_TARGETS`; each row says ``met`` or ``NOT met``, or ``unclear`` when
+its interval straddles the target. The table's first line is the environment
+fingerprint (:mod:`dlprimer.measure.fingerprint`).
 
     dlprimer bench                      # whole suite, JSON in bench-results.json
     dlprimer bench --group mlp --quick  # one group at small sizes
@@ -107,8 +110,39 @@ def _peer_of(entry):
     return {"fused": "dlprimer", "naive": "numpy", "unfused": "dlprimer-unfused"}.get(peer, peer)
 
 
+def _paired(dl_entry, peer_entry, key="rr_samples_s"):
+    """The record of per-round ratios dlprimer/peer when both entries carry round-robin
+    samples of the same rounds (``extra_info[key]``: wall seconds, or with
+    ``rr_cpu_samples_s`` process CPU seconds), else None."""
+    a = (dl_entry.get("extra_info") or {}).get(key)
+    b = (peer_entry.get("extra_info") or {}).get(key)
+    if not a or not b or len(a) != len(b) or min(b) <= 0:
+        return None
+    from .measure.stats import ratio
+    return ratio(a, b).to_dict()
+
+
+def _ratio_row(group, peer, dl_entry, peer_entry, unit):
+    target = next((v for (pre, p), v in TARGETS.items()
+                   if p == peer and str(group).startswith(pre)), None)
+    rec = _paired(dl_entry, peer_entry) if unit == "s" else None
+    if rec is not None:
+        dl_s = dl_entry["extra_info"].get("rr_median_s")
+        peer_s = peer_entry["extra_info"].get("rr_median_s")
+        cpu = _paired(dl_entry, peer_entry, "rr_cpu_samples_s")
+        return dict(kind="ratio", workload=group, peer=peer, dlprimer_s=dl_s, peer_s=peer_s,
+                    value=rec["median"], ci95=rec["ci95"], n=rec["n"], method="paired median",
+                    cpu_value=cpu["median"] if cpu else None, cpu_ci95=cpu["ci95"] if cpu else None,
+                    target=target, unit=unit)
+    dl, t = _best(dl_entry), _best(peer_entry)
+    return dict(kind="ratio", workload=group, peer=peer, dlprimer_s=dl, peer_s=t, value=dl / t,
+                ci95=None, n=None, method="best", target=target, unit=unit)
+
+
 def rows_from_benchmarks(entries):
-    """Table rows (dicts) from pytest-benchmark entries (``benchmarks`` of its JSON)."""
+    """Table rows (dicts) from pytest-benchmark entries (``benchmarks`` of its JSON).
+    A ratio row is the median of per-round ratios with its 95% interval when both
+    peers were timed in turn (round robin), else the ratio of best times."""
     by_group: dict = {}
     for e in entries:
         by_group.setdefault(e.get("group") or e.get("name"), []).append(e)
@@ -119,30 +153,31 @@ def rows_from_benchmarks(entries):
         for e in es:
             p = _peer_of(e)
             if p is not None and _best(e) is not None:
-                peers[p] = _best(e)
+                peers[p] = e
                 if (e.get("extra_info") or {}).get("metric"):
                     unit = "B"
         dl = peers.get("dlprimer")
         if dl is not None:
-            for peer, t in peers.items():
-                if peer == "dlprimer" or not t:
+            for peer, e in peers.items():
+                if peer == "dlprimer" or not _best(e):
                     continue
-                ratio = dl / t
-                target = next((v for (pre, p), v in TARGETS.items()
-                               if p == peer and str(group).startswith(pre)), None)
-                rows.append(dict(kind="ratio", workload=group, peer=peer, dlprimer_s=dl,
-                                 peer_s=t, value=ratio, target=target, unit=unit))
+                rows.append(_ratio_row(group, peer, dl, e, unit))
         for e in es:
-            for label, value, unit in _figures(e):
-                rows.append(dict(kind="figure", workload=label, peer=unit, value=float(value),
+            for label, value, unit_ in _figures(e):
+                rows.append(dict(kind="figure", workload=label, peer=unit_, value=float(value),
                                  target=FIGURE_TARGETS.get(label)))
     return rows
 
 
 def _status(row):
+    """``met`` / ``NOT met`` against the target; with an interval, ``unclear`` when the
+    interval straddles the target (this run cannot tell)."""
     t = row.get("target")
     if t is None:
         return ""
+    ci = row.get("ci95")
+    if ci:
+        return "met" if ci[1] <= t else ("NOT met" if ci[0] > t else "unclear")
     return "met" if row["value"] <= t else "NOT met"
 
 
@@ -168,12 +203,22 @@ def format_table(rows, machine=None) -> str:
     if ratio_rows:
         w = max([len("workload")] + [len(str(r["workload"])) for r in ratio_rows])
         lines.append(f"| {'workload':<{w}} | {'peer':<16} | {'dlprimer':>10} | {'peer':>10} | "
-                     f"{'dlprimer/peer':>13} | {'target':>6} | {'':7} |")
-        lines.append(f"|{'-' * (w + 2)}|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 15}|{'-' * 8}|{'-' * 9}|")
+                     f"{'dlprimer/peer':>13} | {'95% interval':>13} | {'cpu-time ratio':>20} | "
+                     f"{'target':>6} | {'':7} |")
+        lines.append(f"|{'-' * (w + 2)}|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 15}|{'-' * 15}|"
+                     f"{'-' * 22}|{'-' * 8}|{'-' * 9}|")
         for r in ratio_rows:
             tgt = f"<={r['target']:g}" if r["target"] is not None else ""
+            ci, cci = r.get("ci95"), r.get("cpu_ci95")
+            span = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "(best)"
+            cpu = f"{r['cpu_value']:.2f}x [{cci[0]:.2f}-{cci[1]:.2f}]" if cci else ""
             lines.append(f"| {r['workload']:<{w}} | {r['peer']:<16} | {_fmt_time(r['dlprimer_s'], r.get('unit', 's')):>10} | "
-                         f"{_fmt_time(r['peer_s'], r.get('unit', 's')):>10} | {r['value']:>12.2f}x | {tgt:>6} | {_status(r):7} |")
+                         f"{_fmt_time(r['peer_s'], r.get('unit', 's')):>10} | {r['value']:>12.2f}x | {span:>13} | "
+                         f"{cpu:>20} | {tgt:>6} | {_status(r):7} |")
+        lines.append("(dlprimer/peer: median of per-round wall-time ratios, peers timed in turn; "
+                     "cpu-time ratio: the same for process CPU time, which waiting for a busy core "
+                     "does not inflate; times: medians; '(best)': ratio of best times where no "
+                     "paired samples exist)")
     if fig_rows:
         lines.append("")
         w = max([len("figure")] + [len(str(r["workload"])) for r in fig_rows])
@@ -190,6 +235,9 @@ def format_table(rows, machine=None) -> str:
 def _machine(data):
     mi = data.get("machine_info") or {}
     extra = mi.get("dlprimer_bench") or {}
+    if extra.get("fingerprint"):
+        from .measure import describe
+        return describe(extra["fingerprint"]) + ("; QUICK sizes" if extra.get("quick") else "")
     parts = [extra.get("cpu_model") or mi.get("cpu", {}).get("brand_raw") or mi.get("machine", "")]
     if extra.get("cpu_count"):
         parts.append(f"{extra['cpu_count']} CPUs")
@@ -224,6 +272,16 @@ def find_benchmarks(roots=None) -> str:
                             "in the current directory (dlprimer bench runs from a source checkout)")
 
 
+def _threads_arg(s):
+    if s.strip().lower() == "auto":
+        return "auto"
+    from .measure import parse_threads
+    try:
+        return parse_threads(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser(parser=None):
     p = parser or argparse.ArgumentParser(
         prog="dlprimer bench", description="Run the benchmark suite (pytest-benchmark) and print "
@@ -233,8 +291,10 @@ def build_parser(parser=None):
     p.add_argument("--quick", action="store_true", help="small sizes (DLPRIMER_BENCH_QUICK=1)")
     p.add_argument("--json", default="bench-results.json",
                    help="where pytest-benchmark writes the raw results [default: %(default)s]")
-    p.add_argument("--threads", type=int, default=None,
-                   help="BLAS (and torch) threads; 0 = no cap [default: 1, or $DLPRIMER_BENCH_THREADS]")
+    if parser is None:  # the dlprimer command adds --threads N|auto to every subcommand
+        p.add_argument("--threads", type=_threads_arg, default=None, metavar="N|auto",
+                       help="threads of every pool for the session [default: 1, or "
+                            "$DLPRIMER_BENCH_THREADS]")
     p.add_argument("--format", metavar="JSON", default=None,
                    help="only print the table of a saved results file")
     p.add_argument("pytest_args", nargs="*", help="further pytest arguments (after --)")
@@ -265,8 +325,10 @@ def run(args, out=None) -> int:
     env = dict(os.environ, DLPRIMER_BENCH_NO_SUMMARY="1")  # the table is printed below
     if args.quick:
         env["DLPRIMER_BENCH_QUICK"] = "1"
-    if args.threads is not None:
-        env["DLPRIMER_BENCH_THREADS"] = str(args.threads)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        from .measure import auto_threads
+        env["DLPRIMER_BENCH_THREADS"] = str(auto_threads() if threads == "auto" else threads)
     json_path = os.path.abspath(args.json)
     cmd = [sys.executable, "-m", "pytest", *(targets or [bench]), "-q", "--benchmark-only", f"--benchmark-json={json_path}", "--benchmark-sort=name",
            *args.pytest_args]

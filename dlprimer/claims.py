@@ -6,6 +6,14 @@ or the backend's own timer, and returns a :class:`Claim`: what the chapter says,
 what was measured here, and why the two differ. Nothing is assumed: the numbers
 printed are the numbers measured.
 
+Every timed figure is a record (:mod:`dlprimer.measure.stats`): median, 95% interval,
+samples, spread; two things compared are timed in turn and their ratio is the
+median of per-round ratios. A claim's verdict compares that interval with the
+claim's band: ``holds`` when the interval lies inside, ``differs`` when it lies
+outside, ``inconclusive`` when it straddles an edge (the reason says which), so a
+busy machine widens the interval and makes a claim inconclusive rather than
+flipping it.
+
 The claims (chapter sections in brackets):
 
 1. "The backward pass requires approximately twice the computation ... roughly
@@ -26,16 +34,18 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 #: Workload sizes: "quick" keeps ``dlprimer primer`` within its time budget on 2 cores,
-#: "tiny" is for smoke tests (seconds; its timings are the least steady).
+#: "tiny" is for smoke tests (seconds; its intervals are the widest). ``repeats`` is the
+#: least number of interleaved rounds, ``budget`` the seconds a comparison may take
+#: to bring its interval within +-5%.
 SIZES = {
-    "tiny": {"mlp": [64, 256, 256, 10], "batch": 128, "repeats": 3,
+    "tiny": {"mlp": [64, 256, 256, 10], "batch": 128, "repeats": 6, "budget": 1.0,
              "deep_width": 128, "deep_layers": 16, "deep_batch": 64,
              "act_elems": 1 << 16, "batches": [8, 64, 512], "thru_mlp": [64, 128, 10]},
-    "quick": {"mlp": [256, 1024, 1024, 1024, 10], "batch": 256, "repeats": 7,
+    "quick": {"mlp": [256, 1024, 1024, 1024, 10], "batch": 256, "repeats": 15, "budget": 4.0,
               "deep_width": 256, "deep_layers": 36, "deep_batch": 128,
               "act_elems": 1 << 20, "batches": [8, 32, 128, 512, 2048],
               "thru_mlp": [256, 512, 512, 10]},
-    "full": {"mlp": [512, 2048, 2048, 2048, 10], "batch": 512, "repeats": 15,
+    "full": {"mlp": [512, 2048, 2048, 2048, 10], "batch": 512, "repeats": 30, "budget": 15.0,
              "deep_width": 512, "deep_layers": 64, "deep_batch": 256,
              "act_elems": 1 << 23, "batches": [4, 16, 64, 256, 1024, 4096],
              "thru_mlp": [512, 1024, 1024, 10]},
@@ -44,16 +54,44 @@ SIZES = {
 
 @dataclass
 class Claim:
+    """One claim re-measured: ``verdict`` is "holds", "differs" or "inconclusive",
+    ``reason`` says why (which interval against which band), ``figures`` holds each
+    timed or counted figure as a record (``median``, ``ci95``, ``n``, ...), ``band``
+    the range that counts as the claim holding for the figure the verdict is on."""
     key: str
     statement: str
     claimed: str
     measured: str
     why: str
-    verdict: str                 # "holds", "roughly", "differs"
+    verdict: str
+    reason: str = ""
+    band: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.warnings:
+            self.warnings = _dedupe(self.data.pop("warnings", None) or [])
 
     def to_dict(self):
         return asdict(self)
+
+
+def _dedupe(ws):
+    return list(dict.fromkeys(ws))
+
+
+def _report_warnings(rep):
+    """Warnings of a profile's total records, and a load change during it."""
+    from .measure.stats import LOAD_CHANGE
+    t = rep.total
+    ws = [f"{ph}: {w}" for ph in ("forward", "backward") for w in (t[ph].get("warnings") or [])]
+    fp = rep.meta.get("fingerprint") or {}
+    a, b = (fp.get("load_start") or [None])[0], (fp.get("load_end") or [None])[0]
+    if a is not None and b is not None and abs(b - a) >= LOAD_CHANGE:
+        ws.append(f"the load average changed from {a:.2f} to {b:.2f} during the measurement")
+    return ws
 
 
 def _batch(sizes, n, backend, seed=0):
@@ -74,47 +112,66 @@ def _loss(out, y):
     return F.cross_entropy(out, y)
 
 
-def _verdict(value, lo, hi, slack=0.25):
-    """'holds' inside [lo, hi]; 'roughly' within ``slack`` (relative) of the range."""
-    if lo <= value <= hi:
-        return "holds"
-    if lo * (1 - slack) <= value <= hi * (1 + slack):
-        return "roughly"
-    return "differs"
+def _exact(value) -> dict:
+    """A counted (not timed) figure as a record: its interval is the value itself."""
+    return {"median": value, "ci95": [value, value], "n": 1, "unit": "exact"}
+
+
+def _band(lo, hi) -> list:
+    return [lo, None if hi == math.inf else hi]
+
+
+def _timed(backend, fns, size, pairs=None):
+    """``fns`` timed in turn by the backend's timer until every interval is within
+    +-5% or the size's budget is spent (:func:`dlprimer.measure.measure`)."""
+    from .measure import measure
+    return measure(fns, timer=backend.timer, warmup=1, min_rounds=size["repeats"],
+                   max_rounds=max(size["repeats"], 400), budget_s=size["budget"], pairs=pairs)
 
 
 # -- 1. backward = 2x forward --------------------------------------------------------------
+BACKWARD_BAND = (1.6, 2.4)
+
+
 def claim_backward(backend, size) -> Claim:
+    from .measure import verdict
     from .profiler import profile
     sizes = size["mlp"]
     model = _mlp(sizes, backend=backend)
     rep = profile(model, _loss, _batch(sizes, size["batch"], backend), warmup=2,
-                  repeats=size["repeats"], memory=False, estimate=False)
-    t = dict(rep.total)
-    f, b = t["forward"]["min"], t["backward"]["min"]
-    t["time_ratio"] = b / f
-    share_t = b / (f + b)
-    share_f = t["bwd_flops"] / (t["fwd_flops"] + t["bwd_flops"])
-    n_lin = len(sizes) - 1
+                  repeats=2 * size["repeats"], memory=False, estimate=False)
+    t = rep.total
+    tr = {"median": t["time_ratio"], "ci95": t["time_ratio_ci95"], "n": t["forward"]["n"], "unit": "x"}
+    f, b = t["forward"]["median"], t["backward"]["median"]
+    share_t, share_f = b / (f + b), t["bwd_flops"] / (t["fwd_flops"] + t["bwd_flops"])
+    v, reason = verdict(tr["ci95"], *BACKWARD_BAND)
+    n_lin, model_s = len(sizes) - 1, f"MLP {'-'.join(map(str, sizes))}, batch {size['batch']}"
     why = (f"FLOPs: each Linear's backward is two matmuls (dX and dW) against one forward, but "
            f"the first layer needs no dX (its input is data), so an MLP of {n_lin} layers counts "
            f"{t['flop_ratio']:.2f}x, not 2x. Time: the dW and dX matmuls multiply transposed "
            f"operands, which BLAS runs at a different speed than the forward's; elementwise "
            f"backward ops are memory-bound; and the autograd engine adds per-node work "
-           f"(gradient accumulation, freeing saved arrays). Hence {t['time_ratio']:.2f}x in time.")
+           f"(gradient accumulation, freeing saved arrays). This is the {model_s}; the "
+           f"report's profile of the primer's smaller MLP gives its own ratio.")
     return Claim(
         "backward_2x", "backward costs about 2x the forward pass, so about 2/3 of training compute",
         "bwd/fwd = 2.0, backward share = 67%",
-        f"bwd/fwd time {t['time_ratio']:.2f}x (FLOPs {t['flop_ratio']:.2f}x); backward share "
-        f"{share_t:.0%} of time ({share_f:.0%} of FLOPs)", why,
-        _verdict(t["time_ratio"], 1.7, 2.3),
-        {"time_ratio": t["time_ratio"], "flop_ratio": t["flop_ratio"], "backward_share_time": share_t,
-         "backward_share_flops": share_f, "forward_s": f, "backward_s": b, "sizes": sizes,
-         "batch": size["batch"], "layers": rep.layers})
+        f"bwd/fwd time {tr['median']:.2f}x [95%: {tr['ci95'][0]:.2f}-{tr['ci95'][1]:.2f}] "
+        f"(FLOPs {t['flop_ratio']:.2f}x); backward share {share_t:.0%} of time ({share_f:.0%} of "
+        f"FLOPs); {model_s}", why, v, reason, {"time_ratio": _band(*BACKWARD_BAND)},
+        {"time_ratio": tr, "forward_s": t["forward"], "backward_s": t["backward"],
+         "flop_ratio": _exact(t["flop_ratio"])},
+        {"backward_share_time": share_t, "backward_share_flops": share_f, "sizes": sizes,
+         "batch": size["batch"], "layers": rep.layers, "fingerprint": rep.meta.get("fingerprint"),
+         "warnings": _report_warnings(rep)})
 
 
 # -- 2. 12 bytes per parameter with Adam -------------------------------------------------------
+ADAM_BAND = (11.5, 12.5)
+
+
 def claim_adam_bytes(backend, size) -> Claim:
+    from .measure import verdict
     from .optim import Adam
     from .profiler import profile
     sizes = size["thru_mlp"]
@@ -127,6 +184,7 @@ def claim_adam_bytes(backend, size) -> Claim:
     w, g, o = split["params"] / n, split["grads"] / n, split["optimizer"] / n
     total = w + g + o
     scratch = max(0.0, o - 8.0)
+    v, reason = verdict((total, total), *ADAM_BAND)
     return Claim(
         "adam_bytes", "training with Adam needs about 12 bytes per parameter "
         "(4 weights + 4 gradient + 4 optimizer state)",
@@ -139,45 +197,49 @@ def claim_adam_bytes(backend, size) -> Claim:
         "activations come on top of either."
         + (f" The {scratch:.1f} bytes/param beyond 16 are the fused update's fixed scratch "
            "blocks, which vanish per parameter in a large model." if scratch >= 0.05 else ""),
-        _verdict(total, 11.5, 12.5, slack=0.0),
-        {"bytes_per_param": total, "weights": w, "grads": g, "optimizer": o, "params": n})
+        v, reason.replace("95% interval", "exact count"), {"bytes_per_param": _band(*ADAM_BAND)},
+        {"bytes_per_param": _exact(total)},
+        {"weights": w, "grads": g, "optimizer": o, "params": n})
 
 
 # -- 3. gradient checkpointing ----------------------------------------------------------------
-def claim_checkpointing(backend, size) -> Claim:
-    from .checkpoint import checkpoint_sequential
+CKPT_TIME_BAND, CKPT_MEMORY_BAND = (0.1, 0.4), (0.5, 0.8)
+
+
+def _deep_mlp(backend, w, L):
     from .nn import Linear, ReLU, Sequential
-    from .profiler import checkpoint_tradeoff
-    w, L = size["deep_width"], size["deep_layers"]
     mods = []
     for _ in range(L - 1):
         mods += [Linear(w, w, backend=backend), ReLU()]
     mods.append(Linear(w, 10, backend=backend))
-    model = Sequential(*mods)
-    sizes = [w] * L + [10]
-    x, y = _batch(sizes, size["deep_batch"], backend)
-    tr = checkpoint_tradeoff(model, _loss, (x, y), segments=[1, 2, 4, 8], warmup=0, repeats=1)
-    layers = list(model.children())
+    return Sequential(*mods)
 
-    def step(k):
-        def run():
-            model.zero_grad()
-            _loss(checkpoint_sequential(layers, k, x), y).backward()
-        return run
-    segs = [r["segments"] for r in tr.rows]
-    times = _time_ops(backend, {k: step(k) for k in segs}, max(3, size["repeats"]))
-    t0 = times[segs[0]]
+
+def claim_checkpointing(backend, size) -> Claim:
+    from .measure import combine_verdicts, verdict
+    from .profiler import checkpoint_tradeoff
+    w, L = size["deep_width"], size["deep_layers"]
+    model = _deep_mlp(backend, w, L)
+    x, y = _batch([w] * L + [10], size["deep_batch"], backend)
+    tr = checkpoint_tradeoff(model, _loss, (x, y), segments=[1, 2, 4, 8], warmup=1,
+                             repeats=size["repeats"], budget_s=size["budget"])
     rows = [{"segments": r["segments"], "memory_saved": 1 - r["memory_ratio"],
-             "extra_time": times[r["segments"]] / t0 - 1, "peak_bytes": r["peak_bytes"],
-             "step_s": times[r["segments"]]} for r in tr.rows]
+             "extra_time": r["time_ratio"] - 1,
+             "extra_time_ci95": [r["time_ratio_ci95"][0] - 1, r["time_ratio_ci95"][1] - 1],
+             "peak_bytes": r["peak_bytes"], "step_s": r["step"]["median"], "step": r["step"]}
+            for r in tr.rows]
     best = next(r for r in rows if r["segments"] == tr.sqrt_choice)
-    mem_saved, extra = best["memory_saved"], best["extra_time"]
+    mem_saved, extra, ci = best["memory_saved"], best["extra_time"], best["extra_time_ci95"]
+    v, reason = combine_verdicts([
+        verdict(ci, *CKPT_TIME_BAND),
+        verdict((mem_saved, mem_saved), *CKPT_MEMORY_BAND)])
+    reason = reason.replace("; the 95% interval [", "; memory saved: exact count [", 1)
     return Claim(
         "checkpointing", "gradient checkpointing costs 20-30% more compute for up to 60-70% "
         "less memory",
         "+20-30% compute, -60-70% memory",
-        f"at k={tr.sqrt_choice} segments (about sqrt(L), L={tr.depth}): {extra:+.0%} step time, "
-        f"{mem_saved:.0%} less peak activation memory; "
+        f"at k={tr.sqrt_choice} segments (about sqrt(L), L={tr.depth}): {extra:+.0%} step time "
+        f"[95%: {ci[0]:+.0%} to {ci[1]:+.0%}], {mem_saved:.0%} less peak activation memory; "
         + ", ".join(f"k={r['segments']}: {r['extra_time']:+.0%}/{r['memory_saved']:.0%}"
                     for r in rows),
         "Recomputation re-runs the forward of every segment but the last, and a forward is "
@@ -187,64 +249,60 @@ def claim_checkpointing(backend, size) -> Claim:
         "segment recomputed at a time), which is 1 - 2/sqrt(L) at best: the saving grows with "
         "depth, so a shallow model saves less than the chapter's 60-70% and a Transformer with "
         "large per-layer activations saves more. The memory figures are exact (allocator "
-        "meter); the times are the fastest of interleaved runs, and on a busy machine a "
-        "difference of 10-20% between segment counts can be noise.",
-        "holds" if (0.1 <= extra <= 0.4 and 0.5 <= mem_saved <= 0.8) else
-        ("roughly" if (extra <= 0.6 and mem_saved >= 0.35) else "differs"),
-        {"segments": tr.sqrt_choice, "depth": tr.depth, "extra_time": extra,
-         "memory_saved": mem_saved, "rows": rows, "tradeoff": tr.to_dict()})
+        "meter); the extra time is the median of per-round ratios of steps run in turn.",
+        v, "extra time: " + reason,
+        {"extra_time": _band(*CKPT_TIME_BAND), "memory_saved": _band(*CKPT_MEMORY_BAND)},
+        {"extra_time": {"median": extra, "ci95": ci, "n": best["step"]["n"], "unit": "x"},
+         "memory_saved": _exact(mem_saved)},
+        {"segments": tr.sqrt_choice, "depth": tr.depth, "rows": rows, "tradeoff": tr.to_dict(),
+         "warnings": tr.meta.get("warnings", [])})
 
 
 # -- 4. GELU vs ReLU ---------------------------------------------------------------------------
-def _time_ops(backend, fns: dict, repeats: int) -> dict:
-    """Fastest of ``repeats`` runs of each callable, the runs interleaved so that a
-    change in machine load hits every candidate alike (the minimum is the run least
-    disturbed by other processes)."""
-    best = {k: math.inf for k in fns}
-    for f in fns.values():
-        f()
-    for _ in range(repeats):
-        for k, f in fns.items():
-            with backend.timer() as t:
-                f()
-            best[k] = min(best[k], t.elapsed)
-    return best
-
-
-def claim_gelu(backend, size) -> Claim:
-    from .profiler import profile
-    n = size["act_elems"]
+def _activation_ops(backend, n):
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal(n).astype(np.float32))
     gy = backend.asarray(rng.standard_normal(n).astype(np.float32))
-    reps = max(5, size["repeats"])
-    ops = {
-        "relu": lambda: backend.relu_backward(backend.relu_forward(x), gy),
-        "gelu (erf)": lambda: backend.gelu_backward(x, gy) if backend.gelu_forward(x) is not None else None,
-        "gelu (tanh)": lambda: backend.gelu_backward(x, gy, "tanh")
-        if backend.gelu_forward(x, "tanh") is not None else None,
-    }
-    t = _time_ops(backend, ops, reps)
-    op_ratio = t["gelu (erf)"] / t["relu"]
-    tanh_ratio = t["gelu (tanh)"] / t["relu"]
-    sizes = size["thru_mlp"]
-    batch = _batch(sizes, 256, backend)
-    models = {act: _mlp(sizes, act, backend=backend) for act in ("relu", "gelu")}
 
-    def train_step(m):
+    def gelu(approximate):
         def run():
+            backend.gelu_forward(x, approximate)
+            backend.gelu_backward(x, gy, approximate)
+        return run
+    return {"relu": lambda: backend.relu_backward(backend.relu_forward(x), gy),
+            "gelu (erf)": gelu("none"), "gelu (tanh)": gelu("tanh")}
+
+
+def _train_steps(backend, sizes, batch, activations):
+    out = {}
+    for act in activations:
+        m = _mlp(sizes, act, backend=backend)
+
+        def run(m=m):
             m.zero_grad()
             _loss(m(batch[0]), batch[1]).backward()
-        return run
-    step = _time_ops(backend, {a: train_step(m) for a, m in models.items()}, reps)
-    step_ratio = step["gelu"] / step["relu"]
-    ns = {k: v / n * 1e9 for k, v in t.items()}
+        out[act] = run
+    return out
+
+
+def claim_gelu(backend, size) -> Claim:
+    from .measure import verdict
+    n = size["act_elems"]
+    ops = _timed(backend, _activation_ops(backend, n), size)
+    op = ops.ratio("gelu (erf)", "relu")
+    tanh = ops.ratio("gelu (tanh)", "relu")
+    sizes = size["thru_mlp"]
+    steps = _timed(backend, _train_steps(backend, sizes, _batch(sizes, 256, backend), ("relu", "gelu")),
+                   size)
+    step = steps.ratio("gelu", "relu")
+    ns = {k: t.median / n * 1e9 for k, t in ops.timings.items()}
+    v, reason = verdict(op.ci95, 1.0, math.inf)
     return Claim(
         "gelu_cost", "GELU costs more compute than ReLU",
         "GELU > ReLU",
         f"forward+backward per element: ReLU {ns['relu']:.2f} ns, GELU(erf) {ns['gelu (erf)']:.2f} ns "
-        f"({op_ratio:.1f}x), GELU(tanh) {ns['gelu (tanh)']:.2f} ns ({tanh_ratio:.1f}x); a whole "
-        f"MLP {sizes} fwd+bwd step {step_ratio:.2f}x",
+        f"({op}), GELU(tanh) {ns['gelu (tanh)']:.2f} ns ({tanh}); a whole "
+        f"MLP {sizes} fwd+bwd step {step}",
         "Per element GELU evaluates erf (or tanh) and its derivative, tens of FLOPs against "
         "ReLU's one comparison, so the op alone is several times slower (the tanh form is the "
         "cheap approximation the chapter mentions). On the CPU the exact form's cost is mostly "
@@ -252,45 +310,53 @@ def claim_gelu(backend, size) -> Claim:
         "erf-GELU's multiple here overstates its FLOP cost. " + (
             "In this small MLP the activation is a visible part of the step, because its matmuls "
             "are small (O(B*H) activation work against O(B*H*H) matmul work); "
-            if step_ratio > 1.2 else
+            if step.median > 1.2 else
             "In a whole step the matmuls dominate (O(B*H*H) work against the activation's "
             "O(B*H)), so the model barely notices; ") +
         "on a GPU both activations are memory-bound and the gap narrows.",
-        "holds" if op_ratio > 1.0 else "differs",
-        {"op_seconds": t, "ns_per_elem": ns, "op_ratio": op_ratio, "tanh_ratio": tanh_ratio,
-         "step_seconds": step, "step_ratio": step_ratio, "elements": n})
+        v, "GELU(erf)/ReLU: " + reason, {"op_ratio": _band(1.0, math.inf)},
+        {"op_ratio": op.to_dict(), "tanh_ratio": tanh.to_dict(), "step_ratio": step.to_dict(),
+         **{f"op_s {k}": t.to_dict() for k, t in ops.timings.items()}},
+        {"ns_per_elem": ns, "elements": n, "warnings": ops.warnings + steps.warnings})
 
 
 # -- 5. larger batches use the hardware better ---------------------------------------------------
-def claim_batch(backend, size) -> Claim:
+def _batch_steps(backend, sizes, batches):
     from .optim import SGD
-    from .profiler import estimate
-    sizes = size["thru_mlp"]
-
-    def train_step(b):
+    out = {}
+    for b in batches:
         model = _mlp(sizes, backend=backend)
         opt = SGD(model.parameters(), lr=1e-3)
         x, y = _batch(sizes, b, backend)
 
-        def run():
+        def run(model=model, opt=opt, x=x, y=y):
             opt.zero_grad()
             _loss(model(x), y).backward()
             opt.step()
-        return run
-    times = _time_ops(backend, {b: train_step(b) for b in size["batches"]},
-                      max(3, size["repeats"]))
+        out[b] = run
+    return out
+
+
+def claim_batch(backend, size) -> Claim:
+    from .measure import verdict
+    from .profiler import estimate
+    sizes, batches = size["thru_mlp"], size["batches"]
+    small, large = batches[0], batches[-1]
+    m = _timed(backend, _batch_steps(backend, sizes, batches), size,
+               pairs=[(small, large)] + [(b, batches[0]) for b in batches[1:]])
+    gain = m.ratio(small, large).scaled(large / small, unit="x")  # samples/s at large over small
     rows = []
-    for b, sec in times.items():
+    for b, t in m.timings.items():
         e = estimate(sizes, b, optimizer="sgd")
-        rows.append({"batch": b, "step_s": sec, "samples_per_s": b / sec,
-                     "gflops": (e.fwd_flops + e.bwd_flops) / sec / 1e9})
-    gain = rows[-1]["samples_per_s"] / rows[0]["samples_per_s"]
+        rows.append({"batch": b, "step_s": t.median, "step": t.to_dict(), "samples_per_s": b / t.median,
+                     "gflops": (e.fwd_flops + e.bwd_flops) / t.median / 1e9})
     peak = max(rows, key=lambda r: r["samples_per_s"])
+    v, reason = verdict(gain.ci95, 1.0, math.inf)
     return Claim(
         "batch_size", "larger batches use the hardware better",
         "throughput grows with batch size",
-        f"{rows[0]['samples_per_s']:,.0f} samples/s at batch {rows[0]['batch']} -> "
-        f"{rows[-1]['samples_per_s']:,.0f} at {rows[-1]['batch']} ({gain:.1f}x)"
+        f"{rows[0]['samples_per_s']:,.0f} samples/s at batch {small} -> "
+        f"{rows[-1]['samples_per_s']:,.0f} at {large} ({gain})"
         + f"; best {peak['samples_per_s']:,.0f} at B={peak['batch']}; "
         + ", ".join(f"B={r['batch']}: {r['gflops']:.1f} GFLOP/s" for r in rows),
         "Each step pays fixed costs (Python, dispatching ops, the optimizer over all weights, "
@@ -300,8 +366,9 @@ def claim_batch(backend, size) -> Claim:
         "no longer fit in cache; a GPU, with far more parallel units, keeps gaining longer. "
         "Throughput is not the whole story: the chapter adds that very large batches can "
         "generalise worse.",
-        "holds" if gain > 1.5 else ("roughly" if gain > 1.0 else "differs"),
-        {"rows": rows, "gain": gain, "sizes": sizes})
+        v, f"throughput B={large} over B={small}: " + reason, {"gain": _band(1.0, math.inf)},
+        {"gain": gain.to_dict(), **{f"step_s B={b}": t.to_dict() for b, t in m.timings.items()}},
+        {"rows": rows, "sizes": sizes, "warnings": m.warnings})
 
 
 CHECKS = {"backward_2x": claim_backward, "adam_bytes": claim_adam_bytes,
@@ -328,13 +395,21 @@ def check_claims(backend=None, size: str = "quick", only=None, progress=None) ->
     return out
 
 
-def format_claims(claims, width: int = 100) -> str:
-    """The claims as text: claimed / measured / why they differ."""
+def format_claims(claims, width: int = 100, fingerprint=None) -> str:
+    """The claims as text: claimed / measured / verdict and its reason / why they differ."""
     import textwrap
     lines = []
+    if fingerprint:
+        from .measure import describe
+        lines += textwrap.wrap("environment: " + describe(fingerprint), width) + [""]
     for i, c in enumerate(claims, 1):
         lines.append(f"{i}. {c.statement}  [{c.verdict}]")
-        for label, text in (("claimed", c.claimed), ("measured", c.measured), ("why", c.why)):
+        warn = "; ".join(c.warnings[:4]) + (f"; and {len(c.warnings) - 4} more" if len(c.warnings) > 4 else "")
+        for label, text in (("claimed", c.claimed), ("measured", c.measured),
+                            ("verdict", f"{c.verdict}: {c.reason}"), ("why", c.why),
+                            ("warning", warn)):
+            if not text:
+                continue
             wrapped = textwrap.wrap(text, width - 13) or [""]
             lines.append(f"   {label + ':':<10}{wrapped[0]}")
             lines += [f"   {'':<10}{w}" for w in wrapped[1:]]
@@ -342,15 +417,16 @@ def format_claims(claims, width: int = 100) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def claims_json(claims) -> str:
-    def clean(o):
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if isinstance(o, (np.floating, float)):
-            return float(o) if math.isfinite(float(o)) else None
-        if isinstance(o, np.integer):
-            return int(o)
-        return o
-    return json.dumps([clean(c.to_dict()) for c in claims], indent=1)
+def claims_json(claims, fingerprint=None) -> str:
+    """``{"fingerprint": ..., "claims": [...]}`` as JSON text."""
+    from .measure.records import to_json
+    return json.dumps({"fingerprint": to_json(fingerprint),
+                       "claims": [to_json(c.to_dict()) for c in claims]}, indent=1)
+
+
+def load_claims(obj) -> tuple[list, dict | None]:
+    """(claims as dicts, fingerprint) from what :func:`claims_json` wrote (or the bare
+    list older versions wrote)."""
+    if isinstance(obj, dict):
+        return list(obj.get("claims") or []), obj.get("fingerprint")
+    return list(obj or []), None

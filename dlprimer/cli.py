@@ -97,12 +97,28 @@ def _int_list(s):
     return _sizes(s)
 
 
+def _threads(s):
+    """``--threads``: a positive integer, or ``auto`` (the cores idle at start)."""
+    if s.strip().lower() == "auto":
+        return "auto"
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is neither a positive integer nor 'auto'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 1 (or 'auto')")
+    return v
+
+
 # -- parser ---------------------------------------------------------------------------------
 def _common(p, backend_default="auto"):
     p.add_argument("--backend", choices=BACKENDS, default=backend_default,
                    help="where to compute: cpu, cuda, or auto (CUDA when a GPU is usable) "
                         f"[default: {backend_default}]")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed [default: 0]")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
+                   help="threads of every pool (BLAS, OpenMP, ...): N, or auto = the cores idle "
+                        "at start, from the load average [default: auto; bench: 1]")
 
 
 def _model_args(p, hidden_default="128,128", batch_default=64):
@@ -235,6 +251,23 @@ def _version():
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def _apply_threads(a):
+    """Set the thread policy before any work: ``--threads N|auto`` (default auto)."""
+    import dlprimer as dp
+    from .measure import auto_threads
+    n = getattr(a, "threads", None)
+    if n is None and a.command == "bench":
+        return None  # the benchmark session keeps its own default (DLPRIMER_BENCH_THREADS)
+    n = auto_threads() if n in (None, "auto") else n
+    dp.set_num_threads(n)
+    return n
+
+
+def _fingerprint(backend):
+    from .measure import fingerprint
+    return fingerprint(backend)
+
+
 def _set_backend(name):
     import dlprimer as dp
     try:
@@ -288,26 +321,11 @@ def _probe_write(path, flag):
         os.unlink(path)
 
 
-def _default_lr(opt):
-    return {"sgd": 0.1, "momentum": 0.05, "lars": 0.1}.get(opt, 1e-3)
 
+from .measure.records import to_json as _clean  # noqa: E402  (old private name)
+from .workloads import build_model, make_optimizer, profile_mlp  # noqa: E402,F401  (re-exported)
 
-def make_optimizer(name, params, lr=None, weight_decay=0.0):
-    from . import optim
-    lr = lr if lr is not None else _default_lr(name)
-    if name == "sgd":
-        return optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    if name == "momentum":
-        return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    if name == "adam":
-        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
-    if name == "lamb":
-        return optim.LAMB(params, lr=lr, weight_decay=weight_decay)
-    if name == "lars":
-        return optim.LARS(params, lr=lr, weight_decay=weight_decay)
-    raise UsageError(f"unknown optimizer {name!r}")
+_profile_model = profile_mlp  # old private name
 
 
 def make_scheduler(name, opt, total_steps):
@@ -325,25 +343,6 @@ def make_scheduler(name, opt, total_steps):
     if name == "plateau":
         return ls.ReduceLROnPlateau(opt, patience=2)
     raise UsageError(f"unknown schedule {name!r}")
-
-
-def build_model(sizes, activation="relu", dropout=0.0, checkpoint_segments=1):
-    """An MLP; with ``checkpoint_segments > 1`` its training forward recomputes
-    activations in that many segments (dp.checkpoint_sequential)."""
-    from .nn import MLP
-    if checkpoint_segments <= 1:
-        return MLP(sizes, activation=activation, dropout=dropout)
-    from .checkpoint import checkpoint_sequential
-
-    class CheckpointedMLP(MLP):
-        def forward(self, x):
-            if self.training:
-                return checkpoint_sequential(self, self.segments, x)
-            return super().forward(x)
-
-    m = CheckpointedMLP(sizes, activation=activation, dropout=dropout)
-    object.__setattr__(m, "segments", int(checkpoint_segments))
-    return m
 
 
 def _fmt_bytes(n):
@@ -385,7 +384,8 @@ def cmd_train(a, out=sys.stdout):
     sched = make_scheduler(a.schedule, opt, total)
     config = {"command": "train", "dataset": a.dataset, "sizes": sizes, "activation": a.activation,
               "lr": opt.param_groups[0].get("initial_lr", opt.param_groups[0]["lr"]), "schedule": a.schedule, "seed": a.seed,
-              "dropout": a.dropout, "checkpoint_segments": a.checkpoint_segments}
+              "dropout": a.dropout, "checkpoint_segments": a.checkpoint_segments,
+              "fingerprint": _fingerprint(b)}
     if comm is None or comm.rank == 0:
         print(f"dlprimer train: {a.dataset} ({len(data.train)} train / {len(data.val)} val), MLP "
               f"{sizes} {a.activation}, {type(opt).__name__} lr {config['lr']:g}, "
@@ -455,28 +455,12 @@ def _checkpoint_errors_are_usage():
         raise UsageError(str(e)) from None
 
 
-def _profile_model(a_dataset, hidden, activation, batch_size, optimizer, lr, seed, warmup, repeats):
-    import dlprimer as dp
-    from .data import DataLoader, load_dataset
-    from .nn import functional as F
-    from .profiler import profile
-    dp.manual_seed(seed)
-    data = load_dataset(a_dataset, seed=seed)
-    sizes = [data.num_features, *hidden, data.num_outputs]
-    model = build_model(sizes, activation)
-    opt = make_optimizer(optimizer, model.parameters(), lr)
-    loader = DataLoader(data.train, min(batch_size, len(data.train)), shuffle=True, seed=seed)
-    batch = next(iter(loader))
-    loss = F.cross_entropy if data.task == "classification" else F.mse_loss
-    rep = profile(model, loss, batch, optimizer=opt, warmup=warmup, repeats=repeats)
-    return rep, model, loss, batch, sizes
-
 
 def cmd_profile(a, out=sys.stdout):
     _out_file(a.json, "--json")
     _set_backend(a.backend)
-    rep, _, _, batch, sizes = _profile_model(a.dataset, a.hidden, a.activation, a.batch_size,
-                                             a.optimizer, a.lr, a.seed, a.warmup, a.repeats)
+    rep, _, _, batch, sizes = profile_mlp(a.dataset, a.hidden, a.activation, a.batch_size,
+                                          a.optimizer, a.lr, a.seed, a.warmup, a.repeats)
     print(f"dlprimer profile: {a.dataset}, MLP {sizes} {a.activation}, batch {len(batch[1])}, "
           f"{a.optimizer}, warmup {a.warmup}, repeats {a.repeats}", file=out)
     print(rep.table(), file=out)
@@ -524,10 +508,12 @@ def cmd_estimate(a, out=sys.stdout):
 
 def cmd_claims(a, out=sys.stdout):
     from .claims import check_claims, claims_json, format_claims
+    from .measure import finish, fingerprint
     if a.only is not None and not a.only:
         raise UsageError("--only: name at least one claim")
     _out_file(a.json, "--json")
     b = _set_backend(a.backend)
+    fp = fingerprint(b)
     try:
         claims = check_claims(b, size=a.size, only=a.only,
                               progress=lambda k: print(f"measuring {k} ...", file=sys.stderr,
@@ -536,12 +522,13 @@ def cmd_claims(a, out=sys.stdout):
         if "unknown claim" in str(e):
             raise UsageError(f"--only: {e}") from None
         raise
+    fp = finish(fp)
     print(f"The chapter's claims, re-measured on backend {b.name} "
           f"({a.size} workloads):\n", file=out)
-    print(format_claims(claims), file=out, end="")
+    print(format_claims(claims, fingerprint=fp), file=out, end="")
     if a.json:
         with open(a.json, "w") as f:
-            f.write(claims_json(claims))
+            f.write(claims_json(claims, fingerprint=fp))
     return claims
 
 
@@ -569,6 +556,7 @@ def cmd_primer(a, out=sys.stdout):
     """Train on digits, profile, check the claims, write the report."""
     import dlprimer as dp
     from .claims import check_claims, claims_json, format_claims
+    from .measure import finish, fingerprint
     from .report import build_report
     t0 = time.perf_counter()
     _out_dir(a.out, "--out")
@@ -586,7 +574,7 @@ def cmd_primer(a, out=sys.stdout):
     print(f"   ({time.perf_counter() - t0:.1f} s)", file=out)
     t1 = time.perf_counter()
     print("\n2/4 profiling one training step (batch 256)", file=out, flush=True)
-    rep, *_ = _profile_model("digits", [128, 128], "relu", 256, "adam", 2e-3, a.seed, 3, 20)
+    rep, *_ = profile_mlp("digits", [128, 128], "relu", 256, "adam", 2e-3, a.seed, 3, 20)
     print(rep.table(), file=out)
     with open(os.path.join(a.out, "profile.json"), "w") as f:
         json.dump(_clean(rep.to_dict()), f, indent=1)
@@ -596,10 +584,12 @@ def cmd_primer(a, out=sys.stdout):
     claims = None
     if not a.no_claims:
         print("\n3/4 re-measuring the chapter's claims", file=out, flush=True)
+        fp = fingerprint(b)
         claims = check_claims(b, size=a.size)
-        print(format_claims(claims), file=out, end="")
+        fp = finish(fp)
+        print(format_claims(claims, fingerprint=fp), file=out, end="")
         with open(os.path.join(a.out, "claims.json"), "w") as f:
-            f.write(claims_json(claims))
+            f.write(claims_json(claims, fingerprint=fp))
     else:
         print("\n3/4 claims skipped (--no-claims)", file=out)
 
@@ -617,23 +607,6 @@ def cmd_primer(a, out=sys.stdout):
     return path
 
 
-def _clean(o):
-    import math
-
-    import numpy as np
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        return float(o) if math.isfinite(float(o)) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
-
-
 COMMANDS = {"primer": cmd_primer, "train": cmd_train, "profile": cmd_profile,
             "estimate": cmd_estimate, "claims": cmd_claims, "report": cmd_report,
             "bench": cmd_bench}
@@ -644,6 +617,7 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     prog = f"dlprimer {a.command}"
     try:
+        _apply_threads(a)
         rc = COMMANDS[a.command](a)
         return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
     except UsageError as e:

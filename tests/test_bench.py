@@ -2,6 +2,7 @@
 argument errors (the suite itself runs in CI's quick-mode benchmark step)."""
 import json
 
+import numpy as np
 import pytest
 
 from dlprimer import bench
@@ -81,3 +82,32 @@ def test_main_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "find_benchmarks", lambda: str(tmp_path / "benchmarks"))
     assert bench.main(["--group", "mlp"]) == 2
     assert "not in this checkout" in capsys.readouterr().err
+
+
+def test_paired_rows_are_medians_of_per_round_ratios(rng):
+    """Peers timed in turn: the ratio is the median of per-round ratios with its 95%
+    interval, and the target is met / NOT met / unclear from the interval."""
+    load = rng.lognormal(0, 0.6, 25)                       # each round's load, shared by both
+    dl = list(1.05e-3 * load * rng.lognormal(0, 0.01, 25))
+    np_ = list(1.0e-3 * load * rng.lognormal(0, 0.01, 25))
+    cpu_dl, cpu_np = list(1.05e-3 * rng.lognormal(0, 0.01, 25)), list(1e-3 * rng.lognormal(0, 0.01, 25))
+    g = "mlp 784-256-10 b128 sgd"
+    entries = [_entry(g, "dlprimer", min(dl), rr_samples_s=dl, rr_median_s=float(np.median(dl)),
+                      rr_cpu_samples_s=cpu_dl),
+               _entry(g, "numpy", min(np_), rr_samples_s=np_, rr_median_s=float(np.median(np_)),
+                      rr_cpu_samples_s=cpu_np),
+               _entry(g, "torch", 1e-3)]                    # no samples: ratio of best times
+    rows = {r["peer"]: r for r in bench.rows_from_benchmarks(entries)}
+    r = rows["numpy"]
+    assert r["method"] == "paired median" and r["n"] == 25
+    ratios = np.array(dl) / np.array(np_)
+    assert r["value"] == pytest.approx(float(np.median(ratios)))
+    assert r["ci95"][0] <= r["value"] <= r["ci95"][1] and r["ci95"][1] - r["ci95"][0] < 0.05
+    assert abs(r["value"] - 1.05) < 0.02          # ~6 sd of the median of 25 noisy ratios
+    assert r["cpu_value"] == pytest.approx(1.05, rel=0.03)
+    assert bench._status(r) == ("met" if r["ci95"][1] <= 1.1 else "unclear")
+    assert bench._status(dict(r, ci95=[1.12, 1.3])) == "NOT met"
+    assert bench._status(dict(r, ci95=[1.0, 1.2])) == "unclear"
+    assert rows["torch"]["method"] == "best" and rows["torch"]["ci95"] is None
+    text = bench.format_table(list(rows.values()), machine="m")
+    assert "95% interval" in text and "cpu-time ratio" in text and "(best)" in text

@@ -150,8 +150,12 @@ def test_primer_writes_report_logs_and_checkpoints(tmp_path):
 def test_claims_prints_claimed_measured_why(tmp_path):
     p = dlprimer("claims", "--only", "adam_bytes,gelu_cost", "--size", "tiny", "--backend", "cpu",
                  "--json", "c.json", cwd=tmp_path)
-    assert [c["key"] for c in json.loads((tmp_path / "c.json").read_text())] == \
-        ["adam_bytes", "gelu_cost"]
+    got = json.loads((tmp_path / "c.json").read_text())
+    assert [c["key"] for c in got["claims"]] == ["adam_bytes", "gelu_cost"]
+    assert {"cpu", "cores", "load_start", "load_end", "thread_pools"} <= set(got["fingerprint"])
+    for c in got["claims"]:
+        assert c["verdict"] in ("holds", "differs", "inconclusive") and c["reason"]
+        assert c["figures"] and all("median" in f and len(f["ci95"]) == 2 for f in c["figures"].values())
     assert "claimed:  12 bytes/param" in p.stdout
     assert p.stdout.count("measured:") == 2 and p.stdout.count("why:") == 2
     assert "GELU" in p.stdout

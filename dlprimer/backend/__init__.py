@@ -168,3 +168,23 @@ def backend_of_array(a) -> Backend:
 __all__ = ["Backend", "MemoryMeter", "Timer", "set_backend", "get_backend", "use_backend",
            "cuda_available", "cuda_unavailable_reason", "backend_for", "backend_of_array",
            "fusion", "fusion_enabled", "live_backends", "global_seed", "set_global_seed"]
+
+
+def device_info() -> dict | None:
+    """The GPU dlprimer would use (name, driver and runtime versions, CuPy's version),
+    or None without a usable GPU; for the measurement fingerprint."""
+    if not cuda_available():
+        return None
+    try:
+        import cupy
+        rt = cupy.cuda.runtime
+        dev = cupy.cuda.Device()
+        props = rt.getDeviceProperties(dev.id)
+        name = props.get("name", b"?")
+        return {"name": name.decode() if isinstance(name, bytes) else str(name),
+                "compute_capability": dev.compute_capability,
+                "memory_bytes": int(props.get("totalGlobalMem", 0)),
+                "driver": rt.driverGetVersion(), "runtime": rt.runtimeGetVersion(),
+                "cupy": cupy.__version__}
+    except Exception as e:  # the fingerprint must never stop a measurement
+        return {"name": f"unknown ({type(e).__name__}: {e})"}

@@ -17,7 +17,7 @@ from ..checkpoint import is_recomputing
 from ..tensor import Tensor
 from .counters import BackwardTimer, FlopCounter, LayerScope
 from .memory import measure_step_memory
-from .report import Report, _ratio, stats
+from .report import Report, _ratio, paired_ratio, stats
 
 LOSS = "(loss)"
 MODEL = "(model)"
@@ -99,6 +99,165 @@ def _backend_of(params, batch):
     return get_backend()
 
 
+class _Step:
+    """One training step split in its timed parts: ``forward()`` (model, then loss,
+    each timed into ``sink``) and the zero_grad / backward / optimizer calls."""
+
+    def __init__(self, model, loss_fn, batch, optimizer, backend, scope):
+        self.model, self.loss_fn, self.optimizer, self.backend = model, loss_fn, optimizer, backend
+        self.inputs, self.targets = batch
+        self.params = list(model.parameters())
+        self.scope = scope
+        self.sink = defaultdict(float)
+
+    def zero_grad(self):
+        _zero_grad(self.model, self.optimizer, self.params)
+
+    def forward(self):
+        tm = self.backend.timer()
+        with tm:
+            out = self.model(self.inputs)
+        self.sink[_MODEL_TOTAL] += tm.elapsed
+        prev, self.scope.current = self.scope.current, LOSS
+        try:
+            t = self.backend.timer()
+            with t:
+                loss = self.loss_fn(out, self.targets)
+            self.sink[LOSS] += t.elapsed
+        finally:
+            self.scope.current = prev
+        _check_loss(loss)
+        return loss
+
+    def warm_up(self, n):
+        """``n`` untimed steps (first-call costs: kernel compilation, pool growth)."""
+        for _ in range(n):
+            self.zero_grad()
+            self.forward().backward()
+            if self.optimizer is not None:
+                self.optimizer.step()
+        self.sink.clear()
+
+
+def _check_loss(loss):
+    if not isinstance(loss, Tensor) or loss.size != 1:
+        raise TypeError("profile: loss_fn must return a scalar Tensor, got "
+                        f"{type(loss).__name__}{getattr(loss, 'shape', '')}")
+    if not loss.requires_grad:
+        raise RuntimeError("profile: the loss does not require grad: no parameter of the model "
+                           "needs a gradient, or the forward ran under no_grad")
+
+
+class _Samples:
+    """Per-step timings of the timed steps, all lists aligned by step index."""
+
+    def __init__(self):
+        self.fwd, self.bwd, self.step, self.engine = [], [], [], []
+        self.layer_fwd = defaultdict(list)   # layer -> seconds per step
+        self.key_bwd = defaultdict(list)     # (layer, op) -> backward self time per step
+
+
+def _timed_steps(step, layers, repeats, counter, btimer) -> _Samples:
+    """``repeats`` timed steps: forward (per layer), backward (per node), optimizer."""
+    s = _Samples()
+    backend, sink = step.backend, step.sink
+    with _timed_layers(layers, step.scope, backend, sink), observe(counter), observe(btimer):
+        for _ in range(repeats):
+            counter.reset()
+            btimer.reset()
+            sink.clear()
+            step.zero_grad()
+            with backend.timer() as tf:
+                loss = step.forward()
+            with backend.timer() as tb:
+                loss.backward()
+            del loss
+            if step.optimizer is not None:
+                with backend.timer() as ts:
+                    step.optimizer.step()
+                s.step.append(ts.elapsed)
+            s.fwd.append(tf.elapsed)
+            s.bwd.append(tb.elapsed)
+            s.engine.append(tb.elapsed - btimer.total())
+            own = sink.pop(_MODEL_TOTAL, 0.0) - sum(v for n, v in sink.items() if n != LOSS)
+            s.layer_fwd[MODEL].append(max(own, 0.0))
+            for name, v in sink.items():
+                s.layer_fwd[name].append(v)
+            for key, v in btimer.times.items():
+                s.key_bwd[key].append(v)
+    return s
+
+
+def _entry(name, f_times, b_times, ff, bf):
+    """One row: forward and backward records, FLOPs, and the backward/forward time
+    ratio as the median of per-step ratios (paired) with its interval."""
+    f, b = stats(f_times), stats(b_times)
+    tr = paired_ratio(b_times, f_times)
+    return {"name": name, "forward": f, "backward": b, "fwd_flops": ff, "bwd_flops": bf,
+            "time_ratio": tr["median"] if tr else None,
+            "time_ratio_ci95": tr["ci95"] if tr else None,
+            "flop_ratio": _ratio(bf, ff),
+            "fwd_flops_per_s": _ratio(ff, f["median"]), "bwd_flops_per_s": _ratio(bf, b["median"])}
+
+
+def _layer_rows(s, counter, names, repeats):
+    """Per-layer rows in model order, then layers found only by the counters, then the loss."""
+    fwd_flops_l = counter.by_layer(counter.fwd)
+    bwd_flops_l = counter.by_layer(counter.bwd)
+    bwd_time_l = defaultdict(lambda: [0.0] * repeats)
+    for (layer, _), vs in s.key_bwd.items():
+        acc = bwd_time_l[layer]
+        for i, v in enumerate(vs[-repeats:]):
+            acc[i] += v
+    extra = [n for n in list(fwd_flops_l) + list(bwd_time_l) if n not in names and n != LOSS]
+    rows = []
+    for n in names + sorted(set(extra)) + [LOSS]:
+        if n not in bwd_time_l and n not in fwd_flops_l and (n == MODEL or n not in s.layer_fwd):
+            continue
+        rows.append(_entry(n, s.layer_fwd.get(n, []), bwd_time_l.get(n, []),
+                           fwd_flops_l.get(n, 0), bwd_flops_l.get(n, 0)))
+    return rows
+
+
+def _total_row(s, counter, has_optimizer):
+    total = _entry("total", s.fwd, s.bwd, counter.forward_total, counter.backward_total)
+    total["step"] = stats(s.step) if has_optimizer else None
+    engine = stats(s.engine)
+    total["backward_engine"], total["backward_engine_ci95"] = engine["median"], engine["ci95"]
+    total["recompute_flops"] = sum(counter.recompute.values())
+    fb = total["forward"]["median"] + total["backward"]["median"]
+    total["flops_per_s"] = _ratio(total["fwd_flops"] + total["bwd_flops"], fb)
+    return total
+
+
+def _backward_ops(s, counter, btimer, bwd_median):
+    """Backward self time per (layer, op), most expensive first."""
+    bwd_med = bwd_median or 1.0
+    ops = []
+    for (layer, op), vs in s.key_bwd.items():
+        rec = stats(vs)
+        med = rec["median"]
+        ops.append({"layer": layer, "op": op, "backward": med, "backward_ci95": rec["ci95"],
+                    "share": med / bwd_med,
+                    "calls": btimer.calls.get((layer, op), 0),
+                    "bwd_flops": counter.bwd.get((layer, op), 0),
+                    "fwd_flops": counter.fwd.get((layer, op), 0)})
+    ops.sort(key=lambda o: -o["backward"])
+    return ops
+
+
+def _memory_step(step, batch, estimate):
+    """One metered, untimed step's memory split (and the estimator's beside it)."""
+    opt = step.optimizer
+    phases = {"zero_grad": step.zero_grad, "forward": step.forward,
+              "backward": lambda loss: loss.backward(),
+              "step": (lambda: opt.step()) if opt is not None else None}
+    mem = measure_step_memory(phases, step.backend, step.params, opt, batch)
+    if estimate:
+        mem["analytic"] = _analytic(step.model, step.inputs, step.targets, opt)
+    return mem
+
+
 def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int = 20,
             memory: bool = True, estimate: bool = True) -> Report:
     """Profile training steps of ``model`` on ``batch = (inputs, targets)``.
@@ -107,133 +266,33 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
     ``repeats`` timed steps is zero_grad, forward, loss, backward, optimizer step
     (when an optimizer is given; the model's weights do change). Returns a
     :class:`Report` with, per top-level layer and in total: forward and backward time
-    (median and quartiles), forward/backward FLOPs, their ratios side by side
-    (the chapter's "backward costs about 2x forward"), achieved FLOP/s, the backward
-    ops by self time, and (``memory=True``) one metered step's memory split beside
-    :func:`dlprimer.estimate`'s analytic figures.
+    records (median, 95% interval, quartiles; :mod:`dlprimer.measure.stats`),
+    forward/backward FLOPs, the backward/forward ratios side by side (time: median of
+    per-step ratios with its interval; the chapter's "backward costs about 2x
+    forward"), achieved FLOP/s, the backward ops by self time, and (``memory=True``)
+    one metered step's memory split beside :func:`dlprimer.estimate`'s figures.
+    ``meta["fingerprint"]`` is the environment (:func:`dlprimer.measure.fingerprint`).
     """
-    from ..unfused import fusion_enabled
+    from ..measure import finish, fingerprint
+    from ..backend.unfused import fusion_enabled
     _check_args(model, loss_fn, batch, optimizer, warmup, repeats)
-    params = [p for p in model.parameters()]
-    inputs, targets = batch
-    backend = _backend_of(params, batch)
+    backend = _backend_of(list(model.parameters()), batch)
+    fp = fingerprint(backend)
     layers = named_layers(model)
-    scope = LayerScope(MODEL)
-    fwd_sink = defaultdict(float)
-
-    def forward():
-        tm = backend.timer()
-        with tm:
-            out = model(inputs)
-        fwd_sink[_MODEL_TOTAL] += tm.elapsed
-        prev = scope.current
-        scope.current = LOSS
-        try:
-            t = backend.timer()
-            with t:
-                loss = loss_fn(out, targets)
-            fwd_sink[LOSS] += t.elapsed
-        finally:
-            scope.current = prev
-        if not isinstance(loss, Tensor) or loss.size != 1:
-            raise TypeError("profile: loss_fn must return a scalar Tensor, got "
-                            f"{type(loss).__name__}{getattr(loss, 'shape', '')}")
-        if not loss.requires_grad:
-            raise RuntimeError("profile: the loss does not require grad: no parameter of the model "
-                               "needs a gradient, or the forward ran under no_grad")
-        return loss
-
-    for _ in range(warmup):
-        _zero_grad(model, optimizer, params)
-        forward().backward()
-        if optimizer is not None:
-            optimizer.step()
-    fwd_sink.clear()
-
-    counter = FlopCounter(scope)
-    btimer = BackwardTimer(backend)
-    per_layer_fwd = defaultdict(list)
-    per_key_bwd = defaultdict(list)
-    fwd_tot, bwd_tot, step_tot, engine = [], [], [], []
-    with _timed_layers(layers, scope, backend, fwd_sink), observe(counter), observe(btimer):
-        for _ in range(repeats):
-            counter.reset()
-            btimer.reset()
-            fwd_sink.clear()
-            _zero_grad(model, optimizer, params)
-            with backend.timer() as tf:
-                loss = forward()
-            with backend.timer() as tb:
-                loss.backward()
-            del loss
-            if optimizer is not None:
-                with backend.timer() as ts:
-                    optimizer.step()
-                step_tot.append(ts.elapsed)
-            fwd_tot.append(tf.elapsed)
-            bwd_tot.append(tb.elapsed)
-            engine.append(tb.elapsed - btimer.total())
-            own = fwd_sink.pop(_MODEL_TOTAL, 0.0) - sum(v for n, v in fwd_sink.items() if n != LOSS)
-            per_layer_fwd[MODEL].append(max(own, 0.0))
-            for name, v in fwd_sink.items():
-                per_layer_fwd[name].append(v)
-            for key, v in btimer.times.items():
-                per_key_bwd[key].append(v)
-
-    fwd_flops_l = counter.by_layer(counter.fwd)
-    bwd_flops_l = counter.by_layer(counter.bwd)
-    bwd_time_l = defaultdict(lambda: [0.0] * repeats)
-    for (layer, _), vs in per_key_bwd.items():
-        acc = bwd_time_l[layer]
-        for i, v in enumerate(vs[-repeats:]):
-            acc[i] += v
-
+    step = _Step(model, loss_fn, batch, optimizer, backend, LayerScope(MODEL))
+    step.warm_up(warmup)
+    counter, btimer = FlopCounter(step.scope), BackwardTimer(backend)
+    s = _timed_steps(step, layers, repeats, counter, btimer)
     names = [n for n, _ in layers]
-    extra = [n for n in list(fwd_flops_l) + list(bwd_time_l) if n not in names and n != LOSS]
-    order = names + sorted(set(extra)) + [LOSS]
-
-    def entry(name, f_times, b_times, ff, bf):
-        f, b = stats(f_times), stats(b_times)
-        return {"name": name, "forward": f, "backward": b, "fwd_flops": ff, "bwd_flops": bf,
-                "time_ratio": _ratio(b["median"], f["median"]), "flop_ratio": _ratio(bf, ff),
-                "fwd_flops_per_s": _ratio(ff, f["median"]), "bwd_flops_per_s": _ratio(bf, b["median"])}
-
-    rows = []
-    for n in order:
-        if n not in bwd_time_l and n not in fwd_flops_l and (n == MODEL or n not in per_layer_fwd):
-            continue
-        rows.append(entry(n, per_layer_fwd.get(n, []), bwd_time_l.get(n, []),
-                          fwd_flops_l.get(n, 0), bwd_flops_l.get(n, 0)))
-    total = entry("total", fwd_tot, bwd_tot, counter.forward_total, counter.backward_total)
-    total["step"] = stats(step_tot) if optimizer is not None else None
-    total["backward_engine"] = stats(engine)["median"]
-    total["recompute_flops"] = sum(counter.recompute.values())
-    fb = total["forward"]["median"] + total["backward"]["median"]
-    total["flops_per_s"] = _ratio(total["fwd_flops"] + total["bwd_flops"], fb)
-
-    bwd_med = total["backward"]["median"] or 1.0
-    ops = []
-    for (layer, op), vs in per_key_bwd.items():
-        med = stats(vs)["median"]
-        ops.append({"layer": layer, "op": op, "backward": med, "share": med / bwd_med,
-                    "calls": btimer.calls.get((layer, op), 0),
-                    "bwd_flops": counter.bwd.get((layer, op), 0),
-                    "fwd_flops": counter.fwd.get((layer, op), 0)})
-    ops.sort(key=lambda o: -o["backward"])
-
-    mem = None
-    if memory:
-        phases = {"zero_grad": lambda: _zero_grad(model, optimizer, params), "forward": forward,
-                  "backward": lambda loss: loss.backward(),
-                  "step": (lambda: optimizer.step()) if optimizer is not None else None}
-        mem = measure_step_memory(phases, backend, params, optimizer, batch)
-        if estimate:
-            mem["analytic"] = _analytic(model, inputs, targets, optimizer)
-
+    total = _total_row(s, counter, optimizer is not None)
+    rows = _layer_rows(s, counter, names, repeats)
+    ops = _backward_ops(s, counter, btimer, total["backward"]["median"])
+    mem = _memory_step(step, batch, estimate) if memory else None
+    inputs = batch[0]
     meta = {"backend": backend.name, "warmup": warmup, "repeats": repeats, "fusion": fusion_enabled(),
             "inputs_shape": tuple(inputs.shape) if isinstance(inputs, Tensor) else None,
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
-            "layers": names}
+            "layers": names, "fingerprint": finish(fp)}
     return Report(rows, total, ops, mem, meta)
 
 

@@ -1,20 +1,25 @@
 """The profiler's report: a text table for people, a dict for JSON."""
 from __future__ import annotations
 
-import statistics
+from ..measure.stats import ratio as _paired, summarize
 
 
 def stats(xs) -> dict:
-    """Median and spread (quartiles, min, max) of repeated timings, in seconds."""
-    xs = sorted(float(x) for x in xs)
+    """The record of repeated timings in seconds (:func:`dlprimer.measure.summarize`):
+    median, ``ci95``, quartiles, min, max, ``n``, spread; zeros when there are none."""
+    xs = [float(x) for x in xs]
     if not xs:
-        return {"median": 0.0, "q1": 0.0, "q3": 0.0, "min": 0.0, "max": 0.0, "n": 0}
-    if len(xs) >= 2:
-        q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
-    else:
-        q1 = q3 = xs[0]
-    return {"median": statistics.median(xs), "q1": q1, "q3": q3, "min": xs[0], "max": xs[-1],
-            "n": len(xs)}
+        return {"median": 0.0, "ci95": [0.0, 0.0], "q1": 0.0, "q3": 0.0, "min": 0.0, "max": 0.0,
+                "n": 0, "spread": None, "confidence": 0.0, "unit": "s", "warnings": []}
+    return summarize(xs).to_dict()
+
+
+def paired_ratio(a, b) -> dict | None:
+    """The record of per-step ratios ``a[i] / b[i]`` (None unless both are the same
+    non-empty length with positive denominators)."""
+    if not a or len(a) != len(b) or any(y <= 0 for y in b):
+        return None
+    return _paired(list(a), list(b)).to_dict()
 
 
 def _ratio(a, b):
@@ -52,7 +57,8 @@ def fmt_flops(f) -> str:
 
 
 def _span(st) -> str:
-    return f"{fmt_time(st['median'])} [{fmt_time(st['q1'])}-{fmt_time(st['q3'])}]"
+    lo, hi = st.get("ci95") or (st["q1"], st["q3"])
+    return f"{fmt_time(st['median'])} [{fmt_time(lo)}-{fmt_time(hi)}]"
 
 
 def _fmt_ratio(r) -> str:
@@ -89,7 +95,10 @@ class Report:
         ops, then memory (measured split beside the analytic estimate)."""
         m = self.meta
         lines = [f"dlprimer profile  backend={m['backend']}  fusion={'on' if m['fusion'] else 'off'}  "
-                 f"warmup={m['warmup']}  repeats={m['repeats']}  (times: median [q1-q3])"]
+                 f"warmup={m['warmup']}  repeats={m['repeats']}  (times: median [95% interval])"]
+        if m.get("fingerprint"):
+            from ..measure import describe
+            lines.append(f"environment: {describe(m['fingerprint'])}")
         head = (f"{'layer':<22}{'forward':>30}{'backward':>30}{'fwd FLOPs':>11}{'bwd FLOPs':>11}"
                 f"{'bwd/fwd t':>10}{'bwd/fwd F':>10}{'GFLOP/s':>9}")
         lines += [head, "-" * len(head)]
@@ -109,7 +118,14 @@ class Report:
         lines.append(row("total", self.total))
         st = self.total.get("step")
         if st is not None:
-            lines.append(f"optimizer step: {fmt_time(st['median'])} [{fmt_time(st['q1'])}-{fmt_time(st['q3'])}]")
+            lines.append(f"optimizer step: {_span(st)}")
+        tr = self.total.get("time_ratio_ci95")
+        if tr:
+            lines.append(f"backward/forward time, median of per-step ratios: "
+                         f"{self.total['time_ratio']:.2f}x [{tr[0]:.2f}-{tr[1]:.2f}]")
+        for ph in ("forward", "backward", "step"):
+            for w in ((self.total.get(ph) or {}).get("warnings") or []):
+                lines.append(f"warning: total {ph}: {w}")
         eng = self.total.get("backward_engine")
         if eng is not None:
             lines.append(f"backward outside ops (engine, gradient accumulation): {fmt_time(eng)}")

@@ -12,6 +12,7 @@ import math
 
 from ..autograd import observe
 from ..checkpoint import checkpoint_sequential
+from ..measure.stats import measure
 from ..tensor import Tensor
 from .counters import SavedTracker
 from .report import fmt_bytes, fmt_time, stats
@@ -86,14 +87,19 @@ class Tradeoff:
 
 
 def checkpoint_tradeoff(model, loss_fn, batch, segments=(1, 2, 4, 8), optimizer=None,
-                        warmup: int = 1, repeats: int = 3, include_sqrt: bool = True) -> Tradeoff:
+                        warmup: int = 1, repeats: int = 3, include_sqrt: bool = True,
+                        budget_s: float | None = None) -> Tradeoff:
     """Measure peak activation memory and step time for each segment count.
 
     ``segments=1`` is the plain step (the baseline). With ``include_sqrt`` the
     segment count round(sqrt(L)) is added to the sweep when missing, L being the
     number of layers holding parameters. Memory comes from one metered step per
     count (gradients zeroed in place so they do not count), time from ``repeats``
-    unmetered rounds after ``warmup`` rounds, each round stepping every count once.
+    unmetered rounds after ``warmup`` rounds, each round stepping every count once in
+    rotating order (:func:`dlprimer.measure.measure`); with ``budget_s`` the rounds go
+    on until every ratio to the plain step is within +-5% or the budget is spent.
+    ``time_ratio`` is the median of per-round ratios to the plain step, with its
+    ``time_ratio_ci95``.
     """
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise TypeError("checkpoint_tradeoff: batch must be a pair (inputs, targets)")
@@ -119,17 +125,17 @@ def checkpoint_tradeoff(model, loss_fn, batch, segments=(1, 2, 4, 8), optimizer=
 
     # gradients allocated once, zeroed in place afterwards: the sweep sees activations
     step(1)
-    for _ in range(warmup):
-        for k in segs:
+
+    def run(k):
+        def f():
             _zero_grads_in_place(params)
             step(k)
-    times = {k: [] for k in segs}
-    for _ in range(repeats):          # round robin: drift in machine load hits every k alike
-        for k in segs:
-            _zero_grads_in_place(params)
-            with backend.timer() as t:
-                step(k)
-            times[k].append(t.elapsed)
+        return f
+    # interleaved rounds (rotating order): drift in machine load hits every k alike
+    m = measure({k: run(k) for k in segs}, timer=backend.timer, warmup=warmup,
+                min_rounds=repeats, max_rounds=repeats if budget_s is None else max(repeats, 200),
+                budget_s=budget_s or 0.0)
+    times = m.samples
     rows = []
     meter = backend.memory
     for k in segs:
@@ -155,8 +161,10 @@ def checkpoint_tradeoff(model, loss_fn, batch, segments=(1, 2, 4, 8), optimizer=
         r["memory_ratio"] = r["peak_bytes"] / b0["peak_bytes"] if b0["peak_bytes"] else float("nan")
         r["saved_ratio"] = (r["peak_saved_bytes"] / b0["peak_saved_bytes"]
                             if b0["peak_saved_bytes"] else float("nan"))
-        r["time_ratio"] = r["step"]["median"] / b0["step"]["median"] if b0["step"]["median"] else float("nan")
+        tr = m.ratio(r["segments"], b0["segments"])
+        r["time_ratio"], r["time_ratio_ci95"] = tr.median, list(tr.ci95)
         r["time_ratio_min"] = r["step"]["min"] / b0["step"]["min"] if b0["step"]["min"] else float("nan")
     choice = min(segs, key=lambda k: (abs(k - math.sqrt(depth)), k))
     return Tradeoff(rows, depth, choice, {"backend": backend.name, "repeats": repeats,
-                                          "warmup": warmup, "layers": len(layers)})
+                                          "warmup": warmup, "layers": len(layers),
+                                          "rounds": len(m.order), "warnings": m.warnings})

@@ -2,7 +2,8 @@
 
 :func:`build_report` reads what ``dlprimer primer`` or ``dlprimer train`` left
 in a run directory (``logs/metrics.jsonl`` or ``metrics.jsonl``,
-``profile.json``, ``claims.json``), measures what is missing (a profile, the
+``profile.json``, ``claims.json``: measurement records, never the command line's
+internals), measures what is missing (a profile, the
 memory split of a few configurations, the checkpointing trade-off) unless told
 not to, and writes ``index.html`` with PNG plots beside it.
 """
@@ -46,11 +47,11 @@ def _fmt_bytes(n):
 
 def _measure_memory_configs(backend, seed, size="quick"):
     """The memory split of one step for a few optimizer / batch configurations."""
-    from ..cli import _profile_model
+    from ..workloads import profile_mlp
     cfgs = []
     width = 512 if size != "tiny" else 128
     for opt, batch in (("sgd", 256), ("adam", 256), ("adam", 1024)):
-        rep, *_ = _profile_model("digits", [width, width], "relu", batch, opt, None, seed, 1, 1)
+        rep, *_ = profile_mlp("digits", [width, width], "relu", batch, opt, None, seed, 1, 1)
         m = rep.memory
         cfgs.append({"label": f"MLP 64-{width}-{width}-10\n{opt.upper() if opt == 'sgd' else 'Adam'}, B={batch}",
                      "split": m["split"], "peak": m["peak"], "analytic": m.get("analytic")})
@@ -58,6 +59,7 @@ def _measure_memory_configs(backend, seed, size="quick"):
 
 
 def _measure_tradeoff(backend, seed, size="quick"):
+    """The checkpointing claim's rows (the same records the claims table reads)."""
     import dlprimer as dp
     from ..claims import SIZES, claim_checkpointing
     dp.manual_seed(seed)
@@ -65,132 +67,215 @@ def _measure_tradeoff(backend, seed, size="quick"):
     return c.data["rows"], c.data["depth"]
 
 
-def build_report(run, out_dir=None, measure: bool = True, backend=None, seed: int = 0,
-                 size: str = "quick") -> str:
-    """Write ``index.html`` and its PNGs for run directory ``run``; returns the HTML path.
+class _Page:
+    """The sections of the report and the PNGs they show."""
 
-    measure: measure what the run lacks (profile, memory split, checkpointing
-    trade-off) with workloads of ``size`` ("tiny" or "quick")."""
-    import dlprimer as dp
-    from ..backend import backend_for
-    from ..logs import read_jsonl
-    b = backend_for(backend)
-    out_dir = out_dir or os.path.join(run, "report")
-    os.makedirs(out_dir, exist_ok=True)
-    sections = []
-    images = []
+    def __init__(self, out_dir):
+        self.out_dir = out_dir
+        self.sections = []
+        self.images = []
+        self.fingerprints = []   # (what, fingerprint) of each record the page shows
 
-    def img(name, caption):
-        images.append(name)
+    def path(self, name):
+        return os.path.join(self.out_dir, name)
+
+    def img(self, name, caption):
+        self.images.append(name)
         return (f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
-    # -- training curves and diagnostics ------------------------------------------------------
+    def add(self, text):
+        self.sections.append(text)
+
+
+def _training_section(page, run):
+    from ..logs import read_jsonl
     mpath = _find_metrics(run) if os.path.isdir(run) else None
     records = read_jsonl(mpath) if mpath else []
+    if not records:
+        page.add("<h2>Training</h2><p>No training log found in "
+                 f"<code>{html.escape(str(run))}</code> (run <code>dlprimer primer</code> or "
+                 "<code>dlprimer train --log-dir DIR</code>).</p>")
+        return
     cfg = next((r for r in records if r.get("event") == "config"), {})
     epochs = [r for r in records if r.get("event") == "epoch"]
     warns = [r for r in records if r.get("event") in ("warning", "diverged")]
-    if records:
-        plots.loss_curves(records, os.path.join(out_dir, "loss_accuracy.png"))
-        plots.diagnostics(records, os.path.join(out_dir, "diagnostics.png"))
-        last = epochs[-1] if epochs else {}
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmtv(v))}</td></tr>"
-                       for k, v in list(cfg.items()) + [("final " + k, v) for k, v in last.items()]
-                       if k not in ("event",))
-        wl = "".join(f"<li>{html.escape(str(w.get('message')))}</li>" for w in warns) or \
-            "<li>none: no vanishing or exploding gradients, no dying ReLUs</li>"
-        sections.append(
-            "<h2>Training</h2>" + img("loss_accuracy.png", "Loss and accuracy: per step (light) "
-                                      "and per epoch; validation on held-out data.")
-            + img("diagnostics.png", "The chapter's diagnostics per step: gradient norm per "
-                  "layer (vanishing or exploding gradients), update/weight ratio (about 1e-3 is "
-                  "healthy), fraction of dead ReLU units.")
-            + f"<h3>Warnings</h3><ul>{wl}</ul>"
-            + f"<details><summary>run configuration and final metrics</summary><table>{rows}"
-              f"</table></details>")
-    else:
-        sections.append("<h2>Training</h2><p>No training log found in "
-                        f"<code>{html.escape(str(run))}</code> (run <code>dlprimer primer</code> or "
-                        "<code>dlprimer train --log-dir DIR</code>).</p>")
+    page.fingerprints.append(("training", cfg.get("fingerprint")))
+    plots.loss_curves(records, page.path("loss_accuracy.png"))
+    plots.diagnostics(records, page.path("diagnostics.png"))
+    last = epochs[-1] if epochs else {}
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmtv(v))}</td></tr>"
+                   for k, v in list(cfg.items()) + [("final " + k, v) for k, v in last.items()]
+                   if k not in ("event", "fingerprint"))
+    wl = "".join(f"<li>{html.escape(str(w.get('message')))}</li>" for w in warns) or \
+        "<li>none: no vanishing or exploding gradients, no dying ReLUs</li>"
+    page.add(
+        "<h2>Training</h2>" + page.img("loss_accuracy.png", "Loss and accuracy: per step (light) "
+                                       "and per epoch; validation on held-out data.")
+        + page.img("diagnostics.png", "The chapter's diagnostics per step: gradient norm per "
+                   "layer (vanishing or exploding gradients), update/weight ratio (about 1e-3 is "
+                   "healthy), fraction of dead ReLU units.")
+        + f"<h3>Warnings</h3><ul>{wl}</ul>"
+        + f"<details><summary>run configuration and final metrics</summary><table>{rows}"
+          f"</table></details>")
 
-    # -- activations ------------------------------------------------------------------------------
-    plots.activations(os.path.join(out_dir, "activations.png"), backend=b)
-    sections.append("<h2>Activation functions</h2>" + img(
+
+def _activation_section(page, backend):
+    plots.activations(page.path("activations.png"), backend=backend)
+    page.add("<h2>Activation functions</h2>" + page.img(
         "activations.png", "Each activation and its derivative (computed by dlprimer's autograd). "
         "ReLU's derivative is 0 for x < 0 (dying units); sigmoid and tanh saturate (vanishing "
         "gradients); GELU and SiLU are smooth."))
 
-    # -- profile ---------------------------------------------------------------------------------
+
+def _load_profile(run, measure, seed):
+    """The run's ``profile.json``, else (``measure``) a fresh profile's record."""
     prof = _load_json(os.path.join(run, "profile.json")) if os.path.isdir(run) else None
     if prof is None and measure:
-        from ..cli import _clean, _profile_model
-        rep, *_ = _profile_model("digits", [128, 128], "relu", 256, "adam", None, seed, 3, 20)
-        prof = _clean(rep.to_dict())
-    if prof:
-        plots.layer_times(prof, os.path.join(out_dir, "layer_times.png"))
-        t = prof["total"]
-        sections.append(
-            "<h2>Forward and backward, per layer</h2>"
-            + img("layer_times.png", "Median forward and backward time of each layer in one "
-                  "training step; the label over a backward bar is its backward/forward ratio.")
-            + f"<p>Whole step: backward/forward = <b>{_fmtv(t.get('time_ratio'))}x</b> in time, "
-              f"<b>{_fmtv(t.get('flop_ratio'))}x</b> in FLOPs (the chapter: about 2x).</p>")
+        from ..measure.records import to_json
+        from ..workloads import profile_mlp
+        rep, *_ = profile_mlp("digits", [128, 128], "relu", 256, "adam", None, seed, 3, 20)
+        prof = to_json(rep.to_dict())
+    return prof
 
-    # -- memory split ----------------------------------------------------------------------------
-    mem_cfgs = []
+
+def _workload_label(meta) -> str:
+    w = (meta or {}).get("workload") or {}
+    if w.get("sizes"):
+        return f"MLP {'-'.join(map(str, w['sizes']))}, batch {w.get('batch')}, {w.get('optimizer')}"
+    shape = (meta or {}).get("inputs_shape")
+    return f"the profiled model (inputs {shape})" if shape else "the profiled model"
+
+
+def _profile_section(page, prof, claims):
+    plots.layer_times(prof, page.path("layer_times.png"))
+    t = prof["total"]
+    ci = t.get("time_ratio_ci95")
+    span = f" [95% interval {ci[0]:.2f}-{ci[1]:.2f}]" if ci else ""
+    text = (f"<p>Whole step of {html.escape(_workload_label(prof.get('meta')))}: backward/forward = "
+            f"<b>{_fmtv(t.get('time_ratio'))}x</b>{span} in time (median of per-step ratios, the "
+            f"figure in the plot's labels and the profile table), <b>{_fmtv(t.get('flop_ratio'))}x"
+            f"</b> in FLOPs (the chapter: about 2x).")
+    bw = next((c for c in claims if c.get("key") == "backward_2x"), None)
+    if bw:
+        f = (bw.get("figures") or {}).get("time_ratio") or {}
+        d = bw.get("data") or {}
+        text += (f" The claims table below gives {_fmtv(f.get('median'))}x: another model "
+                 f"(MLP {'-'.join(map(str, d.get('sizes', [])))}, batch {d.get('batch')}), with "
+                 "larger matmuls, so a different share of elementwise and engine work.")
+    page.add("<h2>Forward and backward, per layer</h2>"
+             + page.img("layer_times.png", "Median forward and backward time of each layer in one "
+                        "training step; the label over a backward bar is its backward/forward ratio.")
+             + text + "</p>")
+
+
+def _memory_section(page, prof, backend, seed, size, measure):
+    cfgs = []
     if prof and prof.get("memory"):
-        mem_cfgs.append({"label": "primer MLP\n64-128-128-10, B=256", "split": prof["memory"]["split"],
-                         "peak": prof["memory"]["peak"]})
+        cfgs.append({"label": f"primer {_workload_label(prof.get('meta'))}".replace(", batch", "\nB="),
+                     "split": prof["memory"]["split"], "peak": prof["memory"]["peak"]})
     if measure:
-        mem_cfgs += _measure_memory_configs(b, seed, size)
-    if mem_cfgs:
-        plots.memory_split(mem_cfgs, os.path.join(out_dir, "memory_split.png"))
-        trs = "".join(
-            f"<tr><td>{html.escape(c['label'].replace(chr(10), ', '))}</td>"
-            + "".join(f"<td>{_fmt_bytes(c['split'].get(k))}</td>" for k in plots.COLORS)
-            + f"<td>{_fmt_bytes(c.get('peak'))}</td></tr>" for c in mem_cfgs)
-        head = "".join(f"<th>{k}</th>" for k in plots.COLORS)
-        sections.append(
-            "<h2>Memory split</h2>" + img(
-                "memory_split.png", "Where a training step's memory goes: weights, gradients, "
-                "optimizer state (Adam: two moments), inputs, saved activations and temporary "
-                "workspace; measured on one untimed step with the allocator meter on.")
-            + f"<table><tr><th>configuration</th>{head}<th>peak</th></tr>{trs}</table>")
+        cfgs += _measure_memory_configs(backend, seed, size)
+    if not cfgs:
+        return
+    plots.memory_split(cfgs, page.path("memory_split.png"))
+    trs = "".join(
+        f"<tr><td>{html.escape(c['label'].replace(chr(10), ', '))}</td>"
+        + "".join(f"<td>{_fmt_bytes(c['split'].get(k))}</td>" for k in plots.COLORS)
+        + f"<td>{_fmt_bytes(c.get('peak'))}</td></tr>" for c in cfgs)
+    head = "".join(f"<th>{k}</th>" for k in plots.COLORS)
+    page.add(
+        "<h2>Memory split</h2>" + page.img(
+            "memory_split.png", "Where a training step's memory goes: weights, gradients, "
+            "optimizer state (Adam: two moments), inputs, saved activations and temporary "
+            "workspace; measured on one untimed step with the allocator meter on.")
+        + f"<table><tr><th>configuration</th>{head}<th>peak</th></tr>{trs}</table>")
 
-    # -- checkpointing and claims -------------------------------------------------------------------
-    claims = _load_json(os.path.join(run, "claims.json")) if os.path.isdir(run) else None
-    ck = next((c for c in (claims or []) if c.get("key") == "checkpointing"), None)
+
+def _checkpoint_section(page, claims, backend, seed, size, measure):
+    ck = next((c for c in claims if c.get("key") == "checkpointing"), None)
     rows, depth = (ck["data"]["rows"], ck["data"]["depth"]) if ck else (None, None)
     if rows is None and measure:
-        rows, depth = _measure_tradeoff(b, seed, size)
+        rows, depth = _measure_tradeoff(backend, seed, size)
     if rows:
-        plots.checkpoint_tradeoff(rows, depth, os.path.join(out_dir, "checkpoint_tradeoff.png"))
-        sections.append("<h2>Gradient checkpointing</h2>" + img(
+        plots.checkpoint_tradeoff(rows, depth, page.path("checkpoint_tradeoff.png"))
+        page.add("<h2>Gradient checkpointing</h2>" + page.img(
             "checkpoint_tradeoff.png", "Recomputing activations in k segments: extra step time "
-            "against activation memory saved (shaded: the chapter's 20-30% / 60-70%), and peak "
-            "activation memory against k beside the (k + L/k)/L model."))
-    bt = next((c for c in (claims or []) if c.get("key") == "batch_size"), None)
-    if bt:
-        plots.batch_throughput(bt["data"]["rows"], os.path.join(out_dir, "batch_throughput.png"))
-        sections.append("<h2>Batch size and hardware use</h2>" + img(
-            "batch_throughput.png", "Training-step throughput and achieved FLOP/s by batch size."))
-    if claims:
-        trs = "".join(
-            f"<tr class='{html.escape(c['verdict'])}'><td>{html.escape(c['statement'])}</td>"
-            f"<td>{html.escape(c['claimed'])}</td><td>{html.escape(c['measured'])}</td>"
-            f"<td>{html.escape(c['verdict'])}</td><td>{html.escape(c['why'])}</td></tr>"
-            for c in claims)
-        sections.append("<h2>The chapter's claims, re-measured</h2><table class='claims'><tr>"
-                        "<th>claim</th><th>claimed</th><th>measured here</th><th>verdict</th>"
-                        f"<th>why they differ</th></tr>{trs}</table>")
+            "(median of per-round ratios to the plain step) against activation memory saved "
+            "(shaded: the chapter's 20-30% / 60-70%), and peak activation memory against k "
+            "beside the (k + L/k)/L model. Same records as the claims table."))
 
+
+def _batch_section(page, claims):
+    bt = next((c for c in claims if c.get("key") == "batch_size"), None)
+    if bt:
+        plots.batch_throughput(bt["data"]["rows"], page.path("batch_throughput.png"))
+        page.add("<h2>Batch size and hardware use</h2>" + page.img(
+            "batch_throughput.png", "Training-step throughput and achieved FLOP/s by batch size "
+            "(medians; the same records as the claims table)."))
+
+
+def _claims_section(page, claims):
+    if not claims:
+        return
+    trs = "".join(
+        f"<tr class='{html.escape(c['verdict'])}'><td>{html.escape(c['statement'])}</td>"
+        f"<td>{html.escape(c['claimed'])}</td><td>{html.escape(c['measured'])}</td>"
+        f"<td>{html.escape(c['verdict'])}<br><small>{html.escape(c.get('reason', ''))}</small></td>"
+        f"<td>{html.escape(c['why'])}</td></tr>"
+        for c in claims)
+    page.add("<h2>The chapter's claims, re-measured</h2><p>A verdict is <i>holds</i> only when "
+             "the 95% interval of the measured figure lies inside the claim's band, <i>differs"
+             "</i> only when it lies outside, and <i>inconclusive</i> when it straddles an edge "
+             "(a busy machine widens the interval).</p><table class='claims'><tr>"
+             "<th>claim</th><th>claimed</th><th>measured here</th><th>verdict</th>"
+             f"<th>why they differ</th></tr>{trs}</table>")
+
+
+def _environment_section(page, fps):
+    from ..measure import describe
+    items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(describe(fp))}</li>"
+                    for k, fp in fps if fp)
+    if items:
+        page.add(f"<h2>Environment</h2><ul>{items}</ul>")
+
+
+def build_report(run, out_dir=None, measure: bool = True, backend=None, seed: int = 0,
+                 size: str = "quick") -> str:
+    """Write ``index.html`` and its PNGs for run directory ``run``; returns the HTML path.
+
+    Every figure comes from a measurement record (``profile.json``, ``claims.json``,
+    the training log); measure: measure what the run lacks (profile, memory split,
+    checkpointing trade-off) with workloads of ``size`` ("tiny" or "quick")."""
+    import dlprimer as dp
+    from ..backend import backend_for
+    from ..claims import load_claims
+    from ..measure import finish, fingerprint
+    b = backend_for(backend)
+    fp = fingerprint(b)
+    out_dir = out_dir or os.path.join(run, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    page = _Page(out_dir)
+    _training_section(page, run)
+    _activation_section(page, b)
+    prof = _load_profile(run, measure, seed)
+    claims, claims_fp = load_claims(_load_json(os.path.join(run, "claims.json"))
+                                    if os.path.isdir(run) else None)
+    if prof:
+        _profile_section(page, prof, claims)
+    _memory_section(page, prof, b, seed, size, measure)
+    _checkpoint_section(page, claims, b, seed, size, measure)
+    _batch_section(page, claims)
+    _claims_section(page, claims)
+    _environment_section(page, page.fingerprints + [("this report", finish(fp)),
+                                ("profile", ((prof or {}).get("meta") or {}).get("fingerprint")),
+                                ("claims", claims_fp)])
     doc = _PAGE.format(
         title="dlprimer report", backend=html.escape(b.name),
         when=html.escape(time.strftime("%Y-%m-%d %H:%M:%S")),
-        version=html.escape(dp.__version__), body="\n".join(sections))
+        version=html.escape(dp.__version__), body="\n".join(page.sections))
     path = os.path.join(out_dir, "index.html")
-    from ..ckpt import atomic_write
+    from ..train.checkpoints import atomic_write
     atomic_write(path, doc.encode())
     return path
 
@@ -215,7 +300,7 @@ table {{ border-collapse: collapse; font-size: 0.88em; margin: 0.5em 0; }}
 td, th {{ border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-align: left; }}
 table.claims td:nth-child(5) {{ max-width: 420px; }}
 tr.holds td:nth-child(4) {{ color: #1a7f37; font-weight: bold; }}
-tr.roughly td:nth-child(4) {{ color: #9a6700; font-weight: bold; }}
+tr.inconclusive td:nth-child(4) {{ color: #9a6700; font-weight: bold; }}
 tr.differs td:nth-child(4) {{ color: #cf222e; font-weight: bold; }}
 .meta {{ color: #666; }}
 </style></head><body>

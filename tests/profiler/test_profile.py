@@ -33,7 +33,10 @@ def test_profile_with_adam_reports_everything(rng):
     assert lin["2:Linear"]["bwd_flops"] == 4 * 32 * 64 * 64 + 32 * 64
     t = rep.total
     assert t["step"]["n"] == 4 and t["step"]["median"] > 0
-    assert t["time_ratio"] == pytest.approx(t["backward"]["median"] / t["forward"]["median"])
+    lo, hi = t["time_ratio_ci95"]
+    assert lo <= t["time_ratio"] <= hi      # the median of per-step backward/forward ratios
+    assert t["forward"]["ci95"][0] <= t["forward"]["median"] <= t["forward"]["ci95"][1]
+    assert set(rep.meta["fingerprint"]) >= {"cpu", "cores", "load_start", "load_end", "thread_pools"}
     assert t["flop_ratio"] == pytest.approx(t["bwd_flops"] / t["fwd_flops"])
     assert t["flops_per_s"] > 0
     ops = {(o["layer"], o["op"]) for o in rep.ops}
@@ -95,6 +98,9 @@ def test_compare_fusion_same_model_same_data(rng):
     assert set(cmp.ratios()) == {"forward", "backward", "step"}
     assert cmp.fused.total["fwd_flops"] == cmp.unfused.total["fwd_flops"]
     assert "unfused/fused" in cmp.table()
+    for phase, rec in cmp.records.items():
+        assert rec["n"] >= 6 and rec["ci95"][0] <= rec["median"] <= rec["ci95"][1]
+        assert cmp.ratios()[phase] == rec["median"]
     json.dumps(cmp.to_dict())
     assert dp.fusion_enabled()
 
@@ -110,6 +116,9 @@ def test_checkpoint_tradeoff_marks_sqrt_and_saves_memory(rng):
     assert tr.row(4)["peak_bytes"] < tr.row(1)["peak_bytes"]
     assert tr.row(4)["kept_after_forward"] < tr.row(1)["kept_after_forward"]
     assert "<- sqrt(L)" in tr.table()
+    assert tr.row(1)["time_ratio"] == 1.0 and tr.meta["rounds"] == 1
+    lo, hi = tr.row(4)["time_ratio_ci95"]
+    assert lo <= tr.row(4)["time_ratio"] <= hi
     json.dumps(tr.to_dict())
     with pytest.raises(KeyError, match="measured"):
         tr.row(3)
