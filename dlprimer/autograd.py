@@ -22,12 +22,15 @@ import contextlib
 import functools
 import os
 import traceback
+import weakref
 
 from .backend import backend_of_array, get_backend
 
 _grad_enabled = True
 _anomaly_enabled = False
 _observers: list = []
+_write_clock = 0     # counts in-place writes (see note_inplace_write)
+_writes: dict = {}   # id(array) -> (weakref to the array, clock of its last write, by whom)
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -118,6 +121,50 @@ def _user_frame(stack):
     return stack[-1] if stack else None
 
 
+# -- in-place writes ---------------------------------------------------------------------
+def note_inplace_write(array, by: str):
+    """Record that ``array`` was written in place by ``by`` (e.g. "SGD.step() on parameter
+    'w'"). Every node remembers the write clock when it saved its arrays; the engine checks
+    a node only when the clock has moved since, so the usual forward-backward-step order
+    costs one integer comparison per node (PyTorch's version counters, kept per array)."""
+    global _write_clock
+    _write_clock += 1
+    key = id(array)
+    old = _writes.pop(key, None)  # re-inserted last: _writes stays in write order
+    if old is not None and old[0]() is array:
+        _writes[key] = (old[0], _write_clock, by)
+        return
+
+    def forget(ref, key=key):
+        entry = _writes.get(key)
+        if entry is not None and entry[0] is ref:
+            del _writes[key]
+    _writes[key] = (weakref.ref(array, forget), _write_clock, by)
+
+
+def _root(a):
+    b = getattr(a, "base", None)
+    return a if b is None else b
+
+
+def _check_saved_unchanged(node):
+    """RuntimeError when an array ``node`` saved was written in place after it was saved."""
+    for s in node.saved or ():
+        if s is None or not hasattr(s, "shape"):
+            continue
+        for ref, clock, by in reversed(list(_writes.values())):
+            if clock <= node._clock:
+                break  # the rest were written before the node saved its arrays
+            a = ref()
+            if a is None:
+                continue
+            if a is s or (_root(a) is _root(s) and bool(node.backend.xp.may_share_memory(a, s))):
+                raise RuntimeError(
+                    f"an array saved for backward by {node.describe()} (a {s.dtype} array of "
+                    f"shape {tuple(s.shape)}) was modified by an in-place operation after the "
+                    f"forward: {by}; call backward() before changing it, or run the forward again")
+
+
 # -- Function ----------------------------------------------------------------------
 class Function:
     """One differentiable operation; subclass it and call ``Cls.apply(...)``.
@@ -140,11 +187,14 @@ class Function:
     trace = None
     in_shapes = ()
     out_shape = ()
+    _clock = 0
 
     def save(self, *arrays):
-        """Keep arrays for backward (dropped when no graph is recorded)."""
+        """Keep arrays for backward (dropped when no graph is recorded), noting the
+        write clock: an in-place write into one of them later makes backward raise."""
         if self._record:
             self.saved = arrays
+            self._clock = _write_clock
 
     def forward(self, *arrays, **kwargs):
         raise NotImplementedError
@@ -293,6 +343,7 @@ def run_backward(root, grad, retain_graph: bool = False):
     ready = [node0]
     observers = list(_observers)
     anomaly = _anomaly_enabled
+    clock = _write_clock
     while ready:
         n = ready.pop()
         gy = grads.pop(n, None)
@@ -300,6 +351,8 @@ def run_backward(root, grad, retain_graph: bool = False):
         if gy is None:
             gxs = (None,) * len(edges)
         else:
+            if n._clock != clock:
+                _check_saved_unchanged(n)
             if observers:
                 for o in observers:
                     f = getattr(o, "on_backward_begin", None)

@@ -191,6 +191,19 @@ class Tensor:
     def zero_grad(self):
         self.grad = None
 
+    # -- in-place writes -----------------------------------------------------------------
+    # Every write into ``data`` that dlprimer makes (an optimizer step on the arena,
+    # ``load_state_dict``, ``nn.init``, BatchNorm's running statistics) goes through
+    # here; a backward through a graph that saved the array before the write raises
+    # (autograd.note_inplace_write). ``_version`` counts the writes, as in PyTorch.
+    _version = 0
+
+    def _bump_version(self, by: str):
+        """Record an in-place write into ``self.data`` made by ``by`` (e.g. 'Adam.step()')."""
+        from .autograd import note_inplace_write
+        self._version += 1
+        note_inplace_write(self.data, by)
+
 
 def _to_array(data, dtype, backend: Backend):
     """Turn ``data`` into an array of ``backend`` following dlprimer's dtype rules."""
