@@ -1,8 +1,10 @@
 """Tensor: a backend array plus what autograd needs, and the creation functions.
 
 dtype rules: Python floats become float32 (the default dtype), ints int64,
-bools bool; NumPy/CuPy arrays keep their dtype; a Python scalar in an op takes
-the tensor's dtype (NumPy's weak-scalar promotion does exactly this).
+bools bool; NumPy/CuPy arrays keep their dtype. Ops promote as PyTorch does
+(``_dtype.result_type``): a Python scalar takes the tensor's dtype unless it is of a
+higher kind (an int tensor * 2.5 is float32), an integer tensor with a float tensor
+gives the float's dtype, and ``/`` of integers gives float32.
 """
 from __future__ import annotations
 

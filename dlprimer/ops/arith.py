@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import math
 
+import numbers
+
+import numpy as np
+
+from .. import _dtype
 from ..autograd import Function
 from ..tensor import Tensor
 from ._util import as_operand, prod, unbroadcast
@@ -213,21 +218,48 @@ class MatMul(Function):
         return f, f * sum(1 for r in self.needs_input_grad if r)
 
 
+# -- type promotion ---------------------------------------------------------------------
+def promote(a, b, true_div: bool = False):
+    """``a`` and ``b`` (Tensors or Python numbers) cast to the dtype PyTorch gives
+    ``a op b`` with float32 as the default float (``_dtype.result_type``): int64 +
+    float32 is float32, an int tensor + 2.5 is float32, and ``/`` of integers (true
+    division) is float32. NumPy would give float64 in all three. The usual cases
+    (equal dtypes; a float tensor and a number) return at once."""
+    if isinstance(a, np.generic):
+        a = a.item()  # a NumPy scalar counts as a Python number, as in PyTorch
+    if isinstance(b, np.generic):
+        b = b.item()
+    ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
+    if ta and tb:
+        if a.dtype == b.dtype and (a.dtype.kind == "f" or not true_div):
+            return a, b
+    else:
+        t = a if ta else b
+        k = t.dtype.kind
+        if k == "f" or (k in "iu" and not true_div and isinstance(a if tb else b, numbers.Integral)):
+            return a, b
+    rt = _dtype.result_type(a, b)
+    if true_div and rt.kind != "f":
+        rt = _dtype.DEFAULT_FLOAT
+    return (a.astype(rt) if ta and a.dtype != rt else a,
+            b.astype(rt) if tb and b.dtype != rt else b)
+
+
 # -- tensor-facing functions ----------------------------------------------------------
 def add(a, b):
-    return Add.apply(a, b)
+    return Add.apply(*promote(a, b))
 
 
 def sub(a, b):
-    return Sub.apply(a, b)
+    return Sub.apply(*promote(a, b))
 
 
 def mul(a, b):
-    return Mul.apply(a, b)
+    return Mul.apply(*promote(a, b))
 
 
 def div(a, b):
-    return Div.apply(a, b)
+    return Div.apply(*promote(a, b, true_div=True))
 
 
 def neg(a):
@@ -235,10 +267,11 @@ def neg(a):
 
 
 def pow(a, b):
+    a, b = promote(a, b)
     if isinstance(b, Tensor):
         if isinstance(a, Tensor):
             return Pow.apply(a, b)
-        return RPowScalar.apply(float(a), b)
+        return RPowScalar.apply(a if b.dtype.kind in "iu" else float(a), b)
     return PowScalar.apply(a, b)
 
 
@@ -249,13 +282,16 @@ def matmul(a, b):
         from ..tensor import tensor
         a = a if isinstance(a, Tensor) else tensor(a, backend=like.backend)
         b = b if isinstance(b, Tensor) else tensor(b, backend=like.backend)
-    return MatMul.apply(a, b)
+    return MatMul.apply(*promote(a, b))
 
 
 def _binary(cls, swap=False):
+    true_div = cls is Div
+
     def op(self, other):
         other = as_operand(other, self)
-        return cls.apply(other, self) if swap else cls.apply(self, other)
+        a, b = (other, self) if swap else (self, other)
+        return cls.apply(*promote(a, b, true_div))
     return op
 
 
