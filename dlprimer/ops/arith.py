@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import math
 
-import numbers
-
 import numpy as np
 
 from .. import _dtype
@@ -224,25 +222,37 @@ def promote(a, b, true_div: bool = False):
     ``a op b`` with float32 as the default float (``_dtype.result_type``): int64 +
     float32 is float32, an int tensor + 2.5 is float32, and ``/`` of integers (true
     division) is float32. NumPy would give float64 in all three. The usual cases
-    (equal dtypes; a float tensor and a number) return at once."""
+    (equal dtypes; a float tensor and a Python number) return after a few checks."""
+    if isinstance(a, Tensor):
+        if isinstance(b, Tensor):
+            da = a.data.dtype
+            if da == b.data.dtype and (not true_div or da.kind == "f"):
+                return a, b
+        else:
+            tn = type(b)
+            if tn is float or tn is int:
+                k = a.data.dtype.kind
+                if k == "f" or (tn is int and not true_div and k in "iu"):
+                    return a, b
+    elif isinstance(b, Tensor):
+        tn = type(a)
+        if tn is float or tn is int:
+            k = b.data.dtype.kind
+            if k == "f" or (tn is int and not true_div and k in "iu"):
+                return a, b
+    return _promote_cast(a, b, true_div)
+
+
+def _promote_cast(a, b, true_div):
     if isinstance(a, np.generic):
         a = a.item()  # a NumPy scalar counts as a Python number, as in PyTorch
     if isinstance(b, np.generic):
         b = b.item()
-    ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
-    if ta and tb:
-        if a.dtype == b.dtype and (a.dtype.kind == "f" or not true_div):
-            return a, b
-    else:
-        t = a if ta else b
-        k = t.dtype.kind
-        if k == "f" or (k in "iu" and not true_div and isinstance(a if tb else b, numbers.Integral)):
-            return a, b
     rt = _dtype.result_type(a, b)
     if true_div and rt.kind != "f":
         rt = _dtype.DEFAULT_FLOAT
-    return (a.astype(rt) if ta and a.dtype != rt else a,
-            b.astype(rt) if tb and b.dtype != rt else b)
+    return (a.astype(rt) if isinstance(a, Tensor) and a.dtype != rt else a,
+            b.astype(rt) if isinstance(b, Tensor) and b.dtype != rt else b)
 
 
 # -- tensor-facing functions ----------------------------------------------------------
