@@ -117,7 +117,8 @@ class RPowScalar(Function):
 
 
 class Pow(Function):
-    """a ** b for two tensors: da = b a^(b-1), db = a^b ln a."""
+    """a ** b for two tensors: da = b a^(b-1), db = a^b ln a. As in PyTorch, da is 0 where
+    b = 0, db is 0 at a = 0 with b >= 0 (a^b is 0 or 1 there), and ln a is NaN for a < 0."""
     bwd_flops_per_elem = 4
 
     def forward(self, a, b):
@@ -130,10 +131,16 @@ class Pow(Function):
         a, b, y = self.saved
         na, nb = self.needs_input_grad
         xp = self.backend.xp
-        ga = unbroadcast(gy * b * a ** (b - 1), self.sa) if na else None
+        dt = y.dtype.type
+        ga = None
+        if na:  # b = 0: a^b is constant 1, gradient 0 (also at a = 0, where b a^(b-1) is 0 inf)
+            ga = unbroadcast(xp.where(b == 0, dt(0), gy * b * a ** (b - 1)), self.sa)
         gb = None
         if nb:
-            log_a = xp.where(a > 0, xp.log(xp.where(a > 0, a, 1)), xp.nan)
+            pos = a > 0
+            at_zero = xp.where(b >= 0, dt(0), dt(-math.inf))  # y ln a: 0 * -inf -> 0
+            other = xp.where(a == 0, at_zero, dt(math.nan))
+            log_a = xp.where(pos, xp.log(xp.where(pos, a, dt(1))), other)
             gb = unbroadcast(gy * y * log_a, self.sb)
         return ga, gb
 
