@@ -122,10 +122,13 @@ def _user_frame(stack):
 
 
 # -- in-place writes ---------------------------------------------------------------------
-def note_inplace_write(array, by: str):
-    """Record that ``array`` was written in place by ``by`` (e.g. "SGD.step() on parameter
-    'w'"). Every node remembers the write clock when it saved its arrays; the engine checks
-    a node only when the clock has moved since, so the usual forward-backward-step order
+def note_inplace_write(array, by):
+    """Record that ``array`` was written in place by ``by``: a string, or a tuple
+    ``(format, *args)`` formatted only if an error is raised (an optimizer step notes
+    every parameter; building each message would cost more than the bookkeeping).
+
+    Every node remembers the write clock when it saved its arrays; the engine checks a
+    node only when the clock has moved since, so the usual forward-backward-step order
     costs one integer comparison per node (PyTorch's version counters, kept per array)."""
     global _write_clock
     _write_clock += 1
@@ -147,22 +150,50 @@ def _root(a):
     return a if b is None else b
 
 
-def _check_saved_unchanged(node):
-    """RuntimeError when an array ``node`` saved was written in place after it was saved."""
-    for s in node.saved or ():
-        if s is None or not hasattr(s, "shape"):
-            continue
-        for ref, clock, by in reversed(list(_writes.values())):
-            if clock <= node._clock:
-                break  # the rest were written before the node saved its arrays
+class _RecentWrites:
+    """The entries of ``_writes`` newer than the nodes being checked, indexed by array and
+    by the array owning its memory (a view such as ``w.T`` shares its root with ``w``).
+    Built once per backward, newest first, and only as far back as the oldest node
+    checked: writes older than every node (the last optimizer step) are never visited."""
+
+    def __init__(self):
+        self.by_id, self.by_root = {}, {}
+        self._older = iter(list(_writes.values())[::-1])
+        self._reached = _write_clock + 1  # entries with a clock >= this are indexed
+
+    def _extend(self, clock):
+        for ref, c, by in self._older:
+            self._reached = c
             a = ref()
-            if a is None:
+            if a is not None:
+                self.by_id.setdefault(id(a), (c, by))
+                self.by_root.setdefault(id(_root(a)), []).append((a, c, by))
+            if c <= clock:
+                return
+        self._reached = 0
+
+    def check(self, node):
+        """RuntimeError when an array ``node`` saved was written after it was saved."""
+        t = node._clock
+        if self._reached > t:
+            self._extend(t)
+        for s in node.saved or ():
+            if s is None or not hasattr(s, "shape"):
                 continue
-            if a is s or (_root(a) is _root(s) and bool(node.backend.xp.may_share_memory(a, s))):
-                raise RuntimeError(
-                    f"an array saved for backward by {node.describe()} (a {s.dtype} array of "
-                    f"shape {tuple(s.shape)}) was modified by an in-place operation after the "
-                    f"forward: {by}; call backward() before changing it, or run the forward again")
+            hit = self.by_id.get(id(s))
+            if hit is not None and hit[0] > t:
+                _raise_modified(node, s, hit[1])
+            for a, c, by in self.by_root.get(id(_root(s)), ()):
+                if c > t and a is not s and bool(node.backend.xp.may_share_memory(a, s)):
+                    _raise_modified(node, s, by)
+
+
+def _raise_modified(node, s, by):
+    what = by[0].format(*by[1:]) if isinstance(by, tuple) else by
+    raise RuntimeError(
+        f"an array saved for backward by {node.describe()} (a {s.dtype} array of shape "
+        f"{tuple(s.shape)}) was modified by an in-place operation after the forward: {what}; "
+        "call backward() before changing it, or run the forward again")
 
 
 # -- Function ----------------------------------------------------------------------
@@ -344,6 +375,7 @@ def run_backward(root, grad, retain_graph: bool = False):
     observers = list(_observers)
     anomaly = _anomaly_enabled
     clock = _write_clock
+    recent = None
     while ready:
         n = ready.pop()
         gy = grads.pop(n, None)
@@ -352,7 +384,9 @@ def run_backward(root, grad, retain_graph: bool = False):
             gxs = (None,) * len(edges)
         else:
             if n._clock != clock:
-                _check_saved_unchanged(n)
+                if recent is None:
+                    recent = _RecentWrites()
+                recent.check(n)
             if observers:
                 for o in observers:
                     f = getattr(o, "on_backward_begin", None)

@@ -200,11 +200,11 @@ class Tensor:
     # (autograd.note_inplace_write). ``_version`` counts the writes, as in PyTorch.
     _version = 0
 
-    def _bump_version(self, by: str):
-        """Record an in-place write into ``self.data`` made by ``by`` (e.g. 'Adam.step()')."""
-        from .autograd import note_inplace_write
+    def _bump_version(self, by):
+        """Record an in-place write into ``self.data`` made by ``by`` (e.g. 'Adam.step()',
+        or a tuple ``(format, *args)`` formatted only for an error message)."""
         self._version += 1
-        note_inplace_write(self.data, by)
+        _autograd.note_inplace_write(self.data, by)
 
 
 def _to_array(data, dtype, backend: Backend):
@@ -343,3 +343,6 @@ def manual_seed(seed: int):
     """Seed the random streams of every backend, including ones created later."""
     from .backend import seed_all
     seed_all(seed)
+
+
+from . import autograd as _autograd  # noqa: E402  (autograd imports Tensor from here)

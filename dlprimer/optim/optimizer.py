@@ -312,7 +312,7 @@ class Optimizer:
             for i0, i1 in runs:
                 self._update(arena, group, i0, i1)
                 for i in range(i0, i1):
-                    arena.params[i]._bump_version(f"{cls}.step() on parameter {arena.names[i]}")
+                    arena.params[i]._bump_version(("{}.step() on parameter {}", cls, arena.names[i]))
         return True
 
     @staticmethod
