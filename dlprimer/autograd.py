@@ -218,7 +218,7 @@ class Function:
     trace = None
     in_shapes = ()
     out_shape = ()
-    _clock = 0
+    _clock = float("inf")  # write clock at save(); a node that saved nothing is never checked
 
     def save(self, *arrays):
         """Keep arrays for backward (dropped when no graph is recorded), noting the
@@ -383,7 +383,7 @@ def run_backward(root, grad, retain_graph: bool = False):
         if gy is None:
             gxs = (None,) * len(edges)
         else:
-            if n._clock != clock:
+            if n._clock < clock:
                 if recent is None:
                     recent = _RecentWrites()
                 recent.check(n)
