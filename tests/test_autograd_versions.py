@@ -144,3 +144,22 @@ def test_a_training_step_in_the_usual_order_is_untouched(backend, rng):
         loss.backward()
         opt.step()
     assert [p._version - v for p, v in zip(model.parameters(), v0)] == [3] * len(v0)
+
+
+@pytest.mark.parametrize("through_optimizer", [True, False])
+def test_broadcast_parameters_counts_as_a_write(rng, monkeypatch, through_optimizer):
+    import dlprimer.distributed as dist
+    from dlprimer.distributed.parallel import broadcast_parameters
+    for var in dist._SIZE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    dist.finalize()
+    dist.init("single")
+    try:
+        w = _leaf(rng, 4)
+        opt = dp.optim.SGD([w], lr=0.1)
+        y = (w * w).sum()
+        broadcast_parameters(opt if through_optimizer else [w])
+        with pytest.raises(RuntimeError, match=r"broadcast_parameters\(root=0\)"):
+            y.backward()
+    finally:
+        dist.finalize()
