@@ -78,3 +78,24 @@ def test_gelu_of_huge_float64_inputs_is_x(backend, fused, approximate):
     with dp.fusion(fused), np.errstate(over="ignore", invalid="ignore"):
         y = F.gelu(dp.tensor(big, dtype="float64"), approximate=approximate).numpy()
     np.testing.assert_array_equal(y, np.where(big > 0, big, 0.0))
+
+
+def test_edge_cases_on_the_cuda_code_path_without_a_gpu(monkeypatch, rng):
+    """The same fixes through the fake device (tests/_fake_device.py), whose xp refuses
+    host arrays as CuPy does: no NumPy array may leak into these code paths."""
+    from _fake_device import DeviceArray, installed
+    with installed(monkeypatch), dp.use_backend("cuda"):
+        a = dp.tensor(np.array([0.0, 0.0, 1.5]), dtype="float64", requires_grad=True)
+        b = dp.tensor(np.array([2.0, 0.0, rng.uniform(0.5, 2)]), dtype="float64", requires_grad=True)
+        (a ** b).sum().backward()
+        assert isinstance(b.grad.data, DeviceArray)
+        np.testing.assert_array_equal(a.grad.numpy()[:2], 0)
+        np.testing.assert_array_equal(b.grad.numpy()[:2], 0)
+        x = dp.tensor(np.array([[1.0, np.nan, 3.0], [1.0, 5.0, 2.0]]), dtype="float64",
+                      requires_grad=True)
+        x.max(axis=1).sum().backward()
+        np.testing.assert_array_equal(x.grad.numpy(), [[0, 1, 0], [0, 1, 0]])
+        t = dp.tensor(rng.standard_normal(3))
+        assert t[[]].shape == (0,) and dp.zeros(1, 0).min(axis=0).shape == (0,)
+        i = dp.tensor(rng.integers(1, 9, 3))
+        assert (i / 2).dtype == dp.float32 and (i + t).dtype == dp.float32
