@@ -87,7 +87,8 @@ def test_edge_cases_on_the_cuda_code_path_without_a_gpu(monkeypatch, rng):
     with installed(monkeypatch), dp.use_backend("cuda"):
         a = dp.tensor(np.array([0.0, 0.0, 1.5]), dtype="float64", requires_grad=True)
         b = dp.tensor(np.array([2.0, 0.0, rng.uniform(0.5, 2)]), dtype="float64", requires_grad=True)
-        (a ** b).sum().backward()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            (a ** b).sum().backward()
         assert isinstance(b.grad.data, DeviceArray)
         np.testing.assert_array_equal(a.grad.numpy()[:2], 0)
         np.testing.assert_array_equal(b.grad.numpy()[:2], 0)
@@ -95,7 +96,7 @@ def test_edge_cases_on_the_cuda_code_path_without_a_gpu(monkeypatch, rng):
                       requires_grad=True)
         x.max(axis=1).sum().backward()
         np.testing.assert_array_equal(x.grad.numpy(), [[0, 1, 0], [0, 1, 0]])
-        t = dp.tensor(rng.standard_normal(3))
+        t = dp.tensor(rng.standard_normal(3), dtype="float32")
         assert t[[]].shape == (0,) and dp.zeros(1, 0).min(axis=0).shape == (0,)
         i = dp.tensor(rng.integers(1, 9, 3))
         assert (i / 2).dtype == dp.float32 and (i + t).dtype == dp.float32
