@@ -31,8 +31,7 @@ def test_the_readme_has_python_blocks_and_the_extractor_finds_them():
 @pytest.mark.parametrize("line,src", BLOCKS, ids=[f"README.md:{n}" for n, _ in BLOCKS])
 def test_readme_block_runs_alone_in_an_empty_folder(line, src, tmp_path):
     (tmp_path / "block.py").write_text(src)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), DLPRIMER_BACKEND="cpu", MPLBACKEND="Agg",
-               DLPRIMER_NO_PROGRESS="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DLPRIMER_BACKEND="cpu", MPLBACKEND="Agg")
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "block.py"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
