@@ -88,3 +88,16 @@ def test_gradients_flow_through_the_promotion_cast(backend, rng):
     np.testing.assert_allclose(b.grad.numpy(), a.numpy().astype("float64") + 1 / i.numpy())
     c = dp.tensor(rng.standard_normal(4) + 0.5, dtype="float64", requires_grad=True)
     assert dp.gradcheck(lambda t: (t * i + t / i - i / (t * t + 1)).sum(), (c,))
+
+
+@pytest.mark.parametrize("name", ["exp", "log", "sqrt", "tanh", "sigmoid"])
+@pytest.mark.parametrize("dtype", ["int64", "int32", "uint8", "bool"])
+def test_float_functions_of_integer_tensors_are_float32(backend, rng, name, dtype):
+    torch = pytest.importorskip("torch")
+    a = _values(rng, dtype, (5,))
+    a = np.abs(a) if dtype != "bool" else a
+    with np.errstate(divide="ignore"):  # log(False) = -inf
+        got = getattr(dp.tensor(a, dtype=dtype), name)()
+    want = getattr(torch, name)(torch.from_numpy(np.array(a)))
+    assert str(got.dtype) == str(want.dtype).replace("torch.", "") == "float32"
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
