@@ -163,3 +163,23 @@ def test_broadcast_parameters_counts_as_a_write(rng, monkeypatch, through_optimi
             y.backward()
     finally:
         dist.finalize()
+
+
+def test_a_checkpointed_segment_refuses_to_recompute_with_stepped_weights(backend, rng):
+    """A checkpointed segment keeps only its input and re-runs its layers in backward:
+    a step in between would silently recompute with the new weights."""
+    net = nn.MLP([4, 8, 8, 3]).to("float64")
+    x = dp.tensor(rng.standard_normal((5, 4)), dtype="float64", requires_grad=True)
+    opt = dp.optim.SGD(net.parameters(), lr=0.1)
+    out = dp.checkpoint(net, x).sum()  # one segment: only x is kept
+    for p in net.parameters():
+        p.grad = dp.tensor(rng.standard_normal(p.shape), dtype="float64")
+    opt.step()
+    with pytest.raises(RuntimeError, match=r"Checkpoint.*SGD\.step\(\)"):
+        out.backward()
+    opt.zero_grad()
+    dp.checkpoint_sequential(net, 2, x).sum().backward()  # a fresh forward is fine
+    g = x.grad.numpy().copy()
+    x.grad = None
+    net(x).sum().backward()
+    np.testing.assert_allclose(g, x.grad.numpy(), rtol=1e-12)
