@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from . import _dtype
-from ._dtype import bfloat16, bool_, float16, float32, float64, int8, int32, int64, uint8
+from ._dtype import bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8
 from .autograd import Function, detect_anomaly, enable_grad, is_grad_enabled, no_grad
 from .backend import cuda_available, get_backend, set_backend, use_backend
 from ._moved import alias_moved_modules
@@ -29,7 +29,7 @@ __all__ = [
     "gradcheck", "GradcheckError",
     "matmul", "exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "concat", "stack", "where",
     "maximum", "minimum", "clip", "reshape", "transpose", "broadcast_to", "sum", "mean",
-    "float16", "bfloat16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool_",
+    "float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
 ]
 
 # -- training checkpoints (train) --

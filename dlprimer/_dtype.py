@@ -17,6 +17,7 @@ bfloat16 = np.dtype(ml_dtypes.bfloat16)
 float32 = np.dtype("float32")
 float64 = np.dtype("float64")
 int8 = np.dtype("int8")
+int16 = np.dtype("int16")
 int32 = np.dtype("int32")
 int64 = np.dtype("int64")
 uint8 = np.dtype("uint8")
@@ -24,7 +25,7 @@ bool_ = np.dtype("bool")
 
 VALID = {
     "float16": float16, "bfloat16": bfloat16, "float32": float32, "float64": float64,
-    "int8": int8, "int32": int32, "int64": int64, "uint8": uint8, "bool": bool_,
+    "int8": int8, "int16": int16, "int32": int32, "int64": int64, "uint8": uint8, "bool": bool_,
 }
 DEFAULT_FLOAT = float32
 DEFAULT_INT = int64
@@ -79,3 +80,53 @@ def is_float(dtype) -> bool:
 def is_half(dtype) -> bool:
     """True for the two 16-bit floating-point dtypes, float16 and bfloat16."""
     return np.dtype(dtype) in HALF
+# -- type promotion (PyTorch's rules, float32 the default float) ----------------------
+_KIND_RANK = {"b": 0, "u": 1, "i": 1, "f": 2}
+
+
+def _promote_pair(a: np.dtype, b: np.dtype) -> np.dtype:
+    """Two tensors' dtypes: the higher category wins (int64 with float16 gives float16,
+    as in PyTorch, where NumPy gives float64); within one category, NumPy's table."""
+    if a == b:
+        return a
+    ra, rb = _KIND_RANK.get(a.kind, 2), _KIND_RANK.get(b.kind, 2)
+    if ra != rb:
+        return a if ra > rb else b
+    return np.promote_types(a, b)
+
+
+def _scalar_dtype(x) -> np.dtype:
+    if isinstance(x, (bool, np.bool_)):
+        return bool_
+    if isinstance(x, (int, np.integer)):
+        return int64
+    return DEFAULT_FLOAT
+
+
+def result_type(*operands) -> np.dtype:
+    """The dtype of an elementwise op over ``operands`` (tensors/arrays and Python
+    numbers), as PyTorch computes it: tensors with dimensions decide; a 0-d tensor or a
+    Python number only raises the category (bool < integer < float), to float32 for a
+    float. So int64 + float32 is float32, an int tensor + 2.5 is float32, and a float32
+    tensor + a float64 0-d tensor stays float32."""
+    dim = zero = wrapped = None
+    for x in operands:
+        d = getattr(x, "dtype", None)
+        if d is None:
+            wrapped = _scalar_dtype(x) if wrapped is None else _promote_pair(wrapped, _scalar_dtype(x))
+        elif getattr(x, "ndim", 0) == 0:
+            zero = d if zero is None else _promote_pair(zero, d)
+        else:
+            dim = d if dim is None else _promote_pair(dim, d)
+    return _combine(dim, _combine(zero, wrapped))
+
+
+def _combine(higher, lower):
+    """PyTorch's combine_categories: ``lower`` counts only when of a higher category."""
+    if higher is None:
+        return lower
+    if lower is None or _KIND_RANK.get(lower.kind, 2) <= _KIND_RANK.get(higher.kind, 2):
+        return higher
+    if lower.kind == "f":
+        return lower if higher.kind != "f" else higher
+    return _promote_pair(higher, lower)

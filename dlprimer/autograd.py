@@ -22,12 +22,15 @@ import contextlib
 import functools
 import os
 import traceback
+import weakref
 
 from .backend import backend_of_array, get_backend
 
 _grad_enabled = True
 _anomaly_enabled = False
 _observers: list = []
+_write_clock = 0     # counts in-place writes (see note_inplace_write)
+_writes: dict = {}   # id(array) -> (weakref to the array, clock of its last write, by whom)
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -118,6 +121,81 @@ def _user_frame(stack):
     return stack[-1] if stack else None
 
 
+# -- in-place writes ---------------------------------------------------------------------
+def note_inplace_write(array, by):
+    """Record that ``array`` was written in place by ``by``: a string, or a tuple
+    ``(format, *args)`` formatted only if an error is raised (an optimizer step notes
+    every parameter; building each message would cost more than the bookkeeping).
+
+    Every node remembers the write clock when it saved its arrays; the engine checks a
+    node only when the clock has moved since, so the usual forward-backward-step order
+    costs one integer comparison per node (PyTorch's version counters, kept per array)."""
+    global _write_clock
+    _write_clock += 1
+    key = id(array)
+    old = _writes.pop(key, None)  # re-inserted last: _writes stays in write order
+    if old is not None and old[0]() is array:
+        _writes[key] = (old[0], _write_clock, by)
+        return
+
+    def forget(ref, key=key):
+        entry = _writes.get(key)
+        if entry is not None and entry[0] is ref:
+            del _writes[key]
+    _writes[key] = (weakref.ref(array, forget), _write_clock, by)
+
+
+def _root(a):
+    b = getattr(a, "base", None)
+    return a if b is None else b
+
+
+class _RecentWrites:
+    """The entries of ``_writes`` newer than the nodes being checked, indexed by array and
+    by the array owning its memory (a view such as ``w.T`` shares its root with ``w``).
+    Built once per backward, newest first, and only as far back as the oldest node
+    checked: writes older than every node (the last optimizer step) are never visited."""
+
+    def __init__(self):
+        self.by_id, self.by_root = {}, {}
+        self._older = iter(list(_writes.values())[::-1])
+        self._reached = _write_clock + 1  # entries with a clock >= this are indexed
+
+    def _extend(self, clock):
+        for ref, c, by in self._older:
+            self._reached = c
+            a = ref()
+            if a is not None:
+                self.by_id.setdefault(id(a), (c, by))
+                self.by_root.setdefault(id(_root(a)), []).append((a, c, by))
+            if c <= clock:
+                return
+        self._reached = 0
+
+    def check(self, node):
+        """RuntimeError when an array ``node`` saved was written after it was saved."""
+        t = node._clock
+        if self._reached > t:
+            self._extend(t)
+        for s in node.saved or ():
+            if s is None or not hasattr(s, "shape"):
+                continue
+            hit = self.by_id.get(id(s))
+            if hit is not None and hit[0] > t:
+                _raise_modified(node, s, hit[1])
+            for a, c, by in self.by_root.get(id(_root(s)), ()):
+                if c > t and a is not s and bool(node.backend.xp.may_share_memory(a, s)):
+                    _raise_modified(node, s, by)
+
+
+def _raise_modified(node, s, by):
+    what = by[0].format(*by[1:]) if isinstance(by, tuple) else by
+    raise RuntimeError(
+        f"an array saved for backward by {node.describe()} (a {s.dtype} array of shape "
+        f"{tuple(s.shape)}) was modified by an in-place operation after the forward: {what}; "
+        "call backward() before changing it, or run the forward again")
+
+
 # -- Function ----------------------------------------------------------------------
 class Function:
     """One differentiable operation; subclass it and call ``Cls.apply(...)``.
@@ -140,11 +218,14 @@ class Function:
     trace = None
     in_shapes = ()
     out_shape = ()
+    _clock = float("inf")  # write clock at save(); a node that saved nothing is never checked
 
     def save(self, *arrays):
-        """Keep arrays for backward (dropped when no graph is recorded)."""
+        """Keep arrays for backward (dropped when no graph is recorded), noting the
+        write clock: an in-place write into one of them later makes backward raise."""
         if self._record:
             self.saved = arrays
+            self._clock = _write_clock
 
     def forward(self, *arrays, **kwargs):
         raise NotImplementedError
@@ -293,6 +374,8 @@ def run_backward(root, grad, retain_graph: bool = False):
     ready = [node0]
     observers = list(_observers)
     anomaly = _anomaly_enabled
+    clock = _write_clock
+    recent = None
     while ready:
         n = ready.pop()
         gy = grads.pop(n, None)
@@ -300,6 +383,10 @@ def run_backward(root, grad, retain_graph: bool = False):
         if gy is None:
             gxs = (None,) * len(edges)
         else:
+            if n._clock < clock:
+                if recent is None:
+                    recent = _RecentWrites()
+                recent.check(n)
             if observers:
                 for o in observers:
                     f = getattr(o, "on_backward_begin", None)

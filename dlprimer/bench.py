@@ -252,11 +252,19 @@ def _machine(data):
     return ", ".join(p for p in parts if p)
 
 
+TORCH_SKIPPED = ("PyTorch column skipped: torch is not installed in this environment, so "
+                 "no row compares with PyTorch (pip install torch; the CPU-only wheel: "
+                 "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+
+
 def format_json(path) -> str:
-    """The table of a saved ``--benchmark-json`` file."""
+    """The table of a saved ``--benchmark-json`` file; says so when the run had no
+    PyTorch (its rows are missing, not zero)."""
     with open(path) as f:
         data = json.load(f)
-    return format_table(rows_from_benchmarks(data.get("benchmarks", [])), machine=_machine(data))
+    table = format_table(rows_from_benchmarks(data.get("benchmarks", [])), machine=_machine(data))
+    extra = (data.get("machine_info") or {}).get("dlprimer_bench") or {}
+    return table if "torch" in extra else table + "\n" + TORCH_SKIPPED
 
 
 # -- running the suite ----------------------------------------------------------------------

@@ -58,7 +58,10 @@ class Checkpoint(Function):
         from .tensor import Tensor
         self.fn, self.spec, self.n_args = fn, spec, n_args
         self.rng_state = self.backend.get_rng_state()
-        self.save(*arrays[:n_args])
+        # the parameters too: not for memory (they live anyway) but so that an in-place
+        # write to them before backward (an optimizer step) raises instead of the
+        # recomputation silently using the new weights
+        self.save(*arrays)
         with no_grad():
             out = fn(*_rebuild(spec, arrays[:n_args], self.backend, ()))
         if not isinstance(out, Tensor):
@@ -68,7 +71,7 @@ class Checkpoint(Function):
     def backward(self, gy):
         global _recomputing
         from .tensor import Tensor
-        arrays = self.saved
+        arrays = self.saved[:self.n_args]
         needs = self.needs_input_grad[:self.n_args]
         inputs = _rebuild(self.spec, arrays, self.backend, needs)
         now = self.backend.get_rng_state()

@@ -1,8 +1,10 @@
 """Tensor: a backend array plus what autograd needs, and the creation functions.
 
 dtype rules: Python floats become float32 (the default dtype), ints int64,
-bools bool; NumPy/CuPy arrays keep their dtype; a Python scalar in an op takes
-the tensor's dtype (NumPy's weak-scalar promotion does exactly this).
+bools bool; NumPy/CuPy arrays keep their dtype. Ops promote as PyTorch does
+(``_dtype.result_type``): a Python scalar takes the tensor's dtype unless it is of a
+higher kind (an int tensor * 2.5 is float32), an integer tensor with a float tensor
+gives the float's dtype, and ``/`` of integers gives float32.
 """
 from __future__ import annotations
 
@@ -191,6 +193,19 @@ class Tensor:
     def zero_grad(self):
         self.grad = None
 
+    # -- in-place writes -----------------------------------------------------------------
+    # Every write into ``data`` that dlprimer makes (an optimizer step on the arena,
+    # ``load_state_dict``, ``nn.init``, BatchNorm's running statistics) goes through
+    # here; a backward through a graph that saved the array before the write raises
+    # (autograd.note_inplace_write). ``_version`` counts the writes, as in PyTorch.
+    _version = 0
+
+    def _bump_version(self, by):
+        """Record an in-place write into ``self.data`` made by ``by`` (e.g. 'Adam.step()',
+        or a tuple ``(format, *args)`` formatted only for an error message)."""
+        self._version += 1
+        _autograd.note_inplace_write(self.data, by)
+
 
 def _to_array(data, dtype, backend: Backend):
     """Turn ``data`` into an array of ``backend`` following dlprimer's dtype rules."""
@@ -328,3 +343,6 @@ def manual_seed(seed: int):
     """Seed the random streams of every backend, including ones created later."""
     from .backend import seed_all
     seed_all(seed)
+
+
+from . import autograd as _autograd  # noqa: E402  (autograd imports Tensor from here)

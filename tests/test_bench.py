@@ -111,3 +111,16 @@ def test_paired_rows_are_medians_of_per_round_ratios(rng):
     assert rows["torch"]["method"] == "best" and rows["torch"]["ci95"] is None
     text = bench.format_table(list(rows.values()), machine="m")
     assert "95% interval" in text and "cpu-time ratio" in text and "(best)" in text
+@pytest.mark.parametrize("with_torch", [False, True])
+def test_a_run_without_pytorch_says_its_column_was_skipped(tmp_path, capsys, with_torch):
+    info = {"cpu_model": "Some CPU", "cpu_count": 2}
+    entries = [_entry("mlp x", "dlprimer", 2.0), _entry("mlp x", "numpy", 1.0)]
+    if with_torch:
+        info.update(torch="2.13.0", torch_threads=1)
+        entries.append(_entry("mlp x", "torch", 4.0))
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"machine_info": {"dlprimer_bench": info}, "benchmarks": entries}))
+    assert bench.main(["--format", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ("PyTorch column skipped: torch is not installed" in out) is not with_torch
+    assert ("0.50x" in out) is with_torch and "2.00x" in out

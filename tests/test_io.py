@@ -146,3 +146,59 @@ def test_no_pickle_on_the_load_path():
     import dlprimer.io as io
     src = open(io.__file__).read()
     assert "import pickle" not in src and "np.load(" not in src
+
+
+def test_reserved_names_are_refused_at_save_time(tmp_path):
+    p = tmp_path / "r.safetensors"
+    with pytest.raises(ValueError, match="'__metadata__' is reserved by the safetensors format"):
+        dp.save({"__metadata__": dp.randn(2), "w": dp.randn(2)}, p)
+    for key in ("dlprimer.keys", "dlprimer.note"):
+        with pytest.raises(ValueError, match=f"metadata key '{key}' is reserved"):
+            dp.save({"w": dp.randn(2)}, p, metadata={key: "x"})
+    assert not p.exists() and os.listdir(tmp_path) == []
+    meta = {"note": "kept", "dlprimer": "kept too", "step": "7"}
+    dp.save({"__meta__": dp.randn(2)}, p, metadata=meta)
+    assert dp.load(p).metadata == meta
+
+
+def test_load_refuses_a_fifo_without_blocking(tmp_path):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        dp.load(fifo)  # before the fix: blocked forever in open()
+
+
+def test_save_errors_name_the_users_path_not_a_temporary_one(tmp_path, monkeypatch):
+    import safetensors.numpy
+    target = tmp_path / "model.safetensors"
+
+    def disk_full(arrays, filename, metadata=None):
+        raise OSError(28, "No space left on device", filename)
+    monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left") as e:
+        dp.save({"w": dp.randn(3)}, target)
+    assert str(target) in str(e.value) and ".tmp" not in str(e.value)
+    assert os.listdir(tmp_path) == []  # the temporary file is removed
+    monkeypatch.undo()
+    if os.geteuid() != 0:  # root may write anywhere; elsewhere a read-only directory is real
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(PermissionError, match=f"save\\({ro}/m.safetensors\\)") as e:
+            dp.save({"w": dp.randn(3)}, ro / "m.safetensors")
+        assert ".tmp" not in str(e.value)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        dp.save({"w": dp.randn(3)}, tmp_path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_new_files_follow_the_umask_and_rewrites_keep_the_mode(tmp_path, umask):
+    p = tmp_path / "m.safetensors"
+    old = os.umask(umask)
+    try:
+        dp.save({"w": dp.randn(3)}, p)
+        assert oct(os.stat(p).st_mode & 0o777) == oct(0o666 & ~umask)
+        os.chmod(p, 0o640)
+        dp.save({"w": dp.randn(3)}, p)
+        assert oct(os.stat(p).st_mode & 0o777) == oct(0o640)
+    finally:
+        os.umask(old)

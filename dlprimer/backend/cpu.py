@@ -259,9 +259,9 @@ class CPUBackend(Backend):
         else:
             np.multiply(xb, cls._SQRT1_2, out=o)
             scipy.special.erf(o, out=o)
-        np.add(o, 1, out=o)
+        np.multiply(o, 0.5, out=o)  # 0.5 (1 + e) before the x: (1 + e) x overflows past max/2
+        np.add(o, 0.5, out=o)
         np.multiply(o, xb, out=o)
-        np.multiply(o, 0.5, out=o)
 
     @classmethod
     def _gelu_grad_kernel(cls, o, xb, gb, t, approximate):

@@ -68,8 +68,8 @@ def gelu_forward(b, x, approximate="none"):
     """0.5 x (1 + erf(x / sqrt 2)), or with tanh(sqrt(2/pi)(x + 0.044715 x^3)) for erf."""
     if approximate == "tanh":
         _, t = _gelu_tanh_parts(b, x)
-        return x * (t + 1) * 0.5
-    return x * (b.erf(x / _SQRT_2) + 1) * 0.5
+        return x * ((t + 1) * 0.5)
+    return x * ((b.erf(x / _SQRT_2) + 1) * 0.5)  # (1 + e) * x first would overflow past max/2
 
 
 def gelu_backward(b, x, gy, approximate="none"):

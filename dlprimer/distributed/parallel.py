@@ -142,12 +142,15 @@ def broadcast_parameters(obj, root: int = 0, comm=None):
     if arenas is not None:
         for a in arenas:
             comm.broadcast_(a, root=root)
-        return
-    tensors = _parameters(obj)
-    buffers = getattr(obj, "buffers", None)
-    if callable(buffers):
-        tensors += [b for b in buffers() if isinstance(b, Tensor)]
-    _packed(comm, lambda t: t.data, tensors, lambda flat: comm.broadcast_(flat, root=root))
+        tensors = _parameters(obj)
+    else:
+        tensors = _parameters(obj)
+        buffers = getattr(obj, "buffers", None)
+        if callable(buffers):
+            tensors += [b for b in buffers() if isinstance(b, Tensor)]
+        _packed(comm, lambda t: t.data, tensors, lambda flat: comm.broadcast_(flat, root=root))
+    for t in tensors:  # written in place: a graph that saved them can no longer backward
+        t._bump_version(f"broadcast_parameters(root={root})")
 
 
 def broadcast_optimizer_state(optimizer, root: int = 0, comm=None):

@@ -204,6 +204,10 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         if t is not None and tuple(t.shape) != (c,):
             raise ValueError(f"batch_norm: {name} of shape {tuple(t.shape)} does not match "
                              f"{c} channels")
+    if training:
+        for t in (running_mean, running_var):
+            if isinstance(t, Tensor):
+                t._bump_version("batch_norm's running-statistics update")
     return BatchNorm.apply(x, weight, bias, running_mean=rm, running_var=rv,
                            training=bool(training), momentum=momentum, eps=eps)
 

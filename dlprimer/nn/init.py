@@ -62,6 +62,7 @@ def uniform_(t, a: float = 0.0, b: float = 1.0):
     _check(t, "uniform_")
     u = _draw(t, "rand")
     t.data[...] = u * (b - a) + a
+    t._bump_version("nn.init.uniform_")
     return t
 
 
@@ -70,12 +71,14 @@ def normal_(t, mean: float = 0.0, std: float = 1.0):
     """Fill with N(mean, std^2)."""
     _check(t, "normal_")
     t.data[...] = _draw(t, "randn") * std + mean
+    t._bump_version("nn.init.normal_")
     return t
 
 
 def constant_(t, value: float):
     _check(t, "constant_")
     t.data[...] = value
+    t._bump_version("nn.init.constant_")
     return t
 
 

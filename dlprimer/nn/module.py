@@ -324,15 +324,16 @@ class Module:
             if np.dtype(arr.dtype).kind == "f" and target.dtype.kind != "f":
                 problems.append(f"{name}: floating-point values for a {target.dtype} buffer")
                 continue
-            staged.append((target, arr))
+            staged.append((name, target, arr))
         if problems:
             where = f" from {source}" if source else ""
             raise StateDictError(f"load_state_dict{where} into {type(self).__name__}: "
                                  + "; ".join(problems))
-        for target, arr in staged:
+        for name, target, arr in staged:
             if not target.backend.is_array(arr):
                 arr = target.backend.asarray(np.asarray(arr))
             target.data[...] = arr
+            target._bump_version(f"{type(self).__name__}.load_state_dict() writing {name!r}")
         return IncompatibleKeys(missing, unexpected)
 
     # -- devices and dtypes -------------------------------------------------------------------

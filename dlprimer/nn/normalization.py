@@ -49,6 +49,7 @@ class BatchNorm1d(Module):
                          use_batch, self.momentum, self.eps)
         if self.training and self.num_batches_tracked is not None:
             self.num_batches_tracked.data += 1
+            self.num_batches_tracked._bump_version("BatchNorm's num_batches_tracked update")
         return y
 
     def extra_repr(self):

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from .. import _dtype
 from .. import amp as _amp
 from ..autograd import Function
 from ..tensor import Tensor
@@ -115,7 +118,8 @@ class RPowScalar(Function):
 
 
 class Pow(Function):
-    """a ** b for two tensors: da = b a^(b-1), db = a^b ln a."""
+    """a ** b for two tensors: da = b a^(b-1), db = a^b ln a. As in PyTorch, da is 0 where
+    b = 0, db is 0 at a = 0 with b >= 0 (a^b is 0 or 1 there), and ln a is NaN for a < 0."""
     bwd_flops_per_elem = 4
 
     def forward(self, a, b):
@@ -128,10 +132,16 @@ class Pow(Function):
         a, b, y = self.saved
         na, nb = self.needs_input_grad
         xp = self.backend.xp
-        ga = unbroadcast(gy * b * a ** (b - 1), self.sa) if na else None
+        dt = y.dtype.type
+        ga = None
+        if na:  # b = 0: a^b is constant 1, gradient 0 (also at a = 0, where b a^(b-1) is 0 inf)
+            ga = unbroadcast(xp.where(b == 0, dt(0), gy * b * a ** (b - 1)), self.sa)
         gb = None
         if nb:
-            log_a = xp.where(a > 0, xp.log(xp.where(a > 0, a, 1)), xp.nan)
+            pos = a > 0
+            at_zero = xp.where(b >= 0, dt(0), dt(-math.inf))  # y ln a: 0 * -inf -> 0
+            other = xp.where(a == 0, at_zero, dt(math.nan))
+            log_a = xp.where(pos, xp.log(xp.where(pos, a, dt(1))), other)
             gb = unbroadcast(gy * y * log_a, self.sb)
         return ga, gb
 
@@ -215,21 +225,60 @@ class MatMul(Function):
         return f, f * sum(1 for r in self.needs_input_grad if r)
 
 
+# -- type promotion ---------------------------------------------------------------------
+def promote(a, b, true_div: bool = False):
+    """``a`` and ``b`` (Tensors or Python numbers) cast to the dtype PyTorch gives
+    ``a op b`` with float32 as the default float (``_dtype.result_type``): int64 +
+    float32 is float32, an int tensor + 2.5 is float32, and ``/`` of integers (true
+    division) is float32. NumPy would give float64 in all three. The usual cases
+    (equal dtypes; a float tensor and a Python number) return after a few checks."""
+    if isinstance(a, Tensor):
+        if isinstance(b, Tensor):
+            da = a.data.dtype
+            if da == b.data.dtype and (not true_div or da.kind == "f"):
+                return a, b
+        else:
+            tn = type(b)
+            if tn is float or tn is int:
+                k = a.data.dtype.kind
+                if k == "f" or (tn is int and not true_div and k in "iu"):
+                    return a, b
+    elif isinstance(b, Tensor):
+        tn = type(a)
+        if tn is float or tn is int:
+            k = b.data.dtype.kind
+            if k == "f" or (tn is int and not true_div and k in "iu"):
+                return a, b
+    return _promote_cast(a, b, true_div)
+
+
+def _promote_cast(a, b, true_div):
+    if isinstance(a, np.generic):
+        a = a.item()  # a NumPy scalar counts as a Python number, as in PyTorch
+    if isinstance(b, np.generic):
+        b = b.item()
+    rt = _dtype.result_type(a, b)
+    if true_div and rt.kind != "f":
+        rt = _dtype.DEFAULT_FLOAT
+    return (a.astype(rt) if isinstance(a, Tensor) and a.dtype != rt else a,
+            b.astype(rt) if isinstance(b, Tensor) and b.dtype != rt else b)
+
+
 # -- tensor-facing functions ----------------------------------------------------------
 def add(a, b):
-    return Add.apply(a, b)
+    return Add.apply(*promote(a, b))
 
 
 def sub(a, b):
-    return Sub.apply(a, b)
+    return Sub.apply(*promote(a, b))
 
 
 def mul(a, b):
-    return Mul.apply(a, b)
+    return Mul.apply(*promote(a, b))
 
 
 def div(a, b):
-    return Div.apply(a, b)
+    return Div.apply(*promote(a, b, true_div=True))
 
 
 def neg(a):
@@ -237,10 +286,11 @@ def neg(a):
 
 
 def pow(a, b):
+    a, b = promote(a, b)
     if isinstance(b, Tensor):
         if isinstance(a, Tensor):
             return Pow.apply(a, b)
-        return RPowScalar.apply(float(a), b)
+        return RPowScalar.apply(a if b.dtype.kind in "iu" else float(a), b)
     return PowScalar.apply(a, b)
 
 
@@ -253,13 +303,16 @@ def matmul(a, b):
         b = b if isinstance(b, Tensor) else tensor(b, backend=like.backend)
     if _amp._state["dtype"] is not None:   # under dp.autocast: the product in half precision
         a, b = _amp.cast_low(a), _amp.cast_low(b)
-    return MatMul.apply(a, b)
+    return MatMul.apply(*promote(a, b))
 
 
 def _binary(cls, swap=False):
+    true_div = cls is Div
+
     def op(self, other):
         other = as_operand(other, self)
-        return cls.apply(other, self) if swap else cls.apply(self, other)
+        a, b = (other, self) if swap else (self, other)
+        return cls.apply(*promote(a, b, true_div))
     return op
 
 

@@ -2,6 +2,7 @@
 core needs (tanh, sigmoid, relu), which run as fused backend ops."""
 from __future__ import annotations
 
+from .. import _dtype
 from ..autograd import Function
 from ..tensor import Tensor
 
@@ -90,20 +91,28 @@ class ReLU(Function):
         return self.backend.relu_backward(self.saved[0], gy)
 
 
-def _unary(cls):
-    def op(x):
-        return cls.apply(x)
+def _unary(cls, floating=False):
+    """The op as a function; ``floating`` ops take an integer or bool tensor as float32,
+    as PyTorch does (NumPy would give float64)."""
+    if floating:
+        def op(x):
+            if isinstance(x, Tensor) and x.data.dtype.kind not in "fc":
+                x = x.astype(_dtype.DEFAULT_FLOAT)
+            return cls.apply(x)
+    else:
+        def op(x):
+            return cls.apply(x)
     op.__name__ = cls.__name__.lower()
     op.__doc__ = cls.__doc__
     return op
 
 
-exp = _unary(Exp)
-log = _unary(Log)
-sqrt = _unary(Sqrt)
+exp = _unary(Exp, floating=True)
+log = _unary(Log, floating=True)
+sqrt = _unary(Sqrt, floating=True)
 abs = _unary(Abs)
-tanh = _unary(Tanh)
-sigmoid = _unary(Sigmoid)
+tanh = _unary(Tanh, floating=True)
+sigmoid = _unary(Sigmoid, floating=True)
 relu = _unary(ReLU)
 
 

@@ -46,17 +46,24 @@ class _Extreme(Function):
     reduce_name = "max"
 
     def forward(self, x, axis=None, keepdims=False):
-        if x.size == 0:
-            raise ValueError(f"{self.reduce_name}() of an empty tensor (shape {x.shape})")
         self.xshape = x.shape
         self.axes = norm_axis(axis, x.ndim)
+        empty = [a for a in self.axes if x.shape[a] == 0]
+        if empty:
+            raise ValueError(f"{self.reduce_name}() over axis {empty[0]} of size 0 (tensor of "
+                             f"shape {x.shape}): there is no element to take the {self.reduce_name} of")
         y = getattr(x, self.reduce_name)(axis=self.axes, keepdims=True)
         self.save(x, y)
         return y if keepdims else y.reshape(tuple(s for i, s in enumerate(x.shape) if i not in self.axes))
 
     def backward(self, gy):
+        """Evenly shared among the elements equal to the result; where the result is NaN
+        (NaN propagates through max/min) only the NaN elements share it, as in PyTorch."""
         x, y = self.saved
         mask = (x == y)
+        if x.dtype.kind == "f":
+            xp = self.backend.xp
+            mask |= xp.isnan(x) & xp.isnan(y)
         count = mask.sum(axis=self.axes, keepdims=True)
         g = gy.reshape(y.shape) / count
         return mask * g

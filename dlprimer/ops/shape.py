@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 from ..autograd import Function
 from ..tensor import Tensor
 from ._util import as_operand, norm_axis, unbroadcast
@@ -67,7 +69,10 @@ def _index_arrays(idx, backend):
         if isinstance(i, Tensor):
             return i.data
         if isinstance(i, list):
-            return backend.asarray(i)
+            a = np.asarray(i)
+            if a.size == 0 and a.dtype.kind == "f":
+                a = a.astype(np.int64)  # [] is an empty integer index, as in NumPy's x[[]]
+            return backend.asarray(a)
         if hasattr(i, "__array__") and not isinstance(i, (slice, numbers.Number)):
             return backend.asarray(i)
         return i

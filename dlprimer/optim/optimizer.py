@@ -141,6 +141,8 @@ class Arena:
                 f"parameter {name}: .{what} was replaced by an array of shape {tuple(arr.shape)}, "
                 f"but the optimizer holds shape {tuple(view.shape)}")
         view[...] = arr
+        if what == "data":
+            self.params[i]._bump_version(f"the optimizer copying the replaced .data of {name}")
 
     def runs(self, present, key=None):
         """Maximal runs (i0, i1) of consecutive parameters that hold a gradient and
@@ -306,8 +308,11 @@ class Optimizer:
         for group, arena, runs in plans:
             for name in self._state_names(group):
                 arena.state_array(name)
+            cls = type(self).__name__
             for i0, i1 in runs:
                 self._update(arena, group, i0, i1)
+                for i in range(i0, i1):
+                    arena.params[i]._bump_version(("{}.step() on parameter {}", cls, arena.names[i]))
         return True
 
     @staticmethod

@@ -104,7 +104,7 @@ def _training_section(page, run):
     plots.loss_curves(records, page.path("loss_accuracy.png"))
     plots.diagnostics(records, page.path("diagnostics.png"))
     last = epochs[-1] if epochs else {}
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmtv(v))}</td></tr>"
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt_item(k, v, cfg))}</td></tr>"
                    for k, v in list(cfg.items()) + [("final " + k, v) for k, v in last.items()]
                    if k not in ("event", "fingerprint"))
     wl = "".join(f"<li>{html.escape(str(w.get('message')))}</li>" for w in warns) or \
@@ -278,6 +278,22 @@ def build_report(run, out_dir=None, measure: bool = True, backend=None, seed: in
     from ..train.checkpoints import atomic_write
     atomic_write(path, doc.encode())
     return path
+
+
+def _fmt_item(key, v, cfg):
+    """A config or final-metric value as a reader wants it: bytes in KiB/MiB, the
+    epoch counted from 1 ("3 of 3"; the log counts from 0), seconds with a unit."""
+    name = key[len("final "):] if key.startswith("final ") else key
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return _fmtv(v)
+    if name.startswith("mem_") or name.endswith("_bytes"):
+        return _fmt_bytes(v)
+    if name == "epoch" and key != name:
+        total = cfg.get("epochs")
+        return f"{int(v) + 1} of {total}" if total else str(int(v) + 1)
+    if name.startswith("time_"):
+        return f"{v:.3g} s"
+    return _fmtv(v)
 
 
 def _fmtv(v):
