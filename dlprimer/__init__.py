@@ -8,6 +8,7 @@ from . import _dtype
 from ._dtype import bool_, float16, float32, float64, int8, int32, int64, uint8
 from .autograd import Function, detect_anomaly, enable_grad, is_grad_enabled, no_grad
 from .backend import cuda_available, get_backend, set_backend, use_backend
+from .backend.checks import check_deferred, eager_checks, set_eager_checks
 from .tensor import (Tensor, arange, empty, from_dlpack, from_numpy, full, manual_seed, ones,
                      ones_like, rand, randn, tensor, zeros, zeros_like)
 from . import ops  # installs the Tensor operators
@@ -24,6 +25,7 @@ __all__ = [
     "Tensor", "tensor", "zeros", "ones", "empty", "full", "zeros_like", "ones_like", "randn",
     "rand", "arange", "from_numpy", "from_dlpack", "manual_seed",
     "set_backend", "get_backend", "use_backend", "cuda_available",
+    "check_deferred", "eager_checks", "set_eager_checks",
     "Function", "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly",
     "gradcheck", "GradcheckError",
     "matmul", "exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "concat", "stack", "where",

@@ -32,7 +32,8 @@ FAMILIES: dict[str, dict[str, bool]] = {
     "optimizers": {name: True for name in (
         "sgd_update", "adam_update", "lamb_moments_norms", "lamb_apply", "lars_norms",
         "lars_apply")},
-    "reductions": {"norm_pow_sum": True, "norm_max_abs": True},
+    "reductions": {"norm_pow_sum": True, "norm_max_abs": True, "nonfinite_flag": True,
+                   "clip_scale": True},
 }
 
 #: the architectures CI compiles every kernel for (Ampere, Hopper)

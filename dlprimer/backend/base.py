@@ -11,9 +11,13 @@ differentiate from their output, the others from their input.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 
 import numpy as np
+
+from .checks import DeferredChecks, eager_checks_enabled
 
 
 class Timer:
@@ -79,10 +83,14 @@ class Backend:
     #: True when arrays live in host memory, so host libraries (MPI, file writers)
     #: can use them in place; device backends copy through to_numpy()/asarray().
     host_memory: bool = False
+    #: True when work is queued asynchronously (a GPU), so reading a device value into
+    #: Python waits for the whole queue: checks in a training step are then deferred.
+    device_queue: bool = False
 
     def __init__(self):
         self._seed = int(np.random.SeedSequence().entropy % (2**63))
         self._counter = 0
+        self.deferred = DeferredChecks(self)
 
     def __repr__(self):
         return f"<dlprimer backend {self.name!r}>"
@@ -249,3 +257,87 @@ class Backend:
     def grad_norm(self, arrays, norm_type=2.0):
         """The norm of all ``arrays`` taken together, as a Python float (inf-norm too)."""
         raise NotImplementedError
+
+    # -- checks without a host sync (see backend/checks.py) ------------------------------
+    @property
+    def defers_checks(self) -> bool:
+        """True when the checks of a step are device flags read later (a device backend
+        with the debug switch ``DLPRIMER_EAGER_CHECKS`` off)."""
+        return self.device_queue and not eager_checks_enabled()
+
+    def check_class_targets(self, target, num_classes, fn):
+        """Class indices in [0, num_classes), or ValueError naming the first bad one.
+
+        Eager (CPU, or the debug switch): min and max in one host read. Deferred: the
+        same test recorded as a device flag (the loss kernels already give such a row a
+        NaN loss), raised by ``dp.check_deferred()``.
+        """
+        if target.size == 0:
+            return
+        xp = self.xp
+        lo, hi = target.min(), target.max()
+
+        def error(count, bad, fn=fn, c=num_classes):
+            times = "" if count == 1 else f" ({count} batches had a bad target)"
+            return ValueError(f"{fn}: target class {bad} is out of range for {c} classes "
+                              f"(valid: 0..{c - 1}){times}")
+
+        if not self.defers_checks:
+            lo, hi = (int(v) for v in self.to_numpy(xp.stack([lo, hi])))
+            if lo < 0 or hi >= num_classes:
+                raise error(1, lo if lo < 0 else hi)
+            return
+        bad_lo = lo < 0
+        self.deferred.record(("class_target", fn, num_classes), bad_lo | (hi >= num_classes),
+                             xp.where(bad_lo, lo, hi), error)
+
+    def nonfinite_flag(self, arrays):
+        """A 0-d int32 device array: 1 when any of ``arrays`` holds NaN or inf, else 0.
+        No host read (the ``found_inf`` of PyTorch's fused optimizers)."""
+        xp = self.xp
+        flags = [xp.logical_not(xp.isfinite(a).all()) for a in arrays if a.size]
+        if not flags:
+            return xp.zeros((), xp.int32)
+        return xp.stack(flags).any().astype(xp.int32)
+
+    @contextlib.contextmanager
+    def skip_updates_if(self, found_inf, arrays):
+        """Updates run inside this block leave ``arrays`` unchanged where the 0-d device
+        flag ``found_inf`` is set, decided on the device. Generic form: copy, update,
+        copy back under the flag; the CUDA backend passes the flag to its kernels."""
+        xp = self.xp
+        saved = [a.copy() for a in arrays]
+        yield
+        keep = found_inf.astype(bool)
+        for a, s in zip(arrays, saved):
+            xp.copyto(a, s, where=keep)
+
+    def clip_grad_norm_(self, arrays, max_norm, norm_type=2.0):
+        """Scale ``arrays`` in place by ``min(max_norm / (norm + 1e-6), 1)`` (PyTorch's
+        clip_grad_norm_), where norm is their joint ``norm_type``-norm; returns the norm
+        before clipping as a 0-d float64 array. Eager on the host (the norm is a float);
+        on a device backend the coefficient is computed and applied on the device."""
+        xp = self.xp
+        if not self.defers_checks:
+            total = self.grad_norm(arrays, norm_type)
+            coef = min(max_norm / (total + 1e-6), 1.0) if total == total else float("nan")
+            if coef != 1.0:
+                for a in arrays:
+                    a *= coef
+            return xp.asarray(total, dtype=xp.float64)
+        total = self._device_norm(arrays, norm_type)
+        coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+        for a in arrays:
+            a *= coef.astype(a.dtype)
+        return total
+
+    def _device_norm(self, arrays, norm_type):
+        """The joint norm as a 0-d float64 device array (NaN and inf propagate)."""
+        xp = self.xp
+        parts = [a.reshape(-1).astype(xp.float64) for a in arrays if a.size]
+        if not parts:
+            return xp.zeros((), xp.float64)
+        if math.isinf(norm_type):
+            return xp.stack([xp.abs(a).max() for a in parts]).max()
+        total = xp.stack([(xp.abs(a) ** norm_type).sum() for a in parts]).sum()
+        return total ** (1.0 / norm_type)

@@ -4,46 +4,77 @@
 #include "activations.cuh"
 #include "reduce.cuh"
 
+#include "vector.cuh"
+
+// Every elementwise kernel reads and writes 16 bytes at a time between a scalar head
+// and tail (vector.cuh); `head` comes from the host (CUDABackend._head).
+#define DLP_TID ((long long)blockIdx.x * blockDim.x + threadIdx.x)
+#define DLP_STRIDE ((long long)blockDim.x * gridDim.x)
+#define DLP_UNARY_BODY(EXPR)                                                              \
+    DLP_PACKED_LOOP(T, n, head, DLP_TID, DLP_STRIDE, { const T xi = x[i]; y[i] = EXPR; }, { \
+        const dlp::Pack<T> xv = dlp::load_pack(x + i);                                  \
+        dlp::Pack<T> yv;                                                                \
+        _Pragma("unroll") for (int j = 0; j < dlp::Pack<T>::size; ++j) {                \
+            const T xi = xv.v[j];                                                       \
+            yv.v[j] = EXPR;                                                             \
+        }                                                                               \
+        dlp::store_pack(y + i, yv);                                                     \
+    })
+#define DLP_BINARY_BODY(EXPR)                                                             \
+    DLP_PACKED_LOOP(T, n, head, DLP_TID, DLP_STRIDE,                                      \
+                    { const T xi = x[i]; const T gi = gy[i]; gx[i] = EXPR; }, {           \
+        const dlp::Pack<T> xv = dlp::load_pack(x + i);                                  \
+        const dlp::Pack<T> gv = dlp::load_pack(gy + i);                                 \
+        dlp::Pack<T> ov;                                                                \
+        _Pragma("unroll") for (int j = 0; j < dlp::Pack<T>::size; ++j) {                \
+            const T xi = xv.v[j];                                                       \
+            const T gi = gv.v[j];                                                       \
+            ov.v[j] = EXPR;                                                             \
+        }                                                                               \
+        dlp::store_pack(gx + i, ov);                                                    \
+    })
 #define DLP_UNARY(NAME, EXPR)                                                             \
     template <typename T>                                                                \
-    __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n) {      \
-        DLP_GRID_STRIDE_LOOP(i, n) y[i] = EXPR;                                          \
+    __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n,        \
+                         long long head) {                                               \
+        DLP_UNARY_BODY(EXPR)                                                             \
     }
 #define DLP_UNARY_P(NAME, EXPR)                                                           \
     template <typename T>                                                                \
-    __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n, T a) { \
-        DLP_GRID_STRIDE_LOOP(i, n) y[i] = EXPR;                                          \
+    __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n,        \
+                         long long head, T a) {                                          \
+        DLP_UNARY_BODY(EXPR)                                                             \
     }
 #define DLP_BINARY(NAME, EXPR)                                                            \
     template <typename T>                                                                \
     __global__ void NAME(const T* __restrict__ x, const T* __restrict__ gy,              \
-                         T* __restrict__ gx, long long n) {                              \
-        DLP_GRID_STRIDE_LOOP(i, n) gx[i] = EXPR;                                         \
+                         T* __restrict__ gx, long long n, long long head) {              \
+        DLP_BINARY_BODY(EXPR)                                                            \
     }
 #define DLP_BINARY_P(NAME, EXPR)                                                          \
     template <typename T>                                                                \
     __global__ void NAME(const T* __restrict__ x, const T* __restrict__ gy,              \
-                         T* __restrict__ gx, long long n, T a) {                         \
-        DLP_GRID_STRIDE_LOOP(i, n) gx[i] = EXPR;                                         \
+                         T* __restrict__ gx, long long n, long long head, T a) {         \
+        DLP_BINARY_BODY(EXPR)                                                            \
     }
 
 // For relu/sigmoid/tanh backward the first argument is the output y.
-DLP_UNARY(relu_forward, dlp::relu_fwd(x[i]))
-DLP_BINARY(relu_backward, dlp::relu_bwd(x[i], gy[i]))
-DLP_UNARY_P(leaky_relu_forward, dlp::leaky_relu_fwd(x[i], a))
-DLP_BINARY_P(leaky_relu_backward, dlp::leaky_relu_bwd(x[i], gy[i], a))
-DLP_UNARY_P(elu_forward, dlp::elu_fwd(x[i], a))
-DLP_BINARY_P(elu_backward, dlp::elu_bwd(x[i], gy[i], a))
-DLP_UNARY(gelu_erf_forward, dlp::gelu_erf_fwd(x[i]))
-DLP_BINARY(gelu_erf_backward, dlp::gelu_erf_bwd(x[i], gy[i]))
-DLP_UNARY(gelu_tanh_forward, dlp::gelu_tanh_fwd(x[i]))
-DLP_BINARY(gelu_tanh_backward, dlp::gelu_tanh_bwd(x[i], gy[i]))
-DLP_UNARY(silu_forward, dlp::silu_fwd(x[i]))
-DLP_BINARY(silu_backward, dlp::silu_bwd(x[i], gy[i]))
-DLP_UNARY(sigmoid_forward, dlp::sigmoid_fwd(x[i]))
-DLP_BINARY(sigmoid_backward, dlp::sigmoid_bwd(x[i], gy[i]))
-DLP_UNARY(tanh_forward, dlp::tanh_fwd(x[i]))
-DLP_BINARY(tanh_backward, dlp::tanh_bwd(x[i], gy[i]))
+DLP_UNARY(relu_forward, dlp::relu_fwd(xi))
+DLP_BINARY(relu_backward, dlp::relu_bwd(xi, gi))
+DLP_UNARY_P(leaky_relu_forward, dlp::leaky_relu_fwd(xi, a))
+DLP_BINARY_P(leaky_relu_backward, dlp::leaky_relu_bwd(xi, gi, a))
+DLP_UNARY_P(elu_forward, dlp::elu_fwd(xi, a))
+DLP_BINARY_P(elu_backward, dlp::elu_bwd(xi, gi, a))
+DLP_UNARY(gelu_erf_forward, dlp::gelu_erf_fwd(xi))
+DLP_BINARY(gelu_erf_backward, dlp::gelu_erf_bwd(xi, gi))
+DLP_UNARY(gelu_tanh_forward, dlp::gelu_tanh_fwd(xi))
+DLP_BINARY(gelu_tanh_backward, dlp::gelu_tanh_bwd(xi, gi))
+DLP_UNARY(silu_forward, dlp::silu_fwd(xi))
+DLP_BINARY(silu_backward, dlp::silu_bwd(xi, gi))
+DLP_UNARY(sigmoid_forward, dlp::sigmoid_fwd(xi))
+DLP_BINARY(sigmoid_backward, dlp::sigmoid_bwd(xi, gi))
+DLP_UNARY(tanh_forward, dlp::tanh_fwd(xi))
+DLP_BINARY(tanh_backward, dlp::tanh_bwd(xi, gi))
 
 // gelu(x + b) with b broadcast over the last axis (h = its length): one read of x,
 // one write of y, where separate ops would write and re-read x + b.

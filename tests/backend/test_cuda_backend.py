@@ -64,9 +64,12 @@ def cuda_mod():
     return cuda
 
 
+# check_class_targets is written once in xp code for every backend (a few tiny CuPy
+# reductions recorded as a device flag)
 CONTRACT = sorted(n for n, f in vars(Backend).items()
                   if callable(f) and not n.startswith("_")
-                  and n not in ("manual_seed", "get_rng_state", "set_rng_state", "next_key"))
+                  and n not in ("manual_seed", "get_rng_state", "set_rng_state", "next_key",
+                                "check_class_targets"))
 
 
 @pytest.mark.parametrize("name", CONTRACT)
@@ -406,7 +409,8 @@ def test_every_cuda_backend_shares_one_memory_meter(cuda_mod, monkeypatch):
         get_default_memory_pool=lambda: pool,
         cuda=types.SimpleNamespace(
             set_allocator=lambda f: installed.update(alloc=f),
-            Device=lambda: types.SimpleNamespace(attributes={"MultiProcessorCount": 4})))
+            Device=lambda: types.SimpleNamespace(attributes={"MultiProcessorCount": 4,
+                                                              "MaxThreadsPerMultiProcessor": 1536})))
     monkeypatch.setattr(cuda_mod, "cp", cp)
     monkeypatch.setattr(cuda_mod, "_shared_meter", None, raising=False)
     first, second = cuda_mod.CUDABackend(), cuda_mod.CUDABackend()
