@@ -508,3 +508,81 @@ def test_cpu_grad_norm_nan_propagates(cpu, norm_type):
     """The GPU's global norm is NaN when any gradient holds NaN; so must the CPU's."""
     arrays = [np.array([np.nan, 1.0], np.float32), np.array([3.0], np.float32)]
     assert math.isnan(cpu_op(cpu, "grad_norm", arrays, norm_type))
+
+
+# -- 128-bit packed loops (kernels/vector.cuh) ----------------------------------------------
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 8, 17, 1000, 1003])
+def test_packed_loop_visits_every_element_once(host, n):
+    for head in (-1, 0, 1, 2, 3, n, n + 5):
+        np.testing.assert_array_equal(host.packed_visits(n, head), 1, err_msg=f"head {head}")
+
+
+def _slices(dtype, n, off, count):
+    """``count`` arrays of n elements starting ``off`` elements past a 16-byte boundary."""
+    out = []
+    for _ in range(count):
+        base = np.zeros(n + 16, dtype)
+        start = (-base.ctypes.data % 16) // base.itemsize
+        out.append(base[start + off:start + off + n])
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["gelu_erf", "silu", "relu"])
+def test_packed_activation_on_unaligned_slices_equals_cpu(host, cpu, rng, dtype, name):
+    """An arena slice that starts off a 16-byte boundary runs a scalar head, packs and a
+    scalar tail; the result equals the NumPy backend's for every offset."""
+    n = int(rng.integers(20, 200))
+    x0 = sample(rng, dtype, n)[:n]
+    gy0 = grads(rng, x0)
+    a = np.dtype(dtype).type(0.0)
+    for off in range(16 // np.dtype(dtype).itemsize):
+        x, y, gy, gx = _slices(dtype, x0.size, off, 4)
+        x[...], gy[...] = x0, gy0
+        head = kernel_host.packed_head(x, y)
+        assert head == (0 if off == 0 else 16 // x.itemsize - off)
+        fn = host._fn("act_fwd", dtype)
+        fn(kernel_host.ACTS.index(name), kernel_host._ptr(x), kernel_host._ptr(y), x.size, a, head)
+        want = cpu_op(cpu, f"{name.split('_')[0]}_forward", x0,
+                      *(("tanh",) if name == "gelu_tanh" else ()))
+        assert_close(y, want, x0, what=f"{name} forward, offset {off}")
+        xy = y if name in FROM_OUTPUT else x
+        host._fn("act_bwd", dtype)(kernel_host.ACTS.index(name), kernel_host._ptr(xy),
+                                   kernel_host._ptr(gy), kernel_host._ptr(gx), x.size, a,
+                                   kernel_host.packed_head(xy, gy, gx))
+        gwant = cpu_op(cpu, f"{name.split('_')[0]}_backward",
+                       want if name in FROM_OUTPUT else x0, gy0)
+        assert_close(gx, gwant, x0, gy0, what=f"{name} backward, offset {off}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_adam_on_unaligned_arena_slices_equals_cpu(host, cpu, rng, dtype):
+    n = int(rng.integers(30, 300))
+    p0, g0 = (rng.normal(size=n).astype(dtype) for _ in range(2))
+    for off in range(16 // np.dtype(dtype).itemsize):
+        p, g, m, v = _slices(dtype, n, off, 4)
+        p[...], g[...] = p0, g0
+        pc, mc, vc = p0.copy(), np.zeros(n, dtype), np.zeros(n, dtype)
+        for step in (1, 2, 3):
+            host.adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.01, step, decoupled=True)
+            cpu.adam_update(pc, g0, mc, vc, 1e-2, 0.9, 0.999, 1e-8, 0.01, step, decoupled=True)
+        np.testing.assert_array_equal(p, pc, err_msg=f"offset {off}")
+        np.testing.assert_array_equal(v, vc, err_msg=f"offset {off}")
+
+
+# -- clipping and found_inf on the device ---------------------------------------------------
+def test_clip_coefficient_is_pytorchs(host, rng):
+    for _ in range(20):
+        total, max_norm = rng.uniform(0, 100), rng.uniform(0.01, 10)
+        want = min(max_norm / (math.sqrt(total) + 1e-6), 1.0)
+        assert host.clip_coef(total, 2.0, max_norm) == pytest.approx(want, rel=1e-15)
+        want_inf = min(max_norm / (total + 1e-6), 1.0)
+        assert host.clip_coef(total, -1.0, max_norm) == pytest.approx(want_inf, rel=1e-15)
+    assert math.isnan(host.clip_coef(float("nan"), 2.0, 1.0))
+    assert host.clip_coef(float("inf"), 2.0, 1.0) == 0.0
+
+
+def test_is_finite(host):
+    for x, want in ((0.0, True), (-3e38, True), (float("inf"), False), (float("-inf"), False),
+                    (float("nan"), False), (1e-45, True)):
+        assert host.is_finite(x) is want, x
