@@ -51,6 +51,16 @@ class DeviceArray(np.ndarray):
     def __getitem__(self, key):
         return _on_device(super().__getitem__(key))
 
+    @property
+    def base(self):
+        """None for a device array over a whole host buffer only it sees (as a fresh CuPy
+        array), else the array it views."""
+        b = np.ndarray.base.__get__(self)
+        if (type(b) is np.ndarray and b.base is None and b.nbytes == self.nbytes
+                and b.ctypes.data == self.ctypes.data):
+            return None
+        return b
+
 
 def _on_device(a):
     if type(a) is np.ndarray:
@@ -94,6 +104,7 @@ class FakeDevice(CPUBackend):
     name = "cuda"
     xp = StrictXP()
     device_queue = True  # checks in a step become device flags, as on CUDA
+    fused_classifier = True  # cross-entropy saves lse only, as on CUDA
 
     def __init__(self):
         super().__init__()

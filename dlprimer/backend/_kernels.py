@@ -28,7 +28,9 @@ FAMILIES: dict[str, dict[str, bool]] = {
     "dropout": {"dropout_forward": True, "dropout_backward": True,
                 "dropout_keep_mask": False, "counter_uniform_fill": False},
     "softmax_cross_entropy": {"softmax_cross_entropy_forward": True,
-                              "softmax_cross_entropy_backward": True},
+                              "softmax_cross_entropy_backward": True,
+                              "fused_classifier_forward": True,
+                              "fused_classifier_backward": True},
     "optimizers": {name: True for name in (
         "sgd_update", "adam_update", "lamb_moments_norms", "lamb_apply", "lars_norms",
         "lars_apply")},

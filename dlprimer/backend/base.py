@@ -230,6 +230,51 @@ class Backend:
         """glogits = (probs - smoothed one-hot(target)) * gy[:, None]."""
         raise NotImplementedError
 
+    #: True where the autograd cross-entropy runs the fused classifier below (CUDA): only
+    #: (N, 2) row statistics are saved; the CPU saves the probabilities and skips an exp.
+    fused_classifier: bool = False
+
+    def fused_classifier_forward(self, logits, target, label_smoothing=0.0):
+        """The fused classifier (llm.c): row losses of (N, C) logits and ``stats`` (N, 2),
+        each row's max m and log sum_j e^(x_j - m): all backward needs besides the logits
+        (O(N), whatever C). A target outside [0, C) gives its row a NaN loss. Generic xp
+        form; CUDA reads the logits once (online softmax)."""
+        xp = self.xp
+        n, c = logits.shape
+        ok = (target >= 0) & (target < c)
+        t = xp.where(ok, target, 0)
+        m = logits.max(axis=1, keepdims=True)
+        z = logits - m
+        log_s = xp.log(xp.exp(z).sum(axis=1))
+        loss = log_s - xp.take_along_axis(z, t.reshape(-1, 1), axis=1)[:, 0]
+        if label_smoothing:
+            eps = label_smoothing
+            loss = loss * (1 - eps) + (log_s - z.sum(axis=1) / c) * eps
+        stats = xp.stack([m[:, 0], log_s], axis=1).astype(logits.dtype)
+        return xp.where(ok, loss, xp.nan).astype(logits.dtype), stats
+
+    def fused_classifier_backward(self, logits, stats, target, gy, label_smoothing=0.0,
+                                  inplace=False):
+        """glogits = (e^((x - m) - log s) - smoothed one-hot(target)) * gy[:, None]; with
+        ``inplace`` written over ``logits`` (no N x C allocation)."""
+        xp = self.xp
+        n, c = logits.shape
+        g = logits if inplace else xp.empty_like(logits)
+        xp.subtract(logits, stats[:, :1], out=g)
+        g -= stats[:, 1:]
+        xp.exp(g, out=g)
+        eps = label_smoothing
+        if eps:
+            g -= eps / c
+        ok = (target >= 0) & (target < c)
+        hot = xp.zeros_like(g)
+        xp.put_along_axis(hot, xp.where(ok, target, 0).reshape(-1, 1),
+                          ok.astype(g.dtype).reshape(-1, 1) * (1 - eps), axis=1)
+        g -= hot
+        gy = xp.broadcast_to(gy, (n,)) if gy.ndim == 0 else gy
+        g *= gy.reshape(-1, 1)
+        return g
+
     # -- fused optimizer updates over a flat arena (all in place) -----------------------
     # ``param``, ``grad`` and state arrays are 1-D views of one param group's arena;
     # ``offsets`` (LAMB, LARS) are the start of each parameter in it, plus the end.
@@ -307,7 +352,8 @@ class Backend:
         copy back under the flag; the CUDA backend passes the flag to its kernels."""
         xp = self.xp
         saved = [a.copy() for a in arrays]
-        yield
+        with np.errstate(all="ignore"):  # a flagged step's NaNs are thrown away
+            yield
         keep = found_inf.astype(bool)
         for a, s in zip(arrays, saved):
             xp.copyto(a, s, where=keep)

@@ -455,6 +455,52 @@ class CUDABackend(Backend):
                      gx.size, (p, t, gy, gx, np.int64(rows), np.int64(c), ome, eoc))
         return gx
 
+    fused_classifier = True
+
+    def _row_launch(self, c):
+        """Block size for a row kernel: whole warps, up to 256, no wider than the row."""
+        return min(256, max(32, 1 << (int(c) - 1).bit_length()))
+
+    def fused_classifier_forward(self, logits, target, label_smoothing=0.0):
+        """One online-softmax pass over each row (kernels/softmax_cross_entropy.cu): the
+        row loss and stats (N, 2) = (max, log sum e^(x - max)); a target outside [0, C)
+        gives a NaN loss, no host read."""
+        x, t, eps = self._sce_args("fused_classifier_forward", logits, "logits", target,
+                                   label_smoothing)
+        rows, c = x.shape
+        T = x.dtype.type
+        loss = cp.empty(rows, x.dtype)
+        stats = cp.empty((rows, 2), x.dtype)
+        fn = self._fn("softmax_cross_entropy", "fused_classifier_forward", x.dtype)
+        block = self._row_launch(c)
+        grid = min(rows, self._blocks_per_sm(fn, block) * self._sm_count) if rows else 0
+        self._launch(fn, rows, (x, t, loss, stats, np.int64(rows), np.int64(c), T(1.0 - eps),
+                                T(eps)), block=block, grid=grid)
+        return loss, stats
+
+    def fused_classifier_backward(self, logits, stats, target, gy, label_smoothing=0.0,
+                                  inplace=False):
+        x, t, eps = self._sce_args("fused_classifier_backward", logits, "logits", target,
+                                   label_smoothing)
+        rows, c = x.shape
+        if isinstance(gy, cp.ndarray) and gy.ndim == 0:
+            gy = cp.broadcast_to(gy, (rows,))
+        stats, gy = self._arrays("fused_classifier_backward", ("stats", stats), ("gy", gy),
+                                 same_shape=False)
+        if stats.shape != (rows, 2) or gy.shape != (rows,) or gy.dtype != x.dtype:
+            raise ValueError(f"fused_classifier_backward: stats must be ({rows}, 2) and gy "
+                             f"({rows},), both {x.dtype}; got stats {stats.dtype} {stats.shape}, "
+                             f"gy {gy.dtype} {gy.shape}")
+        inplace = inplace and logits.flags.c_contiguous  # then x is logits' own memory
+        gx = x if inplace else cp.empty_like(x)
+        T = x.dtype.type
+        fn = self._fn("softmax_cross_entropy", "fused_classifier_backward", x.dtype)
+        block = self._row_launch(c)
+        grid = min(rows, self._blocks_per_sm(fn, block) * self._sm_count) if rows else 0
+        self._launch(fn, rows, (x, stats, t, gy, gx, np.int64(rows), np.int64(c), T(1.0 - eps),
+                                T(eps / c)), block=block, grid=grid)
+        return logits if inplace else gx
+
     # -- fused optimizer updates --------------------------------------------------------------
     def _arena(self, op, param, grad, *state):
         """Check the flat arena views: 1-D, contiguous (updated in place), one dtype."""

@@ -78,6 +78,8 @@ class HostMath:
                 "lamb": [p, p, p, p, p, i64, p, f64, t, t, t, t, t, t, t],
                 "lars": [p, p, p, p, i64, p, t, t, t, f64, f64],
                 "norm": [p, i64, f64, ctypes.c_int],
+                "classifier_fwd": [p, p, i64, i64, t, t, p, p],
+                "classifier_bwd": [p, p, p, p, p, i64, i64, t, t],
             }
             for name, argtypes in sig.items():
                 fn = getattr(lib, f"{name}_{sfx}")
@@ -226,3 +228,23 @@ class HostMath:
 
     def is_finite(self, x):
         return bool(self.lib.is_finite_f32(x))
+
+    # -- the fused classifier (online softmax) ---------------------------------------------
+    def classifier_forward(self, logits, target, label_smoothing=0.0):
+        x, t = self._arr(logits), self._arr(target, np.int64)
+        rows, c = x.shape
+        loss, stats = np.empty(rows, x.dtype), np.empty((rows, 2), x.dtype)
+        T = x.dtype.type
+        self._fn("classifier_fwd", x.dtype)(_ptr(x), _ptr(t), rows, c, T(1.0 - label_smoothing),
+                                            T(label_smoothing), _ptr(loss), _ptr(stats))
+        return loss, stats
+
+    def classifier_backward(self, logits, stats, target, gy, label_smoothing=0.0):
+        x = self._arr(logits)
+        st, t, gy = self._arr(stats, x.dtype), self._arr(target, np.int64), self._arr(gy, x.dtype)
+        rows, c = x.shape
+        gx = np.empty_like(x)
+        T = x.dtype.type
+        self._fn("classifier_bwd", x.dtype)(_ptr(x), _ptr(st), _ptr(t), _ptr(gy), _ptr(gx), rows,
+                                            c, T(1.0 - label_smoothing), T(label_smoothing / c))
+        return gx

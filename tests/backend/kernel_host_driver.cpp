@@ -194,6 +194,22 @@ static double norm(const T* x, i64 n, double ord, int inf) {
     return inf ? acc : dlp::norm_finish(acc, ord);
 }
 
+template <typename T>
+static void classifier_fwd(const T* x, const i64* target, i64 rows, i64 c, T one_minus_eps,
+                           T eps, T* loss, T* stats) {
+    for (i64 r = 0; r < rows; ++r)
+        dlp::classifier_row_forward(x + r * c, c, target[r], one_minus_eps, eps, loss + r,
+                                    stats + 2 * r);
+}
+template <typename T>
+static void classifier_bwd(const T* x, const T* stats, const i64* target, const T* gy, T* gx,
+                           i64 rows, i64 c, T one_minus_eps, T eps_over_c) {
+    for (i64 r = 0; r < rows; ++r)
+        for (i64 j = 0; j < c; ++j)
+            gx[r * c + j] = dlp::classifier_grad(x[r * c + j], stats[2 * r], stats[2 * r + 1],
+                                                 target[r] == j, one_minus_eps, eps_over_c, gy[r]);
+}
+
 #define DLP_EXPORT_ALL(T, SFX)                                                                   \
     extern "C" {                                                                                 \
     void act_fwd_##SFX(int op, const T* x, T* y, i64 n, T a, i64 head) {                         \
@@ -237,6 +253,14 @@ static double norm(const T* x, i64 n, double ord, int inf) {
         lars<T>(p, g, buf, offsets, nseg, sums, lr, mom, wd, tc, eps);                           \
     }                                                                                            \
     double norm_##SFX(const T* x, i64 n, double ord, int inf) { return norm<T>(x, n, ord, inf); } \
+    void classifier_fwd_##SFX(const T* x, const i64* t, i64 rows, i64 c, T ome, T eps, T* loss,  \
+                              T* stats) {                                                        \
+        classifier_fwd<T>(x, t, rows, c, ome, eps, loss, stats);                                 \
+    }                                                                                            \
+    void classifier_bwd_##SFX(const T* x, const T* st, const i64* t, const T* gy, T* gx,         \
+                              i64 rows, i64 c, T ome, T eoc) {                                   \
+        classifier_bwd<T>(x, st, t, gy, gx, rows, c, ome, eoc);                                  \
+    }                                                                                            \
     }
 
 DLP_EXPORT_ALL(float, f32)

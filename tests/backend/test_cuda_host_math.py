@@ -586,3 +586,52 @@ def test_is_finite(host):
     for x, want in ((0.0, True), (-3e38, True), (float("inf"), False), (float("-inf"), False),
                     (float("nan"), False), (1e-45, True)):
         assert host.is_finite(x) is want, x
+
+
+# -- the fused classifier (online softmax, lse saved) ----------------------------------------
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_classifier(host, cpu, rng, dtype, eps):
+    """One online pass per row gives the loss and lse; backward from the logits and lse
+    gives (softmax - q) gy: both equal the float64 reference and the CPU backend's
+    probabilities path. Extreme rows as in the two-pass kernel's test, plus -inf logits."""
+    n, c = 64, int(rng.integers(2, 300))
+    x = (rng.normal(0, 3, (n, c))).astype(dtype)
+    x[0, :] = 1e4
+    x[1, 1] = 1e4
+    x[2, :] = -1e4
+    x[3, 1] = -1e4
+    x[4, :] = 0.0
+    x[5, 1] = -0.0
+    x[6, 1] = np.nan
+    x[7, :c // 2] = -np.inf    # masked logits add nothing
+    t = rng.integers(0, c, n)
+    t[1], t[7] = 1, c - 1
+    loss, stats = host.classifier_forward(x, t, eps)
+    # the reference sees -1e30 for -inf (e^(-1e30 - m) = 0 as well); with smoothing row 7's
+    # loss is +inf (eps/C of -inf), so it is checked apart
+    loss_ref, probs_ref, q = sce_reference(np.where(np.isinf(x), -1e30, x), t, eps)
+    tag = f"fused classifier {np.dtype(dtype).name} eps={eps}"
+    rows = np.arange(n) != 7 if eps else np.ones(n, bool)
+    if eps:
+        assert loss[7] == np.inf
+    assert_close(loss[rows], loss_ref[rows],
+                 (np.log(c) + np.abs(x - x.max(1, keepdims=True)).max(1) / 4)[rows],
+                 what=f"{tag} loss")
+    assert np.isnan(loss[6]) and np.isnan(stats[6]).all() and not np.isnan(np.delete(loss, 6)).any()
+    assert stats.shape == (n, 2)  # (max, log sum exp(x - max)): O(N), whatever C
+    gy = rng.normal(0, 1, n).astype(dtype)
+    gx = host.classifier_backward(x, stats, t, gy, eps)
+    want = (probs_ref - q) * gy[:, None]
+    assert_close(gx[rows], want[rows], what=f"{tag} grad", factor=4)
+    loss_cpu, probs_cpu = cpu_op(cpu, "softmax_cross_entropy_forward", x, t, eps)
+    assert_close(loss[rows], loss_cpu[rows],
+                 (np.log(c) + np.abs(x - x.max(1, keepdims=True)).max(1) / 4)[rows],
+                 what=f"{tag} loss vs CPUBackend", factor=2)
+
+
+def test_fused_classifier_bad_target_is_nan(host):
+    x = np.zeros((3, 4), np.float32)
+    loss, stats = host.classifier_forward(x, np.array([0, 4, -1]))
+    assert loss[0] == pytest.approx(np.log(4)) and np.isnan(loss[1:]).all()
+    np.testing.assert_allclose(stats, [[0, np.log(4)]] * 3, rtol=1e-7)

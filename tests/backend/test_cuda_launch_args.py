@@ -165,6 +165,12 @@ def test_every_launch_matches_its_kernel(fake, dtype):
     assert loss.shape == (6,) and probs.shape == x.shape
     fake.softmax_cross_entropy_backward(probs, t, np.ones(6, dtype), 0.1)
     fake.softmax_cross_entropy_backward(probs, t, np.ones((), dtype))
+    loss, stats = fake.fused_classifier_forward(x, t, 0.1)
+    assert loss.shape == (6,) and stats.shape == (6, 2)
+    g = fake.fused_classifier_backward(x, stats, t, np.ones((), dtype), 0.1)
+    assert g.shape == x.shape and g is not x
+    xc = x.copy()
+    assert fake.fused_classifier_backward(xc, stats, t, np.ones(6, dtype), inplace=True) is xc
     n = 300
     p, g, s1, s2 = (rng.normal(size=n).astype(dtype) for _ in range(4))
     off = [0, 100, 100, 299, 300]
@@ -227,7 +233,9 @@ def test_row_reductions_launch_whole_warps(fake, c):
                                                            real(name, grid, block, args))
     x = np.zeros((3, c), np.float32)
     fake.softmax_cross_entropy_forward(x, np.zeros(3, np.int64))
-    assert blocks and all(b % 32 == 0 and 32 <= b <= 1024 for b in blocks)
+    _, stats = fake.fused_classifier_forward(x, np.zeros(3, np.int64))
+    fake.fused_classifier_backward(x, stats, np.zeros(3, np.int64), np.ones(3, np.float32))
+    assert len(blocks) == 3 and all(b % 32 == 0 and 32 <= b <= 1024 for b in blocks)
 
 
 def test_elementwise_grids_come_from_the_occupancy_api(fake):
