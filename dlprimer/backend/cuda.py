@@ -368,10 +368,19 @@ class CUDABackend(Backend):
             raise ValueError(f"bias_gelu_backward: gy is {gy.dtype} {gy.shape} but x is "
                              f"{x.dtype} {x.shape}")
         gx = cp.empty_like(x)
-        self._launch(self._fn("activations", "bias_gelu_backward", x.dtype), x.size,
-                     (x, b, gy, gx, np.int64(x.size), np.int64(b.size), np.int32(tanh)))
-        gb = gx.reshape(-1, b.size).sum(axis=0)
-        return gx, gb
+        h = b.size
+        rows = x.size // h if h else 0
+        if rows == 0:
+            return gx, cp.zeros_like(b)
+        fn = self._fn("activations", "bias_gelu_backward", x.dtype)
+        tiles = -(-h // 32)
+        chunks = max(1, min(rows // 8, self._blocks_per_sm(fn, _BLOCK) * self._sm_count // tiles))
+        per_chunk = -(-rows // chunks)
+        chunks = -(-rows // per_chunk)
+        partial = cp.empty((chunks, h), x.dtype)
+        self._launch(fn, x.size, (x, b, gy, gx, partial, np.int64(rows), np.int64(h),
+                                  np.int64(per_chunk), np.int32(tanh)), grid=tiles * chunks)
+        return gx, partial.sum(axis=0)
 
     # -- dropout ------------------------------------------------------------------------------
     @staticmethod

@@ -91,10 +91,38 @@ __global__ void bias_gelu_forward(const T* __restrict__ x, const T* __restrict__
                                   T* __restrict__ y, long long n, long long h, int approx_tanh) {
     DLP_BIAS_LOOP(i, col, n, h) y[i] = dlp::gelu_fwd(x[i] + b[col], approx_tanh);
 }
-// gx only; gb = gx summed over rows is a column reduction left to the caller.
+// gx and the bias gradient in one pass: a block takes a tile of 32 columns (a warp's
+// lane each, so every row segment is one coalesced 128-byte read) over a chunk of rows
+// (one warp per row, strided), sums gx down its columns in registers, reduces the
+// block's warps in shared memory and writes one partial per column and chunk:
+// partial[chunk * h + col]. gb is those few rows summed (rows / rows_per_chunk of them),
+// so gx is never read again.
 template <typename T>
 __global__ void bias_gelu_backward(const T* __restrict__ x, const T* __restrict__ b,
-                                   const T* __restrict__ gy, T* __restrict__ gx, long long n,
-                                   long long h, int approx_tanh) {
-    DLP_BIAS_LOOP(i, col, n, h) gx[i] = dlp::gelu_bwd(x[i] + b[col], gy[i], approx_tanh);
+                                   const T* __restrict__ gy, T* __restrict__ gx,
+                                   T* __restrict__ partial, long long rows, long long h,
+                                   long long rows_per_chunk, int approx_tanh) {
+    __shared__ T sums[32][33];
+    const long long tiles = (h + 31) / 32;
+    const long long tile = blockIdx.x % tiles, chunk = blockIdx.x / tiles;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const long long col = tile * 32 + lane;
+    const long long r0 = chunk * rows_per_chunk;
+    const long long r1 = min(rows, r0 + rows_per_chunk);
+    T acc = T(0);
+    if (col < h) {
+        const T bc = b[col];
+        for (long long r = r0 + warp; r < r1; r += warps) {
+            const long long i = r * h + col;
+            const T g = dlp::gelu_bwd(x[i] + bc, gy[i], approx_tanh);
+            gx[i] = g;
+            acc += g;
+        }
+    }
+    sums[warp][lane] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        for (int w = 1; w < warps; ++w) acc += sums[w][lane];
+        if (col < h) partial[chunk * h + col] = acc;
+    }
 }

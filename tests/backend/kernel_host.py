@@ -69,7 +69,7 @@ class HostMath:
                 "act_fwd": [ctypes.c_int, p, p, i64, t, i64],
                 "act_bwd": [ctypes.c_int, p, p, p, i64, t, i64],
                 "bias_gelu_fwd": [p, p, p, i64, i64, ctypes.c_int],
-                "bias_gelu_bwd": [p, p, p, p, i64, i64, ctypes.c_int],
+                "bias_gelu_bwd": [p, p, p, p, p, i64, i64, i64, ctypes.c_int, ctypes.c_int],
                 "dropout_apply": [p, p, i64, u64, u64, f32, t],
                 "sce_fwd": [p, p, i64, i64, t, t, p, p],
                 "sce_bwd": [p, p, p, p, i64, i64, t, t],
@@ -124,12 +124,16 @@ class HostMath:
                                            int(approximate == "tanh"))
         return y
 
-    def bias_gelu_backward(self, x, b, gy, approximate="none"):
+    def bias_gelu_backward(self, x, b, gy, approximate="none", rows_per_chunk=None, warps=8):
+        """gx and gb as the kernel makes them: per-chunk column partials, then their sum."""
         x, b, gy = self._arr(x), self._arr(b, x.dtype), self._arr(gy, x.dtype)
         gx = np.empty_like(x)
-        self._fn("bias_gelu_bwd", x.dtype)(_ptr(x), _ptr(b), _ptr(gy), _ptr(gx), x.size, b.size,
-                                           int(approximate == "tanh"))
-        return gx, gx.reshape(-1, b.size).sum(axis=0)
+        rows = x.size // b.size
+        per = rows_per_chunk or max(1, -(-rows // 3))
+        partial = np.full((-(-rows // per), b.size), np.nan, x.dtype)
+        self._fn("bias_gelu_bwd", x.dtype)(_ptr(x), _ptr(b), _ptr(gy), _ptr(gx), _ptr(partial),
+                                           rows, b.size, per, int(approximate == "tanh"), warps)
+        return gx, partial.sum(axis=0)
 
     # -- random / dropout --------------------------------------------------------------
     def splitmix64_hash(self, key, n):

@@ -84,9 +84,35 @@ template <typename T>
 static void bias_gelu_fwd(const T* x, const T* b, T* y, i64 n, i64 h, int approx) {
     for (i64 i = 0; i < n; ++i) y[i] = dlp::gelu_fwd(x[i] + b[i % h], approx);
 }
+// The block / warp / lane walk of the kernel, serially: tiles of 32 columns, chunks of
+// rows_per_chunk rows, `warps` warps per block; partial[chunk * h + col] as on the GPU.
 template <typename T>
-static void bias_gelu_bwd(const T* x, const T* b, const T* gy, T* gx, i64 n, i64 h, int approx) {
-    for (i64 i = 0; i < n; ++i) gx[i] = dlp::gelu_bwd(x[i] + b[i % h], gy[i], approx);
+static void bias_gelu_bwd(const T* x, const T* b, const T* gy, T* gx, T* partial, i64 rows,
+                          i64 h, i64 rows_per_chunk, int approx, int warps) {
+    const i64 tiles = (h + 31) / 32, chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+    T sums[32][32];
+    for (i64 blk = 0; blk < tiles * chunks; ++blk) {
+        const i64 tile = blk % tiles, chunk = blk / tiles;
+        const i64 r0 = chunk * rows_per_chunk;
+        const i64 r1 = rows < r0 + rows_per_chunk ? rows : r0 + rows_per_chunk;
+        for (int warp = 0; warp < warps; ++warp)
+            for (int lane = 0; lane < 32; ++lane) {
+                const i64 col = tile * 32 + lane;
+                T acc = T(0);
+                if (col < h)
+                    for (i64 r = r0 + warp; r < r1; r += warps) {
+                        const i64 i = r * h + col;
+                        gx[i] = dlp::gelu_bwd(x[i] + b[col], gy[i], approx);
+                        acc += gx[i];
+                    }
+                sums[warp][lane] = acc;
+            }
+        for (int lane = 0; lane < 32; ++lane) {
+            T acc = sums[0][lane];
+            for (int w = 1; w < warps; ++w) acc += sums[w][lane];
+            if (tile * 32 + lane < h) partial[chunk * h + tile * 32 + lane] = acc;
+        }
+    }
 }
 
 template <typename T>
@@ -221,9 +247,9 @@ static void classifier_bwd(const T* x, const T* stats, const i64* target, const 
     void bias_gelu_fwd_##SFX(const T* x, const T* b, T* y, i64 n, i64 h, int approx) {           \
         bias_gelu_fwd<T>(x, b, y, n, h, approx);                                                 \
     }                                                                                            \
-    void bias_gelu_bwd_##SFX(const T* x, const T* b, const T* gy, T* gx, i64 n, i64 h,           \
-                             int approx) {                                                       \
-        bias_gelu_bwd<T>(x, b, gy, gx, n, h, approx);                                            \
+    void bias_gelu_bwd_##SFX(const T* x, const T* b, const T* gy, T* gx, T* partial, i64 rows,   \
+                             i64 h, i64 per_chunk, int approx, int warps) {                      \
+        bias_gelu_bwd<T>(x, b, gy, gx, partial, rows, h, per_chunk, approx, warps);              \
     }                                                                                            \
     void dropout_apply_##SFX(const T* x, T* y, i64 n, u64 seed, u64 counter, float p, T sc) {    \
         dropout_apply<T>(x, y, n, seed, counter, p, sc);                                         \

@@ -635,3 +635,17 @@ def test_fused_classifier_bad_target_is_nan(host):
     loss, stats = host.classifier_forward(x, np.array([0, 4, -1]))
     assert loss[0] == pytest.approx(np.log(4)) and np.isnan(loss[1:]).all()
     np.testing.assert_allclose(stats, [[0, np.log(4)]] * 3, rtol=1e-7)
+
+
+@pytest.mark.parametrize("rows,h", [(1, 1), (7, 33), (64, 32), (130, 70), (3, 100)])
+def test_bias_gelu_backward_tiles_cover_every_element_once(host, cpu, rng, rows, h):
+    """The kernel's walk (32-column tiles, row chunks, warps over rows) writes every gx
+    once and its column partials sum to gb, for ragged shapes and chunk sizes."""
+    x = rng.normal(0, 2, (rows, h))
+    b, gy = rng.normal(0, 1, h), rng.normal(0, 1, (rows, h))
+    gx_cpu, gb_cpu = cpu_op(cpu, "bias_gelu_backward", x, b, gy)
+    for per in sorted({1, 3, max(1, rows // 2), rows}):
+        for warps in (1, 8):
+            gx, gb = host.bias_gelu_backward(x, b, gy, rows_per_chunk=per, warps=warps)
+            np.testing.assert_allclose(gx, gx_cpu, rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(gb, gb_cpu, rtol=1e-12, atol=1e-13)
