@@ -18,6 +18,7 @@ from .gradcheck import GradcheckError, gradcheck
 # -- optim --
 from . import optim, utils
 # -- end optim --
+from . import cuda  # noqa: E402  (dp.cuda.CUDAGraph, dp.cuda.graph: CUDA graphs)
 
 __version__ = "0.1.0"
 

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after PATIENCE epochs without a better validation loss")
     s.add_argument("--no-progress", action="store_true", help="no progress output")
     s.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    s.add_argument("--cuda-graph", action="store_true",
+                   help="capture the step once as a CUDA graph and replay it (CUDA backend; "
+                        "sgd or lars, no dropout, no schedule)")
     from .distributed import cli as dist_cli
     dist_cli.add_arguments(s)
 
@@ -368,6 +371,17 @@ def cmd_train(a, out=sys.stdout):
                     checkpoint_every=a.checkpoint_every, resume=a.resume,
                     early_stopping=a.early_stopping, progress=not a.no_progress,
                     stream=out if not a.no_progress else None, config=config)
+    if a.cuda_graph:  # -- cuda graph (issue 17) --
+        if b.name != "cuda":
+            raise UsageError(f"--cuda-graph needs the cuda backend (a GPU); the backend is "
+                             f"{b.name!r}")
+        if comm is not None or sched is not None or a.dropout:
+            raise UsageError("--cuda-graph replays one captured step: it cannot be combined "
+                             "with --distributed, --schedule or --dropout")
+        if not opt.graph_safe:
+            raise UsageError(f"--cuda-graph needs --optimizer sgd or lars; {type(opt).__name__}'s "
+                             "step-count bias correction would be frozen in the graph")
+        fit_args["cuda_graph"] = True
     if comm is not None:
         from .distributed import fit as dist_fit
         config["world_size"] = comm.world_size

@@ -395,7 +395,7 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
         vanishing_threshold: float = 1e-7, vanishing_ratio: float = 1e-4,
         vanishing_patience: int = 20, exploding_factor: float = 100.0,
         dead_relu_threshold: float = 0.5, tensorboard="auto", mlflow="auto",
-        config: dict | None = None) -> FitResult:
+        config: dict | None = None, cuda_graph: bool = False) -> FitResult:
     """Train ``model`` with ``optimizer`` on ``train_loader``; returns a :class:`FitResult`.
 
     epochs / steps: train for ``epochs`` passes, or (when ``steps`` is given) for that
@@ -414,8 +414,12 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     every n-th step (default: every step where metering is free - CUDA - and every
     50th on the CPU, whose meter slows the step; those steps' times are flagged).
     progress: "auto" (tqdm on a terminal, plain lines otherwise), True or False.
+    cuda_graph: capture the step (forward, backward, clip, update) once as a CUDA graph
+    and replay it (``dp.cuda.make_graphed_step``; CUDA backend, SGD/LARS, no dropout,
+    no scheduler); the forward/backward/optimizer times are then the whole step's.
     """
     from .backend import get_backend
+    from .backend.checks import check_deferred
     from .ckpt import CheckpointManager, load_checkpoint
     from .logs import MetricLogger
 
@@ -447,6 +451,19 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     plateau = type(scheduler).__name__ == "ReduceLROnPlateau"
     if plateau and val_loader is None:
         raise ValueError("ReduceLROnPlateau steps on the validation loss: pass val_loader")
+    # -- cuda graph hook (issue 17; port into the Trainer): the captured step --
+    graphed = None
+    if cuda_graph:
+        from .cuda import make_graphed_step
+        if scheduler is not None:
+            raise ValueError("cuda_graph=True replays the learning rate it captured: "
+                             "it cannot be combined with a scheduler")
+        be = next(iter(model.parameters())).backend
+        if be.name != "cuda":
+            raise RuntimeError(f"cuda_graph=True needs the 'cuda' backend; the model is on "
+                               f"{be.name!r} (CUDA graphs capture GPU kernels)")
+        graphed = make_graphed_step(model, loss_fn, optimizer, clip=clip)
+    # -- end cuda graph hook --
 
     named = _named_params(model)
     params = [p for _, p in named]
@@ -545,13 +562,19 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
                 relu = _ReLUMonitor()
                 t_fwd, t_bwd, t_opt = backend.timer(), backend.timer(), backend.timer()
                 with t_opt:
-                    optimizer.zero_grad()
+                    if graphed is None:  # cuda graph hook: the graphed step zeroes itself
+                        optimizer.zero_grad()
                 with observe(relu), t_fwd:
-                    out = model(x)
-                    loss = loss_fn(out, y)
+                    if graphed is not None:  # cuda graph hook: the whole step, replayed
+                        out, loss = graphed(x, y)
+                    else:
+                        out = model(x)
+                        loss = loss_fn(out, y)
                 with t_bwd:
-                    loss.backward()
+                    if graphed is None:
+                        loss.backward()
                 loss_val = float(loss.item())
+                check_deferred()  # device-side flags (bad target, skipped step), read at logging
                 grads = [p.grad.data if p.grad is not None else None for p in params]
                 sq = norms.per_layer(grads, backend)
                 gnorm = float(math.sqrt(sq.sum()))
@@ -569,13 +592,14 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
                     emit(rec)
                     bar.message(msg)
                     raise TrainingDiverged(msg, step=step + 1, report=rep)
-                if clip is not None:
+                if clip is not None and graphed is None:  # cuda graph hook: clipped inside
                     _clip(params, clip, gnorm)
                 log_this = ((step + 1) % log_every == 0)
                 before = [p.data.copy() for p in params] if log_this else None
                 t_opt2 = backend.timer()
                 with t_opt2:
-                    optimizer.step()
+                    if graphed is None:  # cuda graph hook: stepped inside the graph
+                        optimizer.step()
                 lr = _lr_of(optimizer)
                 if scheduler is not None and scheduler_interval == "step" and not plateau:
                     scheduler.step()

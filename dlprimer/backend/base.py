@@ -303,6 +303,18 @@ class Backend:
         """The norm of all ``arrays`` taken together, as a Python float (inf-norm too)."""
         raise NotImplementedError
 
+    # -- CUDA graphs (dlprimer/cuda) -------------------------------------------------------
+    def graph_capture(self, keep_alive: list):
+        """Context manager capturing the block's device work into a graph (CUDA only);
+        yields a dict that holds the ``graph`` after the block."""
+        raise RuntimeError(
+            f"CUDA graphs need the 'cuda' backend; this is the {self.name!r} backend, which "
+            "runs each op as it is called (nothing to capture). Use dp.set_backend('cuda') "
+            "on a machine with a GPU, or run the step eagerly.")
+
+    def graph_replay(self, graph):
+        raise RuntimeError(f"graph_replay: the {self.name!r} backend has no CUDA graphs")
+
     # -- checks without a host sync (see backend/checks.py) ------------------------------
     @property
     def defers_checks(self) -> bool:

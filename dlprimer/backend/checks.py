@@ -53,43 +53,48 @@ class DeferredChecks:
     ``record(key, bad, value, make_error)`` adds one check: ``bad`` is a 0-d device
     array (true or nonzero when the check failed), ``value`` a 0-d device array
     naming what was wrong (a class index; ``None`` for nothing). Per key the device
-    keeps how many checks failed and the value of the first failure; recording
-    launches a few tiny kernels and never reads. ``raise_pending()`` reads every
-    key's pair in one transfer, forgets them, and raises
+    keeps, in two 0-d int64 arrays updated in place, how many checks failed and the
+    value of the first failure: recording launches two tiny kernels and never reads,
+    and a CUDA graph that captured it accumulates into the same arrays at every replay.
+    ``raise_pending()`` reads every key's pair in one transfer, zeroes them, and raises
     ``make_error(count, first_value)`` for the first key that failed.
     """
 
     def __init__(self, backend):
         self.backend = backend
-        self._pending: dict = {}
+        self._flags: dict = {}
 
     def __len__(self):
-        return len(self._pending)
+        return len(self._flags)
 
     def record(self, key, bad, value, make_error):
         xp = self.backend.xp
+        entry = self._flags.get(key)
+        if entry is None:
+            entry = self._flags[key] = [xp.zeros((), xp.int64), xp.zeros((), xp.int64), None]
+        count, first, _ = entry
+        entry[2] = make_error
         bad = xp.asarray(bad).astype(xp.int64).reshape(())
-        value = xp.zeros((), xp.int64) if value is None else \
-            xp.asarray(value).astype(xp.int64).reshape(())
-        old = self._pending.get(key)
-        if old is None:
-            self._pending[key] = (bad, value, make_error)
-            return
-        count, first, _ = old
-        self._pending[key] = (count + bad, xp.where(count > 0, first, value), make_error)
+        if value is not None:
+            xp.copyto(first, xp.asarray(value).astype(xp.int64).reshape(()), where=count == 0)
+        count += bad
 
     def raise_pending(self):
-        """Read all pending flags (one host transfer), clear them, raise the first failure."""
-        if not self._pending:
+        """Read all flags (one host transfer), zero them, raise the first failure."""
+        if not self._flags:
             return
         xp = self.backend.xp
-        items = list(self._pending.values())
-        self._pending.clear()
+        items = list(self._flags.values())
         flat = xp.stack([a for count, first, _ in items for a in (count, first)])
         host = self.backend.to_numpy(flat).reshape(-1, 2)
-        for (count, first), (_, _, make_error) in zip(host.tolist(), items):
+        failed = None
+        for (count, first), (c_arr, _, make_error) in zip(host.tolist(), items):
             if count > 0:
-                raise make_error(int(count), int(first))
+                c_arr.fill(0)
+                if failed is None:
+                    failed = make_error(int(count), int(first))
+        if failed is not None:
+            raise failed
 
 
 def check_deferred():

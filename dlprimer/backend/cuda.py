@@ -65,11 +65,16 @@ class CUDAMemoryMeter(MemoryMeter):
         self._peak = self.pool.used_bytes()
         cp.cuda.set_allocator(self._malloc)
 
+    #: while a CUDA graph is captured: every block handed out, kept for the graph's life
+    capture_blocks: list | None = None
+
     def _malloc(self, size):
         mem = self.pool.malloc(size)
         used = self.pool.used_bytes()
         if used > self._peak:
             self._peak = used
+        if self.capture_blocks is not None:
+            self.capture_blocks.append(mem)
         return mem
 
     def current(self) -> int:
@@ -713,3 +718,32 @@ class CUDABackend(Backend):
                              (a, np.int64(a.size), acc, ord_arg, np.float64(max_norm)))
         total = acc.reshape(())
         return total if inf else total ** (1.0 / norm_type)
+
+    # -- CUDA graphs (dlprimer/cuda) --------------------------------------------------------
+    @contextlib.contextmanager
+    def graph_capture(self, keep_alive: list):
+        """Capture the block's launches into a CUDA graph on a side stream (CuPy stream
+        capture). Every block the pool hands out meanwhile goes to ``keep_alive``, which
+        the graph keeps: no later allocation can reuse memory a replay writes (what
+        PyTorch's private graph pool does). A host read inside the block fails."""
+        if self.memory.capture_blocks is not None:
+            raise RuntimeError("graph_capture: a CUDA graph is already being captured")
+        outer = cp.cuda.get_current_stream()
+        stream = cp.cuda.Stream(non_blocking=True)
+        stream.wait_event(outer.record())
+        result = {}
+        self.memory.capture_blocks = keep_alive
+        try:
+            with stream:
+                stream.begin_capture()
+                try:
+                    yield result
+                finally:
+                    graph = stream.end_capture()
+        finally:
+            self.memory.capture_blocks = None
+        outer.wait_event(stream.record())
+        result["graph"] = graph
+
+    def graph_replay(self, graph):
+        graph.launch(stream=cp.cuda.get_current_stream())

@@ -159,6 +159,7 @@ class Arena:
 
 
 class Optimizer:
+
     """Base class: ``param_groups`` (a list of dicts), one :class:`Arena` per group,
     ``zero_grad``, ``step``, ``state_dict``/``load_state_dict``.
 
@@ -181,6 +182,10 @@ class Optimizer:
     Subclasses define ``_validate(group, where)``, ``_state_names(group)`` and
     ``_update(arena, group, i0, i1)``.
     """
+
+    #: True when the update kernels get the same arguments at every step once the state
+    #: exists (no bias correction by step count), so a CUDA graph can replay the step.
+    graph_safe = False
 
     def __init__(self, params, defaults: dict, skip_nonfinite: bool = False):
         self.defaults = dict(defaults)
@@ -296,12 +301,14 @@ class Optimizer:
         """Steps skipped for a non-finite gradient (reads the device count: a host sync)."""
         if self._skipped_device is not None:
             self._skipped += int(self._backend.to_numpy(self._skipped_device))
-            self._skipped_device = None
+            self._skipped_device.fill(0)
         return self._skipped
 
     @skipped_steps.setter
     def skipped_steps(self, n):
-        self._skipped, self._skipped_device = int(n), None
+        self._skipped = int(n)
+        if self._skipped_device is not None:
+            self._skipped_device.fill(0)
 
     def step(self):
         """One update of every parameter that holds a gradient; returns True if it ran
@@ -349,9 +356,10 @@ class Optimizer:
                 touched.extend(arena.state_array(n) for n in self._state_names(group))
         with be.skip_updates_if(found_inf, touched):
             self._apply(plans)
-        if self.skip_nonfinite:
-            prev = self._skipped_device
-            self._skipped_device = found_inf if prev is None else prev + found_inf
+        if self.skip_nonfinite:  # in place: a captured CUDA graph counts at every replay
+            if self._skipped_device is None:
+                self._skipped_device = be.xp.zeros((), be.xp.int64)
+            self._skipped_device += found_inf
         else:
             be.deferred.record(("nonfinite_gradient", id(self)), found_inf, None,
                                self._deferred_error)
