@@ -217,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     from .bench import build_parser as bench_arguments
     bench_arguments(s)
+
+    s = sub.add_parser("doctor", help="versions, the GPU, thread pools, kernel compiles and a "
+                       "self-test of every fused op",
+                       description="Check what dlprimer runs on here (dlprimer/doctor.py); exit "
+                       "status 0 unless a check failed (no GPU is not a failure).")
+    _common(s)
+    s.add_argument("--full", action="store_true",
+                   help="also compile for every CI architecture and run the GPU benchmark summary")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
@@ -579,9 +588,14 @@ def _clean(o):
     return o
 
 
+def cmd_doctor(a, out=None):
+    from . import doctor
+    return doctor.main(full=a.full, as_json=a.json, out=out)
+
+
 COMMANDS = {"primer": cmd_primer, "train": cmd_train, "profile": cmd_profile,
             "estimate": cmd_estimate, "claims": cmd_claims, "report": cmd_report,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "doctor": cmd_doctor}
 
 
 def main(argv=None) -> int:
