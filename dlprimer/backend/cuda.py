@@ -224,10 +224,11 @@ class CUDABackend(Backend):
 
     def _head(self, *arrays):
         """Elements before the first 16-byte boundary, the same for every array of a
-        packed launch (kernels/vector.cuh), or -1 (all scalar) when they differ."""
+        packed launch (kernels/vector.cuh), or -1 (all scalar) when they differ or are
+        not float32 (only float is packed)."""
         item = arrays[0].itemsize
         mis = {self._address(a) % 16 for a in arrays}
-        if len(mis) != 1:
+        if item != 4 or len(mis) != 1:
             return np.int64(-1)
         m = mis.pop()
         return np.int64(-1) if m % item else np.int64(((16 - m) % 16) // item)
@@ -236,7 +237,7 @@ class CUDABackend(Backend):
         """An output for ``x`` with the same offset from a 16-byte boundary, so a slice
         that starts off a boundary still runs packed (a few bytes of padding)."""
         mis = self._address(x) % 16
-        if mis == 0 or mis % x.itemsize:
+        if mis == 0 or x.itemsize != 4 or mis % x.itemsize:
             return cp.empty_like(x)
         pad = 16 // x.itemsize
         buf = cp.empty(x.size + pad, x.dtype)
@@ -245,7 +246,8 @@ class CUDABackend(Backend):
 
     def _packed(self, n, *arrays):
         """(head, elements per thread turn) of a packed elementwise launch."""
-        return self._head(*arrays), 16 // arrays[0].itemsize
+        head = self._head(*arrays)
+        return head, (1 if head < 0 else 16 // arrays[0].itemsize)
 
     @staticmethod
     def _key_args(key):

@@ -48,10 +48,11 @@ def _ptr(a):
 
 def packed_head(*arrays):
     """The ``head`` CUDABackend._head passes a packed kernel: elements before the first
-    16-byte boundary, or -1 when the arrays' offsets from a boundary differ."""
+    16-byte boundary, or -1 when the arrays' offsets from a boundary differ or they are
+    not float32 (only float is packed)."""
     item = arrays[0].itemsize
     mis = {a.ctypes.data % 16 for a in arrays}
-    if len(mis) != 1:
+    if item != 4 or len(mis) != 1:
         return -1
     m = mis.pop()
     return -1 if m % item else (16 - m) % 16 // item

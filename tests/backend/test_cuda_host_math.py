@@ -540,7 +540,7 @@ def test_packed_activation_on_unaligned_slices_equals_cpu(host, cpu, rng, dtype,
         x, y, gy, gx = _slices(dtype, x0.size, off, 4)
         x[...], gy[...] = x0, gy0
         head = kernel_host.packed_head(x, y)
-        assert head == (0 if off == 0 else 16 // x.itemsize - off)
+        assert head == ((0 if off == 0 else 16 // x.itemsize - off) if dtype == np.float32 else -1)
         fn = host._fn("act_fwd", dtype)
         fn(kernel_host.ACTS.index(name), kernel_host._ptr(x), kernel_host._ptr(y), x.size, a, head)
         want = cpu_op(cpu, f"{name.split('_')[0]}_forward", x0,
