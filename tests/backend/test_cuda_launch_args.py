@@ -291,3 +291,35 @@ def test_packed_launches_pass_the_scalar_head_of_unaligned_slices(fake, dtype):
     heads.clear()
     fake.relu_backward(q, r[:63])  # misaligned against each other: all scalar
     assert int(heads[0][1][4]) == -1
+
+
+def _blocks_by_registers(regs, block=256, regs_per_sm=65536, threads_per_sm=2048):
+    """Resident blocks per SM as the occupancy API computes them from registers alone
+    (allocated per warp in units of 256, i.e. 8 per thread)."""
+    per_warp = -(-regs // 8) * 8 * 32
+    return min(threads_per_sm // block, (regs_per_sm // per_warp) // (block // 32))
+
+
+def test_grids_follow_the_compiled_register_counts(fake):
+    """With each kernel's real register count (from the sm_80 cubin), a register-heavy
+    kernel (norm_pow_sum, adam_update<double>) gets fewer than 8 blocks per SM in its
+    grid: one wave, no tail, where the old fixed 8 x SMs cap ran 1.3-2 waves."""
+    regs = {}
+    for family in ("reductions", "optimizers", "activations"):
+        regs.update(_kernels.register_counts(family, "80", nvrtc_compiled(family, "80")))
+    assert all(0 < r <= 255 for r in regs.values()), regs
+    assert set(regs) == {n for f in ("reductions", "optimizers", "activations")
+                         for n in _kernels.name_expressions(f)}
+    fake._blocks_per_sm = lambda fn, block: _blocks_by_registers(regs[fn.name], block)
+    grids = {}
+    real = fake.launches.check
+    fake.launches.check = lambda name, grid, block, args: (grids.__setitem__(name, grid[0]),
+                                                           real(name, grid, block, args))
+    n = 1 << 24
+    fake.grad_norm([np.zeros(n, np.float32)])
+    p, g, m, v = (np.zeros(n, np.float64) for _ in range(4))
+    fake.adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    for name in ("norm_pow_sum<float>", "adam_update<double>"):
+        occ = _blocks_by_registers(regs[name])
+        assert regs[name] > 32 and occ < 8, (name, regs[name])
+        assert grids[name] == occ * 132, (name, grids[name])
