@@ -266,7 +266,9 @@ def test_peak_memory_vs_estimate(benchmark, gpu):
     est = dp.estimate(list(sizes), batch, optimizer="adam", activation="gelu", loss_saves=0)
     ratio = peak / est.total_bytes
     info = {"sizes": list(sizes), "batch": batch, "peak_MiB": round(peak / 2**20, 1),
-            "estimate_MiB": round(est.total_bytes / 2**20, 1), "peak_over_estimate": round(ratio, 3),
+            "estimate_MiB": round(est.total_bytes / 2**20, 1),
+            "peak_over_estimate": round(ratio, 3),
             "resident_before_step_MiB": round(resident / 2**20, 1)}
     report(benchmark, "peak memory vs estimate", info,
-           {"peak_over_estimate_low": (ratio, 0.9, "ge"), "peak_over_estimate_high": (ratio, 1.1, "le")})
+           {"peak_over_estimate_low": (ratio, 0.9, "ge"),
+            "peak_over_estimate_high": (ratio, 1.1, "le")})

@@ -26,7 +26,7 @@ __all__ = [
     "Tensor", "tensor", "zeros", "ones", "empty", "full", "zeros_like", "ones_like", "randn",
     "rand", "arange", "from_numpy", "from_dlpack", "manual_seed",
     "set_backend", "get_backend", "use_backend", "cuda_available",
-    "check_deferred", "eager_checks", "set_eager_checks",
+    "check_deferred", "eager_checks", "set_eager_checks", "cuda",
     "Function", "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly",
     "gradcheck", "GradcheckError",
     "matmul", "exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "concat", "stack", "where",

@@ -214,7 +214,8 @@ def _mlp_step(be, sizes=(1024, 4096, 4096, 10), batch=1024):
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             opt.step()
-        out = {"mlp": f"{list(sizes)} batch {batch}", "dlprimer_step_ms": round(_best(be, step) * 1e3, 3)}
+        out = {"mlp": f"{list(sizes)} batch {batch}",
+               "dlprimer_step_ms": round(_best(be, step) * 1e3, 3)}
     try:
         import torch
         if not torch.cuda.is_available():
@@ -297,7 +298,8 @@ def format_report(rep: dict) -> str:
     lines.append("== self-test: fused ops against the reference ==")
     for r in rep["self_test"]:
         if r["ok"]:
-            lines.append(f"  ok    {r['backend']:5s} {r['op']:32s} max rel err {r['max_rel_err']:.1e}")
+            lines.append(f"  ok    {r['backend']:5s} {r['op']:32s} "
+                         f"max rel err {r['max_rel_err']:.1e}")
         else:
             why = r.get("message") or f"max rel err {r.get('max_rel_err'):.1e}, NaNs " \
                 f"{'match' if r.get('nan_match') else 'differ'}"

@@ -675,7 +675,8 @@ class CUDABackend(Backend):
             if a.size == 0:
                 continue
             if a.dtype not in _FLOAT_DTYPES:
-                raise TypeError(f"nonfinite_flag: the kernel takes float32 or float64, got {a.dtype}")
+                raise TypeError(f"nonfinite_flag: the kernel takes float32 or float64, got "
+                                f"{a.dtype}")
             a = cp.ascontiguousarray(a)
             self._launch(self._fn("reductions", "nonfinite_flag", a.dtype), a.size,
                          (a, np.int64(a.size), flag))

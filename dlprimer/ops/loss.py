@@ -4,9 +4,10 @@ Each loss is one Function that computes the per-element loss, reduces it
 (``"mean"``, ``"sum"`` or ``"none"``) and differentiates both steps at once.
 Cross-entropy runs as the backend's fused softmax-cross-entropy op, whose
 gradient is simply ``softmax(logits) - onehot``. On CUDA it is the fused classifier:
-one online-softmax pass, only (N, 2) row statistics saved, the logits gradient written over
-the logits when nothing else holds them (not even the caller's logits Tensor). Every loss is computed in a
-form that stays finite for logits of +-1e4 (log-sum-exp, log1p(e^-|x|)).
+one online-softmax pass, only (N, 2) row statistics saved, and the logits gradient
+written over the logits when nothing else holds them (not even the caller's logits
+Tensor). Every loss is computed in a form that stays finite for logits of +-1e4
+(log-sum-exp, log1p(e^-|x|)).
 
 Argument checking (shapes, dtypes, class ranges) lives in
 :mod:`dlprimer.nn.functional`; these Functions assume valid arrays.
