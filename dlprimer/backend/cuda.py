@@ -715,12 +715,16 @@ class CUDABackend(Backend):
         inf = math.isinf(norm_type)
         acc = self._norm_accumulate("clip_grad_norm_", arrays, norm_type)
         ord_arg = np.float64(-1.0 if inf else norm_type)
+        total = acc.reshape(()) if inf else acc.reshape(()) ** (1.0 / norm_type)
         for a in arrays:
-            if a.size:
+            if not a.size:
+                continue
+            if a.dtype in _FLOAT_DTYPES and a.flags.c_contiguous:
                 self._launch(self._fn("reductions", "clip_scale", a.dtype), a.size,
                              (a, np.int64(a.size), acc, ord_arg, np.float64(max_norm)))
-        total = acc.reshape(())
-        return total if inf else total ** (1.0 / norm_type)
+            else:  # float16 / strided gradients: the same coefficient in CuPy ops
+                a *= cp.minimum(max_norm / (total + 1e-6), 1.0).astype(a.dtype)
+        return total
 
     # -- CUDA graphs (dlprimer/cuda) --------------------------------------------------------
     @contextlib.contextmanager
