@@ -64,13 +64,10 @@ def thread_pools() -> list[dict]:
 def kernel_compiles(archs) -> list[dict]:
     """NVRTC-compile every kernel family for each architecture (no GPU needed)."""
     from .backend import _kernels
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-        nvrtc.getVersion()
-    except Exception as e:
+    why = _kernels.nvrtc_unavailable_reason()
+    if why is not None:
         return [{"family": "*", "ok": None,
-                 "message": f"skipped: CuPy's NVRTC is not usable ({type(e).__name__}: {e}); "
-                            "install the kernels-check extra"}]
+                 "message": f"skipped: {why}; install the kernels-check extra"}]
     out = []
     for family in _kernels.FAMILIES:
         for arch in archs:

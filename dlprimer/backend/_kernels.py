@@ -123,6 +123,16 @@ def cupy_runtime_options(arch: str) -> tuple[str, ...]:
     return opts + ("-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
 
 
+def nvrtc_unavailable_reason() -> str | None:
+    """None when CuPy's low-level NVRTC bindings work here (no GPU needed), else why not."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+    except Exception as e:
+        return f"CuPy's NVRTC is not usable ({type(e).__name__}: {e})"
+    return None
+
+
 def nvrtc_compile(family: str, arch: str, source: str | None = None) -> dict:
     """Compile one kernel file to a cubin for ``sm_<arch>`` through CuPy's NVRTC
     bindings, as CuPy would at run time; needs no GPU.
