@@ -602,12 +602,11 @@ class CUDABackend(Backend):
         seg = (off, block_seg, block_start, np.int64(chunk), sums)
         grid = block_seg.size
         self._launch(self._fn("optimizers", "lamb_moments_norms", param.dtype), param.size,
-                     (self._skip, param, grad, m, v, *seg, T(1.0 - beta1), T(beta2), T(1.0 - beta2),
-                      inv_bc1, inv_bc2_sqrt, T(eps), T(weight_decay)), grid=grid)
+                     (self._skip, param, grad, m, v, *seg, T(1.0 - beta1), T(beta2),
+                      T(1.0 - beta2), inv_bc1, inv_bc2_sqrt, T(eps), T(weight_decay)), grid=grid)
         self._launch(self._fn("optimizers", "lamb_apply", param.dtype), param.size,
-                     (self._skip, param, m, v, *seg, np.float64(lr), inv_bc1, inv_bc2_sqrt, T(eps),
-                      T(weight_decay)),
-                     grid=grid)
+                     (self._skip, param, m, v, *seg, np.float64(lr), inv_bc1, inv_bc2_sqrt,
+                      T(eps), T(weight_decay)), grid=grid)
         return param
 
     def lars_update(self, param, grad, buf, offsets, lr, momentum, weight_decay,
@@ -627,9 +626,9 @@ class CUDABackend(Backend):
         self._launch(self._fn("optimizers", "lars_norms", param.dtype), param.size,
                      (self._skip, param, grad, *seg), grid=grid)
         self._launch(self._fn("optimizers", "lars_apply", param.dtype), param.size,
-                     (self._skip, param, grad, buf if has_buf else param, *seg, T(lr), T(momentum),
-                      T(weight_decay), np.float64(trust_coefficient), np.float64(eps),
-                      np.int32(has_buf)), grid=grid)
+                     (self._skip, param, grad, buf if has_buf else param, *seg, T(lr),
+                      T(momentum), T(weight_decay), np.float64(trust_coefficient),
+                      np.float64(eps), np.int32(has_buf)), grid=grid)
         return param
 
     def _norm_accumulate(self, op, arrays, norm_type):
