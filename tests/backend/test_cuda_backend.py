@@ -409,8 +409,8 @@ def test_every_cuda_backend_shares_one_memory_meter(cuda_mod, monkeypatch):
         get_default_memory_pool=lambda: pool,
         cuda=types.SimpleNamespace(
             set_allocator=lambda f: installed.update(alloc=f),
-            Device=lambda: types.SimpleNamespace(attributes={"MultiProcessorCount": 4,
-                                                              "MaxThreadsPerMultiProcessor": 1536})))
+            Device=lambda: types.SimpleNamespace(attributes={
+                "MultiProcessorCount": 4, "MaxThreadsPerMultiProcessor": 1536})))
     monkeypatch.setattr(cuda_mod, "cp", cp)
     monkeypatch.setattr(cuda_mod, "_shared_meter", None, raising=False)
     first, second = cuda_mod.CUDABackend(), cuda_mod.CUDABackend()
