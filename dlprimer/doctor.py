@@ -62,7 +62,9 @@ def thread_pools() -> list[dict]:
 
 # -- the kernels ----------------------------------------------------------------------------
 def kernel_compiles(archs) -> list[dict]:
-    """NVRTC-compile every kernel family for each architecture (no GPU needed)."""
+    """NVRTC-compile every kernel family for each architecture (no GPU needed), with the
+    registers per thread of each kernel read from the cubin (the grids are sized from
+    them by the occupancy API at run time)."""
     from .backend import _kernels
     why = _kernels.nvrtc_unavailable_reason()
     if why is not None:
@@ -73,9 +75,11 @@ def kernel_compiles(archs) -> list[dict]:
         for arch in archs:
             t0 = time.perf_counter()
             try:
-                _kernels.nvrtc_compile(family, arch)
+                compiled = _kernels.nvrtc_compile(family, arch)
+                seconds = round(time.perf_counter() - t0, 2)
+                regs = _kernels.register_counts(family, arch, compiled)
                 out.append({"family": family, "arch": f"sm_{arch}", "ok": True,
-                            "seconds": round(time.perf_counter() - t0, 2)})
+                            "seconds": seconds, "registers": regs})
             except Exception as e:
                 out.append({"family": family, "arch": f"sm_{arch}", "ok": False,
                             "message": str(e)[:2000]})
@@ -289,7 +293,10 @@ def format_report(rep: dict) -> str:
         if k["ok"] is None:
             lines.append(f"  {k['message']}")
         elif k["ok"]:
-            lines.append(f"  ok    {k['family']:24s} {k['arch']}  {k['seconds']:.2f} s")
+            heavy = {n: r for n, r in k.get("registers", {}).items() if r > 32}
+            note = "; over 32 registers (fewer than 8 blocks of 256 per SM): " + ", ".join(
+                f"{n} {r}" for n, r in sorted(heavy.items(), key=lambda i: -i[1])) if heavy else ""
+            lines.append(f"  ok    {k['family']:24s} {k['arch']}  {k['seconds']:.2f} s{note}")
         else:
             lines.append(f"  FAIL  {k['family']:24s} {k['arch']}: {k['message'][:500]}")
     lines.append("== self-test: fused ops against the reference ==")
