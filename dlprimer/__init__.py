@@ -9,6 +9,7 @@ from ._dtype import bfloat16, bool_, float16, float32, float64, int8, int16, int
 from .autograd import Function, detect_anomaly, enable_grad, is_grad_enabled, no_grad
 from .backend import cuda_available, get_backend, set_backend, use_backend
 from ._moved import alias_moved_modules
+from .backend.checks import check_deferred, eager_checks, set_eager_checks
 from .tensor import (Tensor, arange, empty, from_dlpack, from_numpy, full, manual_seed, ones,
                      ones_like, rand, randn, tensor, zeros, zeros_like)
 from . import ops  # installs the Tensor operators
@@ -18,6 +19,7 @@ from .gradcheck import GradcheckError, gradcheck
 # -- optim --
 from . import optim
 # -- end optim --
+from . import cuda  # noqa: E402  (dp.cuda.CUDAGraph, dp.cuda.graph: CUDA graphs)
 
 __version__ = "0.1.0"
 
@@ -25,6 +27,7 @@ __all__ = [
     "Tensor", "tensor", "zeros", "ones", "empty", "full", "zeros_like", "ones_like", "randn",
     "rand", "arange", "from_numpy", "from_dlpack", "manual_seed",
     "set_backend", "get_backend", "use_backend", "cuda_available",
+    "check_deferred", "eager_checks", "set_eager_checks", "cuda",
     "Function", "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly",
     "gradcheck", "GradcheckError",
     "matmul", "exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "concat", "stack", "where",

@@ -347,8 +347,22 @@ def _check_finite(node, grads):
                     f"backward of {node.describe()} produced NaN or inf", op=node.name, location=loc)
 
 
+#: True while a backward with retain_graph=True runs: a Function may then not overwrite
+#: what it saved (the fused classifier writes its gradient over the logits otherwise).
+retaining_graph = False
+
+
 def run_backward(root, grad, retain_graph: bool = False):
     """Backpropagate ``grad`` (an array shaped like ``root``) from Tensor ``root``."""
+    global retaining_graph
+    prev, retaining_graph = retaining_graph, bool(retain_graph)
+    try:
+        _run_backward(root, grad, retain_graph)
+    finally:
+        retaining_graph = prev
+
+
+def _run_backward(root, grad, retain_graph):
     node0 = root._node
     if node0 is None:
         root._accumulate_grad(grad)

@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after PATIENCE epochs without a better validation loss")
     s.add_argument("--no-progress", action="store_true", help="no progress output")
     s.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    s.add_argument("--cuda-graph", action="store_true",
+                   help="capture the step once as a CUDA graph and replay it (CUDA backend; "
+                        "sgd or lars, no dropout, no schedule)")
     from .distributed import cli as dist_cli
     dist_cli.add_arguments(s)
 
@@ -239,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     from .bench import build_parser as bench_arguments
     bench_arguments(s)
+
+    s = sub.add_parser("doctor", help="versions, the GPU, thread pools, kernel compiles and a "
+                       "self-test of every fused op",
+                       description="Check what dlprimer runs on here (dlprimer/doctor.py); exit "
+                       "status 0 unless a check failed (no GPU is not a failure).")
+    _common(s)
+    s.add_argument("--full", action="store_true",
+                   help="also compile for every CI architecture and run the GPU benchmark summary")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
@@ -395,6 +407,17 @@ def cmd_train(a, out=sys.stdout):
                     checkpoint_every=a.checkpoint_every, resume=a.resume,
                     early_stopping=a.early_stopping, progress=not a.no_progress,
                     stream=out if not a.no_progress else None, config=config, force=a.force)
+    if a.cuda_graph:  # -- cuda graph (issue 17) --
+        if b.name != "cuda":
+            raise UsageError(f"--cuda-graph needs the cuda backend (a GPU); the backend is "
+                             f"{b.name!r}")
+        if comm is not None or sched is not None or a.dropout:
+            raise UsageError("--cuda-graph replays one captured step: it cannot be combined "
+                             "with --distributed, --schedule or --dropout")
+        if not opt.graph_safe:
+            raise UsageError(f"--cuda-graph needs --optimizer sgd or lars; {type(opt).__name__}'s "
+                             "step-count bias correction would be frozen in the graph")
+        fit_args["cuda_graph"] = True
     with _one_line_warnings(), _checkpoint_errors_are_usage():
         if comm is not None:
             from .distributed import fit as dist_fit
@@ -607,9 +630,14 @@ def cmd_primer(a, out=sys.stdout):
     return path
 
 
+def cmd_doctor(a, out=None):
+    from . import doctor
+    return doctor.main(full=a.full, as_json=a.json, out=out)
+
+
 COMMANDS = {"primer": cmd_primer, "train": cmd_train, "profile": cmd_profile,
             "estimate": cmd_estimate, "claims": cmd_claims, "report": cmd_report,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "doctor": cmd_doctor}
 
 
 def main(argv=None) -> int:

@@ -4,46 +4,77 @@
 #include "activations.cuh"
 #include "reduce.cuh"
 
+#include "vector.cuh"
+
+// Every elementwise kernel reads and writes 16 bytes at a time between a scalar head
+// and tail (vector.cuh); `head` comes from the host (CUDABackend._head).
+#define DLP_TID ((long long)blockIdx.x * blockDim.x + threadIdx.x)
+#define DLP_STRIDE ((long long)blockDim.x * gridDim.x)
+#define DLP_UNARY_BODY(EXPR)                                                              \
+    DLP_PACKED_LOOP(T, n, head, DLP_TID, DLP_STRIDE, { const T xi = x[i]; y[i] = EXPR; }, { \
+        const dlp::Pack<T> xv = dlp::load_pack(x + i);                                  \
+        dlp::Pack<T> yv;                                                                \
+        _Pragma("unroll") for (int j = 0; j < dlp::Pack<T>::size; ++j) {                \
+            const T xi = xv.v[j];                                                       \
+            yv.v[j] = EXPR;                                                             \
+        }                                                                               \
+        dlp::store_pack(y + i, yv);                                                     \
+    })
+#define DLP_BINARY_BODY(EXPR)                                                             \
+    DLP_PACKED_LOOP(T, n, head, DLP_TID, DLP_STRIDE,                                      \
+                    { const T xi = x[i]; const T gi = gy[i]; gx[i] = EXPR; }, {           \
+        const dlp::Pack<T> xv = dlp::load_pack(x + i);                                  \
+        const dlp::Pack<T> gv = dlp::load_pack(gy + i);                                 \
+        dlp::Pack<T> ov;                                                                \
+        _Pragma("unroll") for (int j = 0; j < dlp::Pack<T>::size; ++j) {                \
+            const T xi = xv.v[j];                                                       \
+            const T gi = gv.v[j];                                                       \
+            ov.v[j] = EXPR;                                                             \
+        }                                                                               \
+        dlp::store_pack(gx + i, ov);                                                    \
+    })
 #define DLP_UNARY(NAME, EXPR)                                                             \
     template <typename T>                                                                \
-    __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n) {      \
-        DLP_GRID_STRIDE_LOOP(i, n) y[i] = EXPR;                                          \
+    __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n,        \
+                         long long head) {                                               \
+        DLP_UNARY_BODY(EXPR)                                                             \
     }
 #define DLP_UNARY_P(NAME, EXPR)                                                           \
     template <typename T>                                                                \
-    __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n, T a) { \
-        DLP_GRID_STRIDE_LOOP(i, n) y[i] = EXPR;                                          \
+    __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n,        \
+                         long long head, T a) {                                          \
+        DLP_UNARY_BODY(EXPR)                                                             \
     }
 #define DLP_BINARY(NAME, EXPR)                                                            \
     template <typename T>                                                                \
     __global__ void NAME(const T* __restrict__ x, const T* __restrict__ gy,              \
-                         T* __restrict__ gx, long long n) {                              \
-        DLP_GRID_STRIDE_LOOP(i, n) gx[i] = EXPR;                                         \
+                         T* __restrict__ gx, long long n, long long head) {              \
+        DLP_BINARY_BODY(EXPR)                                                            \
     }
 #define DLP_BINARY_P(NAME, EXPR)                                                          \
     template <typename T>                                                                \
     __global__ void NAME(const T* __restrict__ x, const T* __restrict__ gy,              \
-                         T* __restrict__ gx, long long n, T a) {                         \
-        DLP_GRID_STRIDE_LOOP(i, n) gx[i] = EXPR;                                         \
+                         T* __restrict__ gx, long long n, long long head, T a) {         \
+        DLP_BINARY_BODY(EXPR)                                                            \
     }
 
 // For relu/sigmoid/tanh backward the first argument is the output y.
-DLP_UNARY(relu_forward, dlp::relu_fwd(x[i]))
-DLP_BINARY(relu_backward, dlp::relu_bwd(x[i], gy[i]))
-DLP_UNARY_P(leaky_relu_forward, dlp::leaky_relu_fwd(x[i], a))
-DLP_BINARY_P(leaky_relu_backward, dlp::leaky_relu_bwd(x[i], gy[i], a))
-DLP_UNARY_P(elu_forward, dlp::elu_fwd(x[i], a))
-DLP_BINARY_P(elu_backward, dlp::elu_bwd(x[i], gy[i], a))
-DLP_UNARY(gelu_erf_forward, dlp::gelu_erf_fwd(x[i]))
-DLP_BINARY(gelu_erf_backward, dlp::gelu_erf_bwd(x[i], gy[i]))
-DLP_UNARY(gelu_tanh_forward, dlp::gelu_tanh_fwd(x[i]))
-DLP_BINARY(gelu_tanh_backward, dlp::gelu_tanh_bwd(x[i], gy[i]))
-DLP_UNARY(silu_forward, dlp::silu_fwd(x[i]))
-DLP_BINARY(silu_backward, dlp::silu_bwd(x[i], gy[i]))
-DLP_UNARY(sigmoid_forward, dlp::sigmoid_fwd(x[i]))
-DLP_BINARY(sigmoid_backward, dlp::sigmoid_bwd(x[i], gy[i]))
-DLP_UNARY(tanh_forward, dlp::tanh_fwd(x[i]))
-DLP_BINARY(tanh_backward, dlp::tanh_bwd(x[i], gy[i]))
+DLP_UNARY(relu_forward, dlp::relu_fwd(xi))
+DLP_BINARY(relu_backward, dlp::relu_bwd(xi, gi))
+DLP_UNARY_P(leaky_relu_forward, dlp::leaky_relu_fwd(xi, a))
+DLP_BINARY_P(leaky_relu_backward, dlp::leaky_relu_bwd(xi, gi, a))
+DLP_UNARY_P(elu_forward, dlp::elu_fwd(xi, a))
+DLP_BINARY_P(elu_backward, dlp::elu_bwd(xi, gi, a))
+DLP_UNARY(gelu_erf_forward, dlp::gelu_erf_fwd(xi))
+DLP_BINARY(gelu_erf_backward, dlp::gelu_erf_bwd(xi, gi))
+DLP_UNARY(gelu_tanh_forward, dlp::gelu_tanh_fwd(xi))
+DLP_BINARY(gelu_tanh_backward, dlp::gelu_tanh_bwd(xi, gi))
+DLP_UNARY(silu_forward, dlp::silu_fwd(xi))
+DLP_BINARY(silu_backward, dlp::silu_bwd(xi, gi))
+DLP_UNARY(sigmoid_forward, dlp::sigmoid_fwd(xi))
+DLP_BINARY(sigmoid_backward, dlp::sigmoid_bwd(xi, gi))
+DLP_UNARY(tanh_forward, dlp::tanh_fwd(xi))
+DLP_BINARY(tanh_backward, dlp::tanh_bwd(xi, gi))
 
 // gelu(x + b) with b broadcast over the last axis (h = its length): one read of x,
 // one write of y, where separate ops would write and re-read x + b.
@@ -60,10 +91,38 @@ __global__ void bias_gelu_forward(const T* __restrict__ x, const T* __restrict__
                                   T* __restrict__ y, long long n, long long h, int approx_tanh) {
     DLP_BIAS_LOOP(i, col, n, h) y[i] = dlp::gelu_fwd(x[i] + b[col], approx_tanh);
 }
-// gx only; gb = gx summed over rows is a column reduction left to the caller.
+// gx and the bias gradient in one pass: a block takes a tile of 32 columns (a warp's
+// lane each, so every row segment is one coalesced 128-byte read) over a chunk of rows
+// (one warp per row, strided), sums gx down its columns in registers, reduces the
+// block's warps in shared memory and writes one partial per column and chunk:
+// partial[chunk * h + col]. gb is those few rows summed (rows / rows_per_chunk of them),
+// so gx is never read again.
 template <typename T>
 __global__ void bias_gelu_backward(const T* __restrict__ x, const T* __restrict__ b,
-                                   const T* __restrict__ gy, T* __restrict__ gx, long long n,
-                                   long long h, int approx_tanh) {
-    DLP_BIAS_LOOP(i, col, n, h) gx[i] = dlp::gelu_bwd(x[i] + b[col], gy[i], approx_tanh);
+                                   const T* __restrict__ gy, T* __restrict__ gx,
+                                   T* __restrict__ partial, long long rows, long long h,
+                                   long long rows_per_chunk, int approx_tanh) {
+    __shared__ T sums[32][33];
+    const long long tiles = (h + 31) / 32;
+    const long long tile = blockIdx.x % tiles, chunk = blockIdx.x / tiles;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const long long col = tile * 32 + lane;
+    const long long r0 = chunk * rows_per_chunk;
+    const long long r1 = min(rows, r0 + rows_per_chunk);
+    T acc = T(0);
+    if (col < h) {
+        const T bc = b[col];
+        for (long long r = r0 + warp; r < r1; r += warps) {
+            const long long i = r * h + col;
+            const T g = dlp::gelu_bwd(x[i] + bc, gy[i], approx_tanh);
+            gx[i] = g;
+            acc += g;
+        }
+    }
+    sums[warp][lane] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        for (int w = 1; w < warps; ++w) acc += sums[w][lane];
+        if (col < h) partial[chunk * h + col] = acc;
+    }
 }

@@ -55,4 +55,17 @@ template <> DLP_HOST_DEVICE double quiet_nan<double>() {
     return v.f;
 }
 
+// -inf from its bits, for the same reason
+template <typename T> DLP_HOST_DEVICE T neg_inf();
+template <> DLP_HOST_DEVICE float neg_inf<float>() {
+    union { unsigned int u; float f; } v;
+    v.u = 0xff800000u;
+    return v.f;
+}
+template <> DLP_HOST_DEVICE double neg_inf<double>() {
+    union { u64 u; double f; } v;
+    v.u = 0xfff0000000000000ULL;
+    return v.f;
+}
+
 }  // namespace dlp

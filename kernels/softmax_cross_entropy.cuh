@@ -45,4 +45,57 @@ DLP_HOST_DEVICE void sce_row_forward(const T* x, i64 c, i64 t, T one_minus_eps, 
     *loss = ok ? sce_loss(log_(s), x[t] - m, sum_z, one_minus_eps, eps, T(c)) : quiet_nan<T>();
 }
 
+// -- the fused classifier (llm.c's fused_classifier, Milakov & Gimelshein's online
+// softmax): one pass over a row keeps a running max m and a running sum s of e^(x - m),
+// rescaling s when m grows, so the logits are read once and only (m, log s), two numbers
+// per row, are kept for backward, which recomputes p = e^((x - m) - log s). Keeping m
+// apart from log s (not lse = m + log s) keeps float32 exact for huge logits.
+// A NaN logit makes the row NaN; -inf logits add nothing.
+template <typename T>
+DLP_HOST_DEVICE void online_softmax_add(T x, T& m, T& s) {
+    if (x != x) {
+        m = x;
+        s = x;
+    } else if (x > m) {
+        s = s * exp_(m - x) + T(1);
+        m = x;
+    } else if (x > neg_inf<T>()) {
+        s += exp_(x - m);
+    }
+}
+// s rescaled from its own max m to the row's max M (0 when the part saw no element)
+template <typename T>
+DLP_HOST_DEVICE T online_softmax_rescale(T m, T s, T M) {
+    return s == T(0) ? T(0) : s * exp_(m - M);
+}
+// The row loss as sce_loss, from z_t = x_t - m and sum_z = sum_j x_j - C m.
+template <typename T>
+DLP_HOST_DEVICE T classifier_loss(T log_s, T x_target, T m, T sum_x, T one_minus_eps, T eps,
+                                  T c) {
+    return sce_loss(log_s, x_target - m, eps == T(0) ? T(0) : sum_x - c * m, one_minus_eps,
+                    eps, c);
+}
+template <typename T>
+DLP_HOST_DEVICE T classifier_grad(T x, T m, T log_s, bool is_target, T one_minus_eps,
+                                  T eps_over_c, T gy) {
+    return sce_grad(exp_((x - m) - log_s), is_target, one_minus_eps, eps_over_c, gy);
+}
+
+// One row, serially (the host twin of the block-parallel kernel); stats = (m, log s).
+template <typename T>
+DLP_HOST_DEVICE void classifier_row_forward(const T* x, i64 c, i64 t, T one_minus_eps, T eps,
+                                            T* loss, T* stats) {
+    T m = neg_inf<T>(), s = T(0), sum_x = T(0);
+    for (i64 j = 0; j < c; ++j) {
+        online_softmax_add(x[j], m, s);
+        sum_x += x[j];
+    }
+    const T log_s = log_(s);
+    stats[0] = m;
+    stats[1] = log_s;
+    const bool ok = t >= 0 && t < c;
+    *loss = ok ? classifier_loss(log_s, x[t], m, sum_x, one_minus_eps, eps, T(c))
+               : quiet_nan<T>();
+}
+
 }  // namespace dlp

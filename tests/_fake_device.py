@@ -5,7 +5,8 @@ are :class:`DeviceArray` (a NumPy subclass) and its ``xp`` refuses plain NumPy
 arrays, the way CuPy refuses NumPy arrays, so code that mixes the arrays of two
 backends fails here as it would on a GPU. Turning a device array into a Python
 number (``float``, ``int``, ``bool``, ``.item()``) or a NumPy array
-(``to_numpy``) counts as a host synchronisation in ``DeviceArray.syncs``.
+(``to_numpy``) counts as a host synchronisation in ``DeviceArray.syncs``; reductions and integer
+indexing give 0-d device arrays (as CuPy does), not NumPy scalars that would hide one.
 """
 import contextlib
 import functools
@@ -39,9 +40,34 @@ class DeviceArray(np.ndarray):
     def item(self, *args):
         return self._sync().item(*args)
 
+    def tolist(self):
+        return self._sync().tolist()
+
+    # A full reduction or an integer index returns a 0-d device array, as CuPy does,
+    # never a NumPy scalar: turning it into a Python number then counts as a sync.
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        return np.asarray(arr).view(DeviceArray)
+
+    def __getitem__(self, key):
+        return _on_device(super().__getitem__(key))
+
+    @property
+    def base(self):
+        """None for a device array over a whole host buffer only it sees (as a fresh CuPy
+        array), else the array it views."""
+        b = np.ndarray.base.__get__(self)
+        if (type(b) is np.ndarray and b.base is None and b.nbytes == self.nbytes
+                and b.ctypes.data == self.ctypes.data):
+            return None
+        return b
+
 
 def _on_device(a):
-    return a.view(DeviceArray) if type(a) is np.ndarray else a
+    if type(a) is np.ndarray:
+        return a.view(DeviceArray)
+    if isinstance(a, np.generic):
+        return np.asarray(a).view(DeviceArray)
+    return a
 
 
 def _check(args):
@@ -77,11 +103,26 @@ _FUSED = [n for n, f in vars(Backend).items() if callable(f) and n.endswith(
 class FakeDevice(CPUBackend):
     name = "cuda"
     xp = StrictXP()
+    device_queue = True  # checks in a step become device flags, as on CUDA
+    fused_classifier = True  # cross-entropy saves lse only, as on CUDA
 
     def __init__(self):
         super().__init__()
         for n in _FUSED:  # the CPU's fused ops, checked and returning device arrays
+            if n in vars(FakeDevice):
+                continue
             setattr(self, n, self._device_op(getattr(CPUBackend, n)))
+
+    def softmax_cross_entropy_forward(self, logits, target, label_smoothing=0.0):
+        """As the CUDA kernel: a target outside [0, C) gives its row a NaN loss (no raise:
+        the range check is a deferred device flag)."""
+        _check((logits, target))
+        t = np.asarray(target)
+        bad = (t < 0) | (t >= logits.shape[1])
+        loss, probs = CPUBackend.softmax_cross_entropy_forward(
+            self, np.asarray(logits), np.where(bad, 0, t), label_smoothing)
+        loss[bad] = np.nan
+        return _on_device(loss), _on_device(probs)
 
     def _device_op(self, f):
         def op(*args, **kwargs):

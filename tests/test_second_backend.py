@@ -89,16 +89,28 @@ def test_unfused_lamb_and_lars_do_not_sync_with_the_host(dev, momentum):
 
 
 @pytest.mark.parametrize("fn", ["cross_entropy", "focal_loss"])
-def test_class_losses_check_targets_with_one_host_sync(dev, fn):
-    """The target range check reads min and max in one transfer; backward reads nothing."""
+def test_class_losses_check_targets_without_a_host_sync(dev, fn):
+    """On a device the target range check is a device flag: the loss and its backward
+    read nothing; dp.check_deferred() reads it (one transfer) and names the bad class.
+    With the debug switch the check is eager again: one read, raised at the loss."""
     rng = np.random.default_rng()
     logits = dp.tensor(rng.normal(size=(6, 5))).to("cuda").requires_grad_()
     target = dp.tensor(rng.integers(0, 5, 6)).to("cuda")
     before = DeviceArray.syncs
     loss = getattr(dp.nn.functional, fn)(logits, target)
-    assert DeviceArray.syncs - before == 1
     loss.backward()
+    assert DeviceArray.syncs == before
+    dp.check_deferred()
     assert DeviceArray.syncs - before == 1
     bad = dp.tensor(np.array([0, 1, 5, 2, 3, 4])).to("cuda")
-    with pytest.raises(ValueError, match="target class 5 is out of range for 5 classes"):
-        getattr(dp.nn.functional, fn)(logits, bad)
+    ce = dp.nn.functional.cross_entropy  # as CuPy's kernels, runs on a bad target (NaN loss)
+    ce(logits, target)
+    assert not np.isfinite(ce(logits, bad).numpy())
+    ce(logits, -1 - bad)
+    with pytest.raises(ValueError, match=r"target class 5 is out of range for 5 classes .*2 batches"):
+        dp.check_deferred()
+    dp.check_deferred()  # read and cleared
+    before = DeviceArray.syncs
+    with dp.eager_checks(), pytest.raises(ValueError, match="target class -6 is out of range"):
+        getattr(dp.nn.functional, fn)(logits, -1 - bad)
+    assert DeviceArray.syncs - before == 1

@@ -13,6 +13,7 @@ and no driver. So a kernel that does not compile fails CI on any machine.
 from __future__ import annotations
 
 import hashlib
+import struct
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -49,11 +50,14 @@ FAMILIES: dict[str, dict[str, bool]] = {
     "dropout": {"dropout_forward": True, "dropout_backward": True,
                 "dropout_keep_mask": False, "counter_uniform_fill": False},
     "softmax_cross_entropy": {"softmax_cross_entropy_forward": True,
-                              "softmax_cross_entropy_backward": True},
+                              "softmax_cross_entropy_backward": True,
+                              "fused_classifier_forward": True,
+                              "fused_classifier_backward": True},
     "optimizers": {name: True for name in (
         "sgd_update", "adam_update", "lamb_moments_norms", "lamb_apply", "lars_norms",
         "lars_apply")},
-    "reductions": {"norm_pow_sum": True, "norm_max_abs": True},
+    "reductions": {"norm_pow_sum": True, "norm_max_abs": True, "nonfinite_flag": True,
+                   "clip_scale": True},
 }
 
 #: the architectures CI compiles every kernel for (Ampere, Hopper)
@@ -140,6 +144,16 @@ def cupy_runtime_options(arch: str) -> tuple[str, ...]:
     return opts + ("-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
 
 
+def nvrtc_unavailable_reason() -> str | None:
+    """None when CuPy's low-level NVRTC bindings work here (no GPU needed), else why not."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+    except Exception as e:
+        return f"CuPy's NVRTC is not usable ({type(e).__name__}: {e})"
+    return None
+
+
 def nvrtc_compile(family: str, arch: str, source: str | None = None) -> dict:
     """Compile one kernel file to a cubin for ``sm_<arch>`` through CuPy's NVRTC
     bindings, as CuPy would at run time; needs no GPU.
@@ -165,3 +179,47 @@ def nvrtc_compile(family: str, arch: str, source: str | None = None) -> dict:
     finally:
         nvrtc.destroyProgram(prog)
     return {"cubin": cubin, "lowered": lowered, "log": log}
+
+
+def _elf_sections(elf: bytes) -> dict:
+    """ELF64 section name -> (offset, size, link) of a cubin."""
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+    heads = [struct.unpack_from("<IIQQQQIIQQ", elf, shoff + i * shentsize) for i in range(shnum)]
+    names = heads[shstrndx][4]
+    out = {}
+    for h in heads:
+        start = names + h[0]
+        out[elf[start:elf.index(b"\0", start)].decode()] = (h[4], h[5], h[6])
+    return out
+
+
+def register_counts(family: str, arch: str, compiled: dict | None = None) -> dict[str, int]:
+    """Registers per thread of every kernel of ``family`` compiled for ``sm_<arch>``,
+    read from the cubin's ``.nv.info`` (EIATTR_REGCOUNT records), as cuobjdump
+    --dump-resource-usage shows them; no GPU needed. Keyed by name expression.
+    ``compiled``: an :func:`nvrtc_compile` result to read instead of compiling."""
+    res = compiled if compiled is not None else nvrtc_compile(family, arch)
+    elf = res["cubin"]
+    sec = _elf_sections(elf)
+    symtab_off, symtab_size, strtab_index = sec[".symtab"]
+    strtab_off = list(sec.values())[strtab_index][0]
+    syms = []
+    for i in range(symtab_size // 24):
+        name_off, = struct.unpack_from("<I", elf, symtab_off + 24 * i)
+        start = strtab_off + name_off
+        syms.append(elf[start:elf.index(b"\0", start)].decode())
+    by_mangled = {v: k for k, v in res["lowered"].items()}
+    off, size, _ = sec[".nv.info"]
+    out, end = {}, off + size
+    while off < end:  # records: format byte, attribute byte, then a value
+        fmt, attr = elf[off], elf[off + 1]
+        if fmt == 0x04:  # EIFMT_SVAL: u16 size, payload
+            n, = struct.unpack_from("<H", elf, off + 2)
+            if attr == 0x2F:  # EIATTR_REGCOUNT: (symbol index, registers)
+                sym, regs = struct.unpack_from("<II", elf, off + 4)
+                out[by_mangled.get(syms[sym], syms[sym])] = regs
+            off += 4 + n
+        else:
+            off += 4 if fmt in (0x02, 0x03) else 2
+    return out

@@ -11,9 +11,13 @@ differentiate from their output, the others from their input.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 
 import numpy as np
+
+from .checks import DeferredChecks, eager_checks_enabled
 
 
 class Timer:
@@ -84,10 +88,14 @@ class Backend:
     #: whether the fused ReLU accepts float16/bfloat16 arrays (max(x, 0) is exact in any
     #: precision, so under autocast a half input then stays half, and so does what it saves).
     half_relu: bool = False
+    #: True when work is queued asynchronously (a GPU), so reading a device value into
+    #: Python waits for the whole queue: checks in a training step are then deferred.
+    device_queue: bool = False
 
     def __init__(self):
         self._seed = int(np.random.SeedSequence().entropy % (2**63))
         self._counter = 0
+        self.deferred = DeferredChecks(self)
 
     def __repr__(self):
         return f"<dlprimer backend {self.name!r}>"
@@ -227,6 +235,51 @@ class Backend:
         """glogits = (probs - smoothed one-hot(target)) * gy[:, None]."""
         raise NotImplementedError
 
+    #: True where the autograd cross-entropy runs the fused classifier below (CUDA): only
+    #: (N, 2) row statistics are saved; the CPU saves the probabilities and skips an exp.
+    fused_classifier: bool = False
+
+    def fused_classifier_forward(self, logits, target, label_smoothing=0.0):
+        """The fused classifier (llm.c): row losses of (N, C) logits and ``stats`` (N, 2),
+        each row's max m and log sum_j e^(x_j - m): all backward needs besides the logits
+        (O(N), whatever C). A target outside [0, C) gives its row a NaN loss. Generic xp
+        form; CUDA reads the logits once (online softmax)."""
+        xp = self.xp
+        n, c = logits.shape
+        ok = (target >= 0) & (target < c)
+        t = xp.where(ok, target, 0)
+        m = logits.max(axis=1, keepdims=True)
+        z = logits - m
+        log_s = xp.log(xp.exp(z).sum(axis=1))
+        loss = log_s - xp.take_along_axis(z, t.reshape(-1, 1), axis=1)[:, 0]
+        if label_smoothing:
+            eps = label_smoothing
+            loss = loss * (1 - eps) + (log_s - z.sum(axis=1) / c) * eps
+        stats = xp.stack([m[:, 0], log_s], axis=1).astype(logits.dtype)
+        return xp.where(ok, loss, xp.nan).astype(logits.dtype), stats
+
+    def fused_classifier_backward(self, logits, stats, target, gy, label_smoothing=0.0,
+                                  inplace=False):
+        """glogits = (e^((x - m) - log s) - smoothed one-hot(target)) * gy[:, None]; with
+        ``inplace`` written over ``logits`` (no N x C allocation)."""
+        xp = self.xp
+        n, c = logits.shape
+        g = logits if inplace else xp.empty_like(logits)
+        xp.subtract(logits, stats[:, :1], out=g)
+        g -= stats[:, 1:]
+        xp.exp(g, out=g)
+        eps = label_smoothing
+        if eps:
+            g -= eps / c
+        ok = (target >= 0) & (target < c)
+        hot = xp.zeros_like(g)
+        xp.put_along_axis(hot, xp.where(ok, target, 0).reshape(-1, 1),
+                          ok.astype(g.dtype).reshape(-1, 1) * (1 - eps), axis=1)
+        g -= hot
+        gy = xp.broadcast_to(gy, (n,)) if gy.ndim == 0 else gy
+        g *= gy.reshape(-1, 1)
+        return g
+
     # -- fused optimizer updates over a flat arena (all in place) -----------------------
     # ``param``, ``grad`` and state arrays are 1-D views of one param group's arena;
     # ``offsets`` (LAMB, LARS) are the start of each parameter in it, plus the end.
@@ -254,3 +307,100 @@ class Backend:
     def grad_norm(self, arrays, norm_type=2.0):
         """The norm of all ``arrays`` taken together, as a Python float (inf-norm too)."""
         raise NotImplementedError
+
+    # -- CUDA graphs (dlprimer/cuda) -------------------------------------------------------
+    def graph_capture(self, keep_alive: list):
+        """Context manager capturing the block's device work into a graph (CUDA only);
+        yields a dict that holds the ``graph`` after the block."""
+        raise RuntimeError(
+            f"CUDA graphs need the 'cuda' backend; this is the {self.name!r} backend, which "
+            "runs each op as it is called (nothing to capture). Use dp.set_backend('cuda') "
+            "on a machine with a GPU, or run the step eagerly.")
+
+    def graph_replay(self, graph):
+        raise RuntimeError(f"graph_replay: the {self.name!r} backend has no CUDA graphs")
+
+    # -- checks without a host sync (see backend/checks.py) ------------------------------
+    @property
+    def defers_checks(self) -> bool:
+        """True when the checks of a step are device flags read later (a device backend
+        with the debug switch ``DLPRIMER_EAGER_CHECKS`` off)."""
+        return self.device_queue and not eager_checks_enabled()
+
+    def check_class_targets(self, target, num_classes, fn):
+        """Class indices in [0, num_classes), or ValueError naming the first bad one.
+
+        Eager (CPU, or the debug switch): min and max in one host read. Deferred: the
+        same test recorded as a device flag (the loss kernels already give such a row a
+        NaN loss), raised by ``dp.check_deferred()``.
+        """
+        if target.size == 0:
+            return
+        xp = self.xp
+        lo, hi = target.min(), target.max()
+
+        def error(count, bad, fn=fn, c=num_classes):
+            times = "" if count == 1 else f" ({count} batches had a bad target)"
+            return ValueError(f"{fn}: target class {bad} is out of range for {c} classes "
+                              f"(valid: 0..{c - 1}){times}")
+
+        if not self.defers_checks:
+            lo, hi = (int(v) for v in self.to_numpy(xp.stack([lo, hi])))
+            if lo < 0 or hi >= num_classes:
+                raise error(1, lo if lo < 0 else hi)
+            return
+        bad_lo = lo < 0
+        self.deferred.record(("class_target", fn, num_classes), bad_lo | (hi >= num_classes),
+                             xp.where(bad_lo, lo, hi), error)
+
+    def nonfinite_flag(self, arrays):
+        """A 0-d int32 device array: 1 when any of ``arrays`` holds NaN or inf, else 0.
+        No host read (the ``found_inf`` of PyTorch's fused optimizers)."""
+        xp = self.xp
+        flags = [xp.logical_not(xp.isfinite(a).all()) for a in arrays if a.size]
+        if not flags:
+            return xp.zeros((), xp.int32)
+        return xp.stack(flags).any().astype(xp.int32)
+
+    @contextlib.contextmanager
+    def skip_updates_if(self, found_inf, arrays):
+        """Updates run inside this block leave ``arrays`` unchanged where the 0-d device
+        flag ``found_inf`` is set, decided on the device. Generic form: copy, update,
+        copy back under the flag; the CUDA backend passes the flag to its kernels."""
+        xp = self.xp
+        saved = [a.copy() for a in arrays]
+        with np.errstate(all="ignore"):  # a flagged step's NaNs are thrown away
+            yield
+        keep = found_inf.astype(bool)
+        for a, s in zip(arrays, saved):
+            xp.copyto(a, s, where=keep)
+
+    def clip_grad_norm_(self, arrays, max_norm, norm_type=2.0):
+        """Scale ``arrays`` in place by ``min(max_norm / (norm + 1e-6), 1)`` (PyTorch's
+        clip_grad_norm_), where norm is their joint ``norm_type``-norm; returns the norm
+        before clipping as a 0-d float64 array. Eager on the host (the norm is a float);
+        on a device backend the coefficient is computed and applied on the device."""
+        xp = self.xp
+        if not self.defers_checks:
+            total = self.grad_norm(arrays, norm_type)
+            coef = min(max_norm / (total + 1e-6), 1.0) if total == total else float("nan")
+            if coef != 1.0:
+                for a in arrays:
+                    a *= coef
+            return xp.asarray(total, dtype=xp.float64)
+        total = self._device_norm(arrays, norm_type)
+        coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+        for a in arrays:
+            a *= coef.astype(a.dtype)
+        return total
+
+    def _device_norm(self, arrays, norm_type):
+        """The joint norm as a 0-d float64 device array (NaN and inf propagate)."""
+        xp = self.xp
+        parts = [a.reshape(-1).astype(xp.float64) for a in arrays if a.size]
+        if not parts:
+            return xp.zeros((), xp.float64)
+        if math.isinf(norm_type):
+            return xp.stack([xp.abs(a).max() for a in parts]).max()
+        total = xp.stack([(xp.abs(a) ** norm_type).sum() for a in parts]).sum()
+        return total ** (1.0 / norm_type)

@@ -2,7 +2,7 @@
 
 Matmul, reductions and everything else ``xp`` offers run through CuPy; the fused
 ops of the Backend contract launch the hand-written kernels of
-``dlprimer/kernels/*.cu``, compiled by NVRTC (through ``cupy.RawModule``) the first
+``kernels/*.cu`` (shipped as ``dlprimer/kernels/``), compiled by NVRTC (through ``cupy.RawModule``) the first
 time a family is used and cached by CuPy on disk and here in memory. Timing uses
 CUDA events; memory is CuPy's pool, with the high-water mark tracked by an
 allocator wrapper (CuPy keeps no peak of its own).
@@ -11,6 +11,7 @@ This module is imported only when a usable GPU is present (``backend._make``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import cupy as cp
@@ -21,6 +22,8 @@ from . import _kernels
 from .base import Backend, MemoryMeter, Timer
 
 _BLOCK = 256
+#: fused update methods whose kernels read the skip flag (found_inf) themselves
+_FLAGGED_UPDATES = ("sgd_update", "adam_update", "lamb_update", "lars_update")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -62,11 +65,16 @@ class CUDAMemoryMeter(MemoryMeter):
         self._peak = self.pool.used_bytes()
         cp.cuda.set_allocator(self._malloc)
 
+    #: while a CUDA graph is captured: every block handed out, kept for the graph's life
+    capture_blocks: list | None = None
+
     def _malloc(self, size):
         mem = self.pool.malloc(size)
         used = self.pool.used_bytes()
         if used > self._peak:
             self._peak = used
+        if self.capture_blocks is not None:
+            self.capture_blocks.append(mem)
         return mem
 
     def current(self) -> int:
@@ -94,16 +102,22 @@ def _memory_meter() -> CUDAMemoryMeter:
 class CUDABackend(Backend):
     name = "cuda"
     xp = cp
+    device_queue = True
 
     def __init__(self):
         super().__init__()
         self.memory = _memory_meter()
         self.device = cp.cuda.Device()
-        self._sm_count = int(self.device.attributes["MultiProcessorCount"])
-        self._max_blocks = self._sm_count * (2048 // _BLOCK)
+        attrs = self.device.attributes
+        self._sm_count = int(attrs["MultiProcessorCount"])
+        #: full occupancy at _BLOCK threads (a kernel's own cap comes from the occupancy API)
+        self._max_blocks = self._sm_count * (int(attrs["MaxThreadsPerMultiProcessor"]) // _BLOCK)
         self._modules: dict[str, cp.RawModule] = {}
         self._functions: dict[tuple, object] = {}
         self._segment_tables: dict[tuple, tuple] = {}
+        self._occupancy: dict[tuple, int] = {}
+        self._no_skip = None  # a device 0 for the update kernels' skip flag, made on first use
+        self._skip_flag = None  # found_inf while inside skip_updates_if
 
     # -- device ---------------------------------------------------------------------
     def synchronize(self):
@@ -183,12 +197,57 @@ class CUDABackend(Backend):
             self._functions[key] = fn
         return fn
 
-    def _launch(self, fn, n, args, block=_BLOCK, grid=None):
+    def _blocks_per_sm(self, fn, block):
+        """Resident blocks of ``fn`` per SM at ``block`` threads, from the CUDA occupancy
+        API (registers and shared memory of the compiled kernel); cached per kernel."""
+        key = (id(fn), block)
+        occ = self._occupancy.get(key)
+        if occ is None:
+            from cupy_backends.cuda.api import driver
+            occ = int(driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, block, 0))
+            occ = self._occupancy[key] = max(1, occ)
+        return occ
+
+    def _launch(self, fn, n, args, block=_BLOCK, grid=None, per_thread=1):
+        """Launch over n elements; a grid-stride kernel gets one wave of resident blocks
+        at most (occupancy API), each thread taking ``per_thread`` elements a turn."""
         if n <= 0:
             return
         if grid is None:
-            grid = max(1, min(-(-n // block), self._max_blocks))
+            want = -(-n // (block * per_thread))
+            grid = max(1, min(want, self._blocks_per_sm(fn, block) * self._sm_count))
         fn((int(grid),), (int(block),), args)
+
+    @staticmethod
+    def _address(a):
+        return a.data.ptr
+
+    def _head(self, *arrays):
+        """Elements before the first 16-byte boundary, the same for every array of a
+        packed launch (kernels/vector.cuh), or -1 (all scalar) when they differ or are
+        not float32 (only float is packed)."""
+        item = arrays[0].itemsize
+        mis = {self._address(a) % 16 for a in arrays}
+        if item != 4 or len(mis) != 1:
+            return np.int64(-1)
+        m = mis.pop()
+        return np.int64(-1) if m % item else np.int64(((16 - m) % 16) // item)
+
+    def _empty_like(self, x):
+        """An output for ``x`` with the same offset from a 16-byte boundary, so a slice
+        that starts off a boundary still runs packed (a few bytes of padding)."""
+        mis = self._address(x) % 16
+        if mis == 0 or x.itemsize != 4 or mis % x.itemsize:
+            return cp.empty_like(x)
+        pad = 16 // x.itemsize
+        buf = cp.empty(x.size + pad, x.dtype)
+        off = ((mis - self._address(buf) % 16) % 16) // x.itemsize
+        return buf[off:off + x.size].reshape(x.shape)
+
+    def _packed(self, n, *arrays):
+        """(head, elements per thread turn) of a packed elementwise launch."""
+        head = self._head(*arrays)
+        return head, (1 if head < 0 else 16 // arrays[0].itemsize)
 
     @staticmethod
     def _key_args(key):
@@ -220,18 +279,21 @@ class CUDABackend(Backend):
 
     def _unary(self, kernel, op, x, *scalars):
         (x,) = self._arrays(op, ("x", x))
-        y = cp.empty_like(x)
+        y = self._empty_like(x)
         T = x.dtype.type
+        head, per = self._packed(x.size, x, y)
         self._launch(self._fn("activations", kernel, x.dtype), x.size,
-                     (x, y, np.int64(x.size), *(T(s) for s in scalars)))
+                     (x, y, np.int64(x.size), head, *(T(s) for s in scalars)), per_thread=per)
         return y
 
     def _binary(self, kernel, op, first_name, a, gy, *scalars):
         a, gy = self._arrays(op, (first_name, a), ("gy", gy))
-        gx = cp.empty_like(a)
+        gx = self._empty_like(a)
         T = a.dtype.type
+        head, per = self._packed(a.size, a, gy, gx)
         self._launch(self._fn("activations", kernel, a.dtype), a.size,
-                     (a, gy, gx, np.int64(a.size), *(T(s) for s in scalars)))
+                     (a, gy, gx, np.int64(a.size), head, *(T(s) for s in scalars)),
+                     per_thread=per)
         return gx
 
     @staticmethod
@@ -313,10 +375,19 @@ class CUDABackend(Backend):
             raise ValueError(f"bias_gelu_backward: gy is {gy.dtype} {gy.shape} but x is "
                              f"{x.dtype} {x.shape}")
         gx = cp.empty_like(x)
-        self._launch(self._fn("activations", "bias_gelu_backward", x.dtype), x.size,
-                     (x, b, gy, gx, np.int64(x.size), np.int64(b.size), np.int32(tanh)))
-        gb = gx.reshape(-1, b.size).sum(axis=0)
-        return gx, gb
+        h = b.size
+        rows = x.size // h if h else 0
+        if rows == 0:
+            return gx, cp.zeros_like(b)
+        fn = self._fn("activations", "bias_gelu_backward", x.dtype)
+        tiles = -(-h // 32)
+        chunks = max(1, min(rows // 8, self._blocks_per_sm(fn, _BLOCK) * self._sm_count // tiles))
+        per_chunk = -(-rows // chunks)
+        chunks = -(-rows // per_chunk)
+        partial = cp.empty((chunks, h), x.dtype)
+        self._launch(fn, x.size, (x, b, gy, gx, partial, np.int64(rows), np.int64(h),
+                                  np.int64(per_chunk), np.int32(tanh)), grid=tiles * chunks)
+        return gx, partial.sum(axis=0)
 
     # -- dropout ------------------------------------------------------------------------------
     @staticmethod
@@ -400,6 +471,52 @@ class CUDABackend(Backend):
                      gx.size, (p, t, gy, gx, np.int64(rows), np.int64(c), ome, eoc))
         return gx
 
+    fused_classifier = True
+
+    def _row_launch(self, c):
+        """Block size for a row kernel: whole warps, up to 256, no wider than the row."""
+        return min(256, max(32, 1 << (int(c) - 1).bit_length()))
+
+    def fused_classifier_forward(self, logits, target, label_smoothing=0.0):
+        """One online-softmax pass over each row (kernels/softmax_cross_entropy.cu): the
+        row loss and stats (N, 2) = (max, log sum e^(x - max)); a target outside [0, C)
+        gives a NaN loss, no host read."""
+        x, t, eps = self._sce_args("fused_classifier_forward", logits, "logits", target,
+                                   label_smoothing)
+        rows, c = x.shape
+        T = x.dtype.type
+        loss = cp.empty(rows, x.dtype)
+        stats = cp.empty((rows, 2), x.dtype)
+        fn = self._fn("softmax_cross_entropy", "fused_classifier_forward", x.dtype)
+        block = self._row_launch(c)
+        grid = min(rows, self._blocks_per_sm(fn, block) * self._sm_count) if rows else 0
+        self._launch(fn, rows, (x, t, loss, stats, np.int64(rows), np.int64(c), T(1.0 - eps),
+                                T(eps)), block=block, grid=grid)
+        return loss, stats
+
+    def fused_classifier_backward(self, logits, stats, target, gy, label_smoothing=0.0,
+                                  inplace=False):
+        x, t, eps = self._sce_args("fused_classifier_backward", logits, "logits", target,
+                                   label_smoothing)
+        rows, c = x.shape
+        if isinstance(gy, cp.ndarray) and gy.ndim == 0:
+            gy = cp.broadcast_to(gy, (rows,))
+        stats, gy = self._arrays("fused_classifier_backward", ("stats", stats), ("gy", gy),
+                                 same_shape=False)
+        if stats.shape != (rows, 2) or gy.shape != (rows,) or gy.dtype != x.dtype:
+            raise ValueError(f"fused_classifier_backward: stats must be ({rows}, 2) and gy "
+                             f"({rows},), both {x.dtype}; got stats {stats.dtype} {stats.shape}, "
+                             f"gy {gy.dtype} {gy.shape}")
+        inplace = inplace and logits.flags.c_contiguous  # then x is logits' own memory
+        gx = x if inplace else cp.empty_like(x)
+        T = x.dtype.type
+        fn = self._fn("softmax_cross_entropy", "fused_classifier_backward", x.dtype)
+        block = self._row_launch(c)
+        grid = min(rows, self._blocks_per_sm(fn, block) * self._sm_count) if rows else 0
+        self._launch(fn, rows, (x, stats, t, gy, gx, np.int64(rows), np.int64(c), T(1.0 - eps),
+                                T(eps / c)), block=block, grid=grid)
+        return logits if inplace else gx
+
     # -- fused optimizer updates --------------------------------------------------------------
     def _arena(self, op, param, grad, *state):
         """Check the flat arena views: 1-D, contiguous (updated in place), one dtype."""
@@ -446,10 +563,12 @@ class CUDABackend(Backend):
         self._arena("sgd_update", param, grad, ("buf", buf))
         T = param.dtype.type
         has_buf = momentum != 0.0
+        b = buf if has_buf else param
+        head, per = self._packed(param.size, param, grad, b)
         self._launch(self._fn("optimizers", "sgd_update", param.dtype), param.size,
-                     (param, grad, buf if has_buf else param, np.int64(param.size), T(lr),
+                     (self._skip, param, grad, b, np.int64(param.size), head, T(lr),
                       T(momentum), T(1.0 - dampening), T(weight_decay), np.int32(has_buf),
-                      np.int32(bool(nesterov)), np.int32(bool(first_step))))
+                      np.int32(bool(nesterov)), np.int32(bool(first_step))), per_thread=per)
         return param
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
@@ -460,11 +579,12 @@ class CUDABackend(Backend):
         T = param.dtype.type
         bc1 = 1.0 - beta1 ** step
         bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        head, per = self._packed(param.size, param, grad, m, v)
         self._launch(self._fn("optimizers", "adam_update", param.dtype), param.size,
-                     (param, grad, m, v, np.int64(param.size), T(1.0 - beta1), T(beta2),
-                      T(1.0 - beta2), T(eps * bc2_sqrt), T(weight_decay),
-                      T(1.0 - lr * weight_decay), T(-lr * bc2_sqrt / bc1),
-                      np.int32(bool(decoupled))))
+                     (self._skip, param, grad, m, v, np.int64(param.size), head,
+                      T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps * bc2_sqrt),
+                      T(weight_decay), T(1.0 - lr * weight_decay), T(-lr * bc2_sqrt / bc1),
+                      np.int32(bool(decoupled))), per_thread=per)
         return param
 
     def lamb_update(self, param, grad, m, v, offsets, lr, beta1, beta2, eps, weight_decay, step):
@@ -482,12 +602,11 @@ class CUDABackend(Backend):
         seg = (off, block_seg, block_start, np.int64(chunk), sums)
         grid = block_seg.size
         self._launch(self._fn("optimizers", "lamb_moments_norms", param.dtype), param.size,
-                     (param, grad, m, v, *seg, T(1.0 - beta1), T(beta2), T(1.0 - beta2),
-                      inv_bc1, inv_bc2_sqrt, T(eps), T(weight_decay)), grid=grid)
+                     (self._skip, param, grad, m, v, *seg, T(1.0 - beta1), T(beta2),
+                      T(1.0 - beta2), inv_bc1, inv_bc2_sqrt, T(eps), T(weight_decay)), grid=grid)
         self._launch(self._fn("optimizers", "lamb_apply", param.dtype), param.size,
-                     (param, m, v, *seg, np.float64(lr), inv_bc1, inv_bc2_sqrt, T(eps),
-                      T(weight_decay)),
-                     grid=grid)
+                     (self._skip, param, m, v, *seg, np.float64(lr), inv_bc1, inv_bc2_sqrt,
+                      T(eps), T(weight_decay)), grid=grid)
         return param
 
     def lars_update(self, param, grad, buf, offsets, lr, momentum, weight_decay,
@@ -505,38 +624,132 @@ class CUDABackend(Backend):
         has_buf = momentum != 0.0
         grid = block_seg.size
         self._launch(self._fn("optimizers", "lars_norms", param.dtype), param.size,
-                     (param, grad, *seg), grid=grid)
+                     (self._skip, param, grad, *seg), grid=grid)
         self._launch(self._fn("optimizers", "lars_apply", param.dtype), param.size,
-                     (param, grad, buf if has_buf else param, *seg, T(lr), T(momentum),
-                      T(weight_decay), np.float64(trust_coefficient), np.float64(eps),
-                      np.int32(has_buf)), grid=grid)
+                     (self._skip, param, grad, buf if has_buf else param, *seg, T(lr),
+                      T(momentum), T(weight_decay), np.float64(trust_coefficient),
+                      np.float64(eps), np.int32(has_buf)), grid=grid)
         return param
 
-    def grad_norm(self, arrays, norm_type=2.0):
-        """One device accumulator, one launch per array, one synchronisation."""
-        norm_type = float(norm_type)
+    def _norm_accumulate(self, op, arrays, norm_type):
+        """sum |x|^p (max |x| for p = inf) of all arrays into one device double, one
+        launch per array."""
         if not (norm_type > 0.0):
-            raise ValueError(f"grad_norm: norm_type must be positive or inf, got {norm_type}")
-        arrays = [a for a in arrays if a is not None]
-        if not arrays:
-            return 0.0
+            raise ValueError(f"{op}: norm_type must be positive or inf, got {norm_type}")
         for i, a in enumerate(arrays):
             if not isinstance(a, cp.ndarray):
-                raise TypeError(f"grad_norm: arrays[{i}] must be a CuPy array, got "
+                raise TypeError(f"{op}: arrays[{i}] must be a CuPy array, got "
                                 f"{type(a).__module__}.{type(a).__name__}")
-        inf = math.isinf(norm_type)
         acc = cp.zeros(1, cp.float64)
         for a in arrays:
             if a.dtype not in _FLOAT_DTYPES:
                 a = a.astype(cp.float32)
             a = cp.ascontiguousarray(a)
-            if inf:
+            if math.isinf(norm_type):
                 self._launch(self._fn("reductions", "norm_max_abs", a.dtype), a.size,
                              (a, np.int64(a.size), acc))
             else:
                 self._launch(self._fn("reductions", "norm_pow_sum", a.dtype), a.size,
                              (a, np.int64(a.size), np.float64(norm_type), acc))
-        total = float(acc[0])
-        if inf:
+        return acc
+
+    def grad_norm(self, arrays, norm_type=2.0):
+        """One device accumulator, one launch per array, one synchronisation."""
+        norm_type = float(norm_type)
+        arrays = [a for a in arrays if a is not None]
+        if not arrays:
+            if not (norm_type > 0.0):
+                raise ValueError(f"grad_norm: norm_type must be positive or inf, got {norm_type}")
+            return 0.0
+        total = float(self._norm_accumulate("grad_norm", arrays, norm_type)[0])
+        if math.isinf(norm_type):
             return total
         return math.sqrt(total) if norm_type == 2.0 else total ** (1.0 / norm_type)
+
+    # -- checks without a host sync (backend/checks.py) -----------------------------------
+    def nonfinite_flag(self, arrays):
+        """found_inf: a 0-d int32 device array, 1 when some array holds NaN or inf."""
+        flag = cp.zeros((), cp.int32)
+        for a in arrays:
+            if a.size == 0:
+                continue
+            if a.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"nonfinite_flag: the kernel takes float32 or float64, got "
+                                f"{a.dtype}")
+            a = cp.ascontiguousarray(a)
+            self._launch(self._fn("reductions", "nonfinite_flag", a.dtype), a.size,
+                         (a, np.int64(a.size), flag))
+        return flag
+
+    @contextlib.contextmanager
+    def skip_updates_if(self, found_inf, arrays):
+        """The update kernels read the flag themselves (their ``skip`` argument); the
+        generic copy-and-restore only where an update is not ours (``dp.fusion(False)``)."""
+        if any(name in vars(self) for name in _FLAGGED_UPDATES):
+            with super().skip_updates_if(found_inf, arrays):
+                yield
+            return
+        self._skip_flag = cp.ascontiguousarray(found_inf, dtype=cp.int32)
+        try:
+            yield
+        finally:
+            self._skip_flag = None
+
+    @property
+    def _skip(self):
+        """The ``skip`` argument of the update kernels: found_inf inside
+        skip_updates_if, else a device zero."""
+        if self._skip_flag is not None:
+            return self._skip_flag
+        if self._no_skip is None:
+            self._no_skip = cp.zeros((), cp.int32)
+        return self._no_skip
+
+    def clip_grad_norm_(self, arrays, max_norm, norm_type=2.0):
+        """The norm accumulated on the device, then one launch per array scales it by the
+        coefficient the kernel computes from that sum; nothing is read back."""
+        if not self.defers_checks:
+            return super().clip_grad_norm_(arrays, max_norm, norm_type)
+        norm_type = float(norm_type)
+        inf = math.isinf(norm_type)
+        acc = self._norm_accumulate("clip_grad_norm_", arrays, norm_type)
+        ord_arg = np.float64(-1.0 if inf else norm_type)
+        total = acc.reshape(()) if inf else acc.reshape(()) ** (1.0 / norm_type)
+        for a in arrays:
+            if not a.size:
+                continue
+            if a.dtype in _FLOAT_DTYPES and a.flags.c_contiguous:
+                self._launch(self._fn("reductions", "clip_scale", a.dtype), a.size,
+                             (a, np.int64(a.size), acc, ord_arg, np.float64(max_norm)))
+            else:  # float16 / strided gradients: the same coefficient in CuPy ops
+                a *= cp.minimum(max_norm / (total + 1e-6), 1.0).astype(a.dtype)
+        return total
+
+    # -- CUDA graphs (dlprimer/cuda) --------------------------------------------------------
+    @contextlib.contextmanager
+    def graph_capture(self, keep_alive: list):
+        """Capture the block's launches into a CUDA graph on a side stream (CuPy stream
+        capture). Every block the pool hands out meanwhile goes to ``keep_alive``, which
+        the graph keeps: no later allocation can reuse memory a replay writes (what
+        PyTorch's private graph pool does). A host read inside the block fails."""
+        if self.memory.capture_blocks is not None:
+            raise RuntimeError("graph_capture: a CUDA graph is already being captured")
+        outer = cp.cuda.get_current_stream()
+        stream = cp.cuda.Stream(non_blocking=True)
+        stream.wait_event(outer.record())
+        result = {}
+        self.memory.capture_blocks = keep_alive
+        try:
+            with stream:
+                stream.begin_capture()
+                try:
+                    yield result
+                finally:
+                    graph = stream.end_capture()
+        finally:
+            self.memory.capture_blocks = None
+        outer.wait_event(stream.record())
+        result["graph"] = graph
+
+    def graph_replay(self, graph):
+        graph.launch(stream=cp.cuda.get_current_stream())

@@ -256,13 +256,7 @@ def _class_target(logits, target, fn):
     if tuple(arr.shape) != (n,):
         raise ValueError(f"{fn}: target of shape {tuple(arr.shape)} does not match logits of "
                          f"shape {logits.shape}; expected ({n},) class indices")
-    if n:
-        xp = logits.backend.xp
-        lo, hi = (int(v) for v in logits.backend.to_numpy(xp.stack([arr.min(), arr.max()])))
-        if lo < 0 or hi >= c:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{fn}: target class {bad} is out of range for {c} classes "
-                             f"(valid: 0..{c - 1})")
+    logits.backend.check_class_targets(arr, c, fn)  # a device flag on CUDA: no host sync
     return logits, arr
 
 

@@ -37,7 +37,8 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0):
     As PyTorch: ``coef = min(max_norm / (norm + 1e-6), 1)`` multiplies every
     gradient, and the result is a scalar Tensor of the gradients' dtype. When the
     parameters' gradients fill an optimizer's arena, the norm is one reduction and
-    the scaling one multiply over it.
+    the scaling one multiply over it. On a device backend nothing is read back: the
+    coefficient is computed and applied on the device (``backend.clip_grad_norm_``).
     """
     max_norm = float(max_norm)
     if not max_norm >= 0:
@@ -53,9 +54,5 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0):
         if p.backend is not backend:
             raise ValueError(f"clip_grad_norm_: gradients on two backends, {backend.name!r} "
                              f"and {p.backend.name!r}")
-    total = backend.grad_norm(arrays, norm_type)
-    coef = min(max_norm / (total + 1e-6), 1.0) if total == total else float("nan")
-    if coef != 1.0:
-        for a in arrays:
-            a *= coef
-    return tensor(total, dtype=with_grad[0].dtype, backend=backend)
+    total = backend.clip_grad_norm_(arrays, max_norm, norm_type)
+    return Tensor(total.astype(with_grad[0].dtype), False, backend)

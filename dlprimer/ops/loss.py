@@ -3,15 +3,22 @@
 Each loss is one Function that computes the per-element loss, reduces it
 (``"mean"``, ``"sum"`` or ``"none"``) and differentiates both steps at once.
 Cross-entropy runs as the backend's fused softmax-cross-entropy op, whose
-gradient is simply ``softmax(logits) - onehot``. Every loss is computed in a
-form that stays finite for logits of +-1e4 (log-sum-exp, log1p(e^-|x|)).
+gradient is simply ``softmax(logits) - onehot``. On CUDA it is the fused classifier:
+one online-softmax pass, only (N, 2) row statistics saved, and the logits gradient
+written over the logits when nothing else holds them (not even the caller's logits
+Tensor). Every loss is computed in a form that stays finite for logits of +-1e4
+(log-sum-exp, log1p(e^-|x|)).
 
 Argument checking (shapes, dtypes, class ranges) lives in
 :mod:`dlprimer.nn.functional`; these Functions assume valid arrays.
 """
 from __future__ import annotations
 
+import sys
+
+from .. import autograd
 from ..autograd import Function
+from ..backend.unfused import fusion_enabled
 from ._util import prod
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -53,16 +60,31 @@ class CrossEntropy(_Loss):
     bwd_flops_per_elem = 3
 
     def forward(self, logits, target, label_smoothing=0.0, reduction="mean"):
+        be = self.backend
         self.label_smoothing = label_smoothing
-        loss, probs = self.backend.softmax_cross_entropy_forward(logits, target, label_smoothing)
-        self.save(probs, target)
+        self.fused = be.fused_classifier and fusion_enabled()
+        if self.fused:  # the fused classifier: saves (N, 2) row stats, not N x C probabilities
+            loss, stats = be.fused_classifier_forward(logits, target, label_smoothing)
+            self.save(logits, stats, target)
+        else:
+            loss, probs = be.softmax_cross_entropy_forward(logits, target, label_smoothing)
+            self.save(probs, target)
         return self._reduce(loss, reduction)
 
     def backward(self, gy):
-        probs, target = self.saved
         g = self._expand(gy)
-        return self.backend.softmax_cross_entropy_backward(
-            probs, target, g, self.label_smoothing), None
+        if not self.fused:
+            probs, target = self.saved
+            return self.backend.softmax_cross_entropy_backward(
+                probs, target, g, self.label_smoothing), None
+        logits, stats, target = self.saved
+        probe = object()
+        keep = (probe,)  # probe is held as logits is: one tuple, one local name
+        inplace = (not autograd.retaining_graph and getattr(logits, "base", None) is None
+                   and sys.getrefcount(logits) <= sys.getrefcount(probe))
+        del keep
+        return self.backend.fused_classifier_backward(
+            logits, stats, target, g, self.label_smoothing, inplace=inplace), None
 
 
 class MSELoss(_Loss):

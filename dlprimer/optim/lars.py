@@ -16,6 +16,8 @@ class LARS(Optimizer):
     parameter; none when ``momentum == 0``).
     """
 
+    graph_safe = True  # lr and momentum are the same arguments at every step
+
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
                  eps=1e-9, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,

@@ -161,6 +161,7 @@ class Arena:
 
 
 class Optimizer:
+
     """Base class: ``param_groups`` (a list of dicts), one :class:`Arena` per group,
     ``zero_grad``, ``step``, ``state_dict``/``load_state_dict``.
 
@@ -173,16 +174,26 @@ class Optimizer:
     A NaN or inf gradient is never written into the weights: ``step()`` raises
     :class:`NonFiniteGradientError` naming the parameter, or, constructed with
     ``skip_nonfinite=True``, skips the whole step and counts it in
-    ``skipped_steps``.
+    ``skipped_steps``. On a device backend (CUDA) the check and the skip stay on
+    the device (PyTorch's ``found_inf``): ``step()`` reads nothing back and returns
+    None; the error is raised by ``dp.check_deferred()`` (``fit`` calls it when it
+    logs) and ``skipped_steps`` is read when asked for. A step skipped there still
+    advances Adam's step count ``t``. ``DLPRIMER_EAGER_CHECKS=1`` (or
+    ``dp.eager_checks()``) brings back the eager check.
 
     Subclasses define ``_validate(group, where)``, ``_state_names(group)`` and
     ``_update(arena, group, i0, i1)``.
     """
 
+    #: True when the update kernels get the same arguments at every step once the state
+    #: exists (no bias correction by step count), so a CUDA graph can replay the step.
+    graph_safe = False
+
     def __init__(self, params, defaults: dict, skip_nonfinite: bool = False):
         self.defaults = dict(defaults)
         self.skip_nonfinite = bool(skip_nonfinite)
-        self.skipped_steps = 0
+        self._skipped = 0
+        self._skipped_device = None  # steps skipped on the device, not yet read back
         self.param_groups: list[dict] = []
         self._arenas: list[Arena] = []
         self._backend = None
@@ -287,14 +298,32 @@ class Optimizer:
                 for p, gv in zip(arena.params, arena.grad_views):
                     p.grad = Tensor(gv, False, arena.backend)
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite gradient (reads the device count: a host sync)."""
+        if self._skipped_device is not None:
+            self._skipped += int(self._backend.to_numpy(self._skipped_device))
+            self._skipped_device.fill(0)
+        return self._skipped
+
+    @skipped_steps.setter
+    def skipped_steps(self, n):
+        self._skipped = int(n)
+        if self._skipped_device is not None:
+            self._skipped_device.fill(0)
+
     def step(self):
         """One update of every parameter that holds a gradient; returns True if it ran
-        (False when a non-finite gradient made ``skip_nonfinite`` skip it)."""
+        (False when a non-finite gradient made ``skip_nonfinite`` skip it), or None on
+        a device backend, where that is decided on the device."""
         plans = []
         for gi, (group, arena) in enumerate(zip(self.param_groups, self._arenas)):
             self._validate(group, f" (param_groups[{gi}])")
             present = arena.sync()
-            runs = arena.runs(present, self._run_key(arena, group))
+            plans.append((group, arena, arena.runs(present, self._run_key(arena, group))))
+        if self._backend.defers_checks:
+            return self._step_on_device(plans)
+        for group, arena, runs in plans:
             bad = self._first_nonfinite(arena, runs)
             if bad is not None:
                 if self.skip_nonfinite:
@@ -304,7 +333,10 @@ class Optimizer:
                     f"the gradient of parameter {arena.names[bad]} contains NaN or inf; "
                     "the step was not applied (pass skip_nonfinite=True to skip such steps, "
                     "or clip/scale the loss)", name=arena.names[bad])
-            plans.append((group, arena, runs))
+        self._apply(plans)
+        return True
+
+    def _apply(self, plans):
         for group, arena, runs in plans:
             for name in self._state_names(group):
                 arena.state_array(name)
@@ -313,7 +345,38 @@ class Optimizer:
                 self._update(arena, group, i0, i1)
                 for i in range(i0, i1):
                     arena.params[i]._bump_version(("{}.step() on parameter {}", cls, arena.names[i]))
-        return True
+
+    def _step_on_device(self, plans):
+        """The step with its non-finite check and skip decision on the device: one flag
+        over every gradient that takes part, the updates masked by it, the skip counted
+        (``skip_nonfinite``) or recorded as a deferred error. Nothing is read back."""
+        be = self._backend
+        grads = [arena.grad[slice(*arena.slice(i0, i1))]
+                 for _, arena, runs in plans for i0, i1 in runs]
+        found_inf = be.nonfinite_flag(grads)
+        touched = []
+        for group, arena, runs in plans:
+            if runs:
+                touched.append(arena.data)
+                touched.extend(arena.state_array(n) for n in self._state_names(group))
+        with be.skip_updates_if(found_inf, touched):
+            self._apply(plans)
+        if self.skip_nonfinite:  # in place: a captured CUDA graph counts at every replay
+            if self._skipped_device is None:
+                self._skipped_device = be.xp.zeros((), be.xp.int64)
+            self._skipped_device += found_inf
+        else:
+            be.deferred.record(("nonfinite_gradient", id(self)), found_inf, None,
+                               self._deferred_error)
+        return None
+
+    def _deferred_error(self, count, _value):
+        steps = "a step" if count == 1 else f"{count} steps"
+        return NonFiniteGradientError(
+            f"{type(self).__name__}: a gradient held NaN or inf in {steps} since the last "
+            "check; those steps were skipped on the device (the weights are untouched). "
+            "Set DLPRIMER_EAGER_CHECKS=1 (or use dp.eager_checks()) to raise at step() "
+            "naming the parameter, or pass skip_nonfinite=True to skip such steps.")
 
     @staticmethod
     def _first_nonfinite(arena: Arena, runs):

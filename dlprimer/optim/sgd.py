@@ -16,6 +16,8 @@ class SGD(Optimizer):
     (4 bytes per float32 parameter) when ``momentum != 0``, nothing otherwise.
     """
 
+    graph_safe = True  # lr and momentum are the same arguments at every step
+
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
                  weight_decay=0.0, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,

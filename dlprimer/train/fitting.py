@@ -16,7 +16,7 @@ from .extensions import (Checkpoints, EarlyStopping, GradientClipping, GradientD
                          LRSchedule, MetricLog, ProgressBar, StepMemory, StepTiming)
 from .extensions.early_stopping import early_stopping_config
 from .checkpoints import load_checkpoint
-from .records import FitResult
+from .records import FitResult, default_loss
 from .trainer import Trainer
 
 
@@ -42,7 +42,8 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
         vanishing_threshold: float = 1e-7, vanishing_ratio: float = 1e-4,
         vanishing_patience: int = 20, exploding_factor: float = 100.0,
         dead_relu_threshold: float = 0.5, tensorboard="auto", mlflow="auto",
-        config: dict | None = None, force: bool = False, extensions=()) -> FitResult:
+        config: dict | None = None, force: bool = False, extensions=(),
+        cuda_graph: bool = False) -> FitResult:
     """Train ``model`` with ``optimizer`` on ``train_loader``; returns a :class:`FitResult`.
 
     epochs / steps: train for ``epochs`` passes, or (when ``steps`` is given) for that
@@ -63,6 +64,9 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     metering is free - CUDA - and every 50th on the CPU, whose meter slows the step;
     those steps' times are flagged). progress: "auto" (tqdm on a terminal, plain lines
     otherwise), True or False. extensions: more :class:`Extension` objects to run.
+    cuda_graph: capture the step (forward, backward, clip, update) once as a CUDA graph
+    and replay it (``dp.cuda.make_graphed_step``; CUDA backend, SGD/LARS, no dropout,
+    no scheduler); the step's time is then reported as its forward time.
     """
     early = early_stopping_config(early_stopping)
     _check_fit_args(val_loader, scheduler, scheduler_interval, checkpoint_dir, checkpoint_every,
@@ -73,12 +77,13 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
             ProgressBar(progress, stream), *extensions]
     if scheduler is not None:
         exts.append(LRSchedule(scheduler, scheduler_interval))
-    if clip is not None:
+    if clip is not None and not cuda_graph:      # a graphed step clips inside the graph
         exts.append(GradientClipping(clip))
     if early is not None:
         exts.append(EarlyStopping(early["patience"], early["min_delta"], restore_best))
+    graphed = _graphed_step(model, optimizer, loss_fn, scheduler, clip) if cuda_graph else None
     trainer = Trainer(model, optimizer, train_loader, val_loader, epochs=epochs, steps=steps,
-                      loss_fn=loss_fn, extensions=exts, log_every=log_every)
+                      loss_fn=loss_fn, extensions=exts, log_every=log_every, graphed_step=graphed)
     path = resume if isinstance(resume, (str, os.PathLike)) else None
     if checkpoint_dir is not None:
         ckpt = Checkpoints(checkpoint_dir, checkpoint_every, keep_checkpoints)
@@ -91,6 +96,19 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
                                 loader=train_loader)
         trainer.load_run_state(dict(state.get("extra") or {}), state["step"] or 0, os.fspath(path))
     return trainer.run()
+
+
+def _graphed_step(model, optimizer, loss_fn, scheduler, clip):
+    """The captured CUDA-graph step for ``fit(cuda_graph=True)`` (issue 17)."""
+    from ..cuda import make_graphed_step
+    if scheduler is not None:
+        raise ValueError("cuda_graph=True replays the learning rate it captured: "
+                         "it cannot be combined with a scheduler")
+    be = next(iter(model.parameters())).backend
+    if be.name != "cuda":
+        raise RuntimeError(f"cuda_graph=True needs the 'cuda' backend; the model is on "
+                           f"{be.name!r} (CUDA graphs capture GPU kernels)")
+    return make_graphed_step(model, loss_fn or default_loss, optimizer, clip=clip)
 
 
 def _config(trainer, clip, extra) -> dict:

@@ -40,6 +40,7 @@ import time
 import warnings
 
 from ..autograd import observe
+from ..backend.checks import check_deferred
 from .diagnostics import SqNorms, diagnose_nonfinite, likely_cause
 from .records import (FitResult, TrainingDiverged, TrainingInterrupted, default_loss, evaluate,
                       lr_of, named_params)
@@ -98,7 +99,8 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, *, epochs: int = 1,
-                 steps: int | None = None, loss_fn=None, extensions=(), log_every: int = 1):
+                 steps: int | None = None, loss_fn=None, extensions=(), log_every: int = 1,
+                 graphed_step=None):
         if steps is None:
             _positive_int(epochs, "epochs")
         _positive_int(steps, "steps", allow_none=True)
@@ -135,6 +137,9 @@ class Trainer:
         self._observers: list = []
         self._recent_gnorms: list = []
         self._sigint = False
+        #: a captured CUDA graph of the whole step (``dp.cuda.make_graphed_step``): it
+        #: zeroes, runs forward and backward, clips and steps; the loop only replays it.
+        self.graphed_step = graphed_step
 
     # -- configuration ---------------------------------------------------------------
     def extend(self, extension: Extension) -> Trainer:
@@ -307,20 +312,27 @@ class Trainer:
         rng_before = backend.get_rng_state()
         self.call("on_step_start")
         timers = {k: backend.timer() for k in ("zero_grad", "forward", "backward", "optimizer")}
+        graphed = self.graphed_step
         with timers["zero_grad"]:
-            optimizer.zero_grad()
+            if graphed is None:
+                optimizer.zero_grad()
         with contextlib.ExitStack() as stack:
             for obs in self._observers:
                 stack.enter_context(observe(obs))
             with timers["forward"]:
-                self.output = self.model(x)
-                self.loss = self.loss_fn(self.output, y)
+                if graphed is not None:    # the whole step, replayed: its time is forward's
+                    self.output, self.loss = graphed(x, y)
+                else:
+                    self.output = self.model(x)
+                    self.loss = self.loss_fn(self.output, y)
         with timers["backward"]:
-            self.loss.backward()
+            if graphed is None:
+                self.loss.backward()
         rec = self._gradient_record(x, y, rng_before)
         self.call("on_backward_end", rec)
         with timers["optimizer"]:
-            optimizer.step()
+            if graphed is None:
+                optimizer.step()
         rec["lr"] = lr_of(optimizer)
         self.step += 1
         rec["step"] = self.step
@@ -335,6 +347,7 @@ class Trainer:
         """The step record so far: loss, global and per-layer gradient norms; raises
         :class:`TrainingDiverged` when either is NaN/inf."""
         loss_val = float(self.loss.item())
+        check_deferred()   # device-side flags (a bad target, a skipped step), read at logging
         sq = self.norms.per_layer([p.grad.data if p.grad is not None else None
                                    for p in self.params], self.backend)
         gnorm = float(math.sqrt(sq.sum()))

@@ -46,6 +46,18 @@ def _ptr(a):
     return None if a is None else a.ctypes.data_as(ctypes.c_void_p)
 
 
+def packed_head(*arrays):
+    """The ``head`` CUDABackend._head passes a packed kernel: elements before the first
+    16-byte boundary, or -1 when the arrays' offsets from a boundary differ or they are
+    not float32 (only float is packed)."""
+    item = arrays[0].itemsize
+    mis = {a.ctypes.data % 16 for a in arrays}
+    if item != 4 or len(mis) != 1:
+        return -1
+    m = mis.pop()
+    return -1 if m % item else (16 - m) % 16 // item
+
+
 class HostMath:
     """Typed wrappers over the driver; arrays are float32 or float64, C-contiguous."""
 
@@ -55,18 +67,20 @@ class HostMath:
                                  ctypes.c_double, ctypes.c_void_p)
         for sfx, t in (("f32", f32), ("f64", f64)):
             sig = {
-                "act_fwd": [ctypes.c_int, p, p, i64, t],
-                "act_bwd": [ctypes.c_int, p, p, p, i64, t],
+                "act_fwd": [ctypes.c_int, p, p, i64, t, i64],
+                "act_bwd": [ctypes.c_int, p, p, p, i64, t, i64],
                 "bias_gelu_fwd": [p, p, p, i64, i64, ctypes.c_int],
-                "bias_gelu_bwd": [p, p, p, p, i64, i64, ctypes.c_int],
+                "bias_gelu_bwd": [p, p, p, p, p, i64, i64, i64, ctypes.c_int, ctypes.c_int],
                 "dropout_apply": [p, p, i64, u64, u64, f32, t],
                 "sce_fwd": [p, p, i64, i64, t, t, p, p],
                 "sce_bwd": [p, p, p, p, i64, i64, t, t],
                 "sgd": [p, p, p, i64, t, t, t, t, ctypes.c_int, ctypes.c_int],
-                "adam": [p, p, p, p, i64, t, t, t, t, t, t, t, ctypes.c_int],
+                "adam": [p, p, p, p, i64, t, t, t, t, t, t, t, ctypes.c_int, i64],
                 "lamb": [p, p, p, p, p, i64, p, f64, t, t, t, t, t, t, t],
                 "lars": [p, p, p, p, i64, p, t, t, t, f64, f64],
                 "norm": [p, i64, f64, ctypes.c_int],
+                "classifier_fwd": [p, p, i64, i64, t, t, p, p],
+                "classifier_bwd": [p, p, p, p, p, i64, i64, t, t],
             }
             for name, argtypes in sig.items():
                 fn = getattr(lib, f"{name}_{sfx}")
@@ -75,6 +89,10 @@ class HostMath:
         lib.splitmix64_hash_all.argtypes = [u64, u64, p, i64]
         lib.counter_uniform_all.argtypes = [u64, u64, p, i64]
         lib.dropout_keep_all.argtypes = [u64, u64, f32, p, i64]
+        lib.packed_visits_f32.argtypes = [i64, i64, p]
+        lib.clip_coef.argtypes = [f64, f64, f64]
+        lib.clip_coef.restype = f64
+        lib.is_finite_f32.argtypes = [f32]
         lib.quiet_nan_f64.restype = f64
         lib.quiet_nan_f32.restype = f32
 
@@ -89,13 +107,15 @@ class HostMath:
     def act_forward(self, name, x, a=0.0):
         x = self._arr(x)
         y = np.empty_like(x)
-        self._fn("act_fwd", x.dtype)(ACTS.index(name), _ptr(x), _ptr(y), x.size, a)
+        self._fn("act_fwd", x.dtype)(ACTS.index(name), _ptr(x), _ptr(y), x.size, a,
+                                     packed_head(x, y))
         return y
 
     def act_backward(self, name, xy, gy, a=0.0):
         xy, gy = self._arr(xy), self._arr(gy, xy.dtype)
         gx = np.empty_like(xy)
-        self._fn("act_bwd", xy.dtype)(ACTS.index(name), _ptr(xy), _ptr(gy), _ptr(gx), xy.size, a)
+        self._fn("act_bwd", xy.dtype)(ACTS.index(name), _ptr(xy), _ptr(gy), _ptr(gx), xy.size, a,
+                                      packed_head(xy, gy, gx))
         return gx
 
     def bias_gelu_forward(self, x, b, approximate="none"):
@@ -105,12 +125,16 @@ class HostMath:
                                            int(approximate == "tanh"))
         return y
 
-    def bias_gelu_backward(self, x, b, gy, approximate="none"):
+    def bias_gelu_backward(self, x, b, gy, approximate="none", rows_per_chunk=None, warps=8):
+        """gx and gb as the kernel makes them: per-chunk column partials, then their sum."""
         x, b, gy = self._arr(x), self._arr(b, x.dtype), self._arr(gy, x.dtype)
         gx = np.empty_like(x)
-        self._fn("bias_gelu_bwd", x.dtype)(_ptr(x), _ptr(b), _ptr(gy), _ptr(gx), x.size, b.size,
-                                           int(approximate == "tanh"))
-        return gx, gx.reshape(-1, b.size).sum(axis=0)
+        rows = x.size // b.size
+        per = rows_per_chunk or max(1, -(-rows // 3))
+        partial = np.full((-(-rows // per), b.size), np.nan, x.dtype)
+        self._fn("bias_gelu_bwd", x.dtype)(_ptr(x), _ptr(b), _ptr(gy), _ptr(gx), _ptr(partial),
+                                           rows, b.size, per, int(approximate == "tanh"), warps)
+        return gx, partial.sum(axis=0)
 
     # -- random / dropout --------------------------------------------------------------
     def splitmix64_hash(self, key, n):
@@ -173,7 +197,7 @@ class HostMath:
         self._fn("adam", param.dtype)(
             _ptr(param), _ptr(grad), _ptr(m), _ptr(v), param.size, T(1.0 - beta1), T(beta2),
             T(1.0 - beta2), T(eps * bc2_sqrt), T(weight_decay), T(1.0 - lr * weight_decay),
-            T(-lr * bc2_sqrt / bc1), int(decoupled))
+            T(-lr * bc2_sqrt / bc1), int(decoupled), packed_head(param, grad, m, v))
 
     def lamb_update(self, param, grad, m, v, offsets, lr, beta1, beta2, eps, weight_decay, step):
         T = param.dtype.type
@@ -198,3 +222,34 @@ class HostMath:
         inf = norm_type == float("inf")
         return self._fn("norm", x.dtype)(_ptr(x), x.size, 0.0 if inf else float(norm_type),
                                          int(inf))
+
+    def packed_visits(self, n, head):
+        count = np.zeros(n, np.int32)
+        self.lib.packed_visits_f32(n, head, _ptr(count))
+        return count
+
+    def clip_coef(self, total, ord, max_norm):
+        return self.lib.clip_coef(total, ord, max_norm)
+
+    def is_finite(self, x):
+        return bool(self.lib.is_finite_f32(x))
+
+    # -- the fused classifier (online softmax) ---------------------------------------------
+    def classifier_forward(self, logits, target, label_smoothing=0.0):
+        x, t = self._arr(logits), self._arr(target, np.int64)
+        rows, c = x.shape
+        loss, stats = np.empty(rows, x.dtype), np.empty((rows, 2), x.dtype)
+        T = x.dtype.type
+        self._fn("classifier_fwd", x.dtype)(_ptr(x), _ptr(t), rows, c, T(1.0 - label_smoothing),
+                                            T(label_smoothing), _ptr(loss), _ptr(stats))
+        return loss, stats
+
+    def classifier_backward(self, logits, stats, target, gy, label_smoothing=0.0):
+        x = self._arr(logits)
+        st, t, gy = self._arr(stats, x.dtype), self._arr(target, np.int64), self._arr(gy, x.dtype)
+        rows, c = x.shape
+        gx = np.empty_like(x)
+        T = x.dtype.type
+        self._fn("classifier_bwd", x.dtype)(_ptr(x), _ptr(st), _ptr(t), _ptr(gy), _ptr(gx), rows,
+                                            c, T(1.0 - label_smoothing), T(label_smoothing / c))
+        return gx

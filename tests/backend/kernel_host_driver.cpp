@@ -3,7 +3,9 @@
 // Built with the host C++ compiler by tests/backend/kernel_host.py and loaded
 // through ctypes: each entry point loops over arrays the way the matching kernel
 // does over threads, calling the very same __host__ __device__ functions, so the
-// GPU math is checked against NumPy on machines without a GPU.
+// GPU math is checked against NumPy on machines without a GPU. The packed kernels'
+// loops (vector.cuh: scalar head, 16-byte packs, scalar tail) run here as one thread
+// (tid 0, stride 1) with the `head` the backend would pass.
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -12,6 +14,7 @@
 #include "random.cuh"
 #include "reductions.cuh"
 #include "softmax_cross_entropy.cuh"
+#include "vector.cuh"
 
 using dlp::i64;
 using dlp::u64;
@@ -19,47 +22,97 @@ using dlp::u64;
 enum Act { RELU, LEAKY_RELU, ELU, GELU_ERF, GELU_TANH, SILU, SIGMOID, TANH };
 
 template <typename T>
-static void act_fwd(int op, const T* x, T* y, i64 n, T a) {
-    for (i64 i = 0; i < n; ++i) {
-        switch (op) {
-            case RELU: y[i] = dlp::relu_fwd(x[i]); break;
-            case LEAKY_RELU: y[i] = dlp::leaky_relu_fwd(x[i], a); break;
-            case ELU: y[i] = dlp::elu_fwd(x[i], a); break;
-            case GELU_ERF: y[i] = dlp::gelu_erf_fwd(x[i]); break;
-            case GELU_TANH: y[i] = dlp::gelu_tanh_fwd(x[i]); break;
-            case SILU: y[i] = dlp::silu_fwd(x[i]); break;
-            case SIGMOID: y[i] = dlp::sigmoid_fwd(x[i]); break;
-            case TANH: y[i] = dlp::tanh_fwd(x[i]); break;
-            default: abort();
-        }
+static T act1(int op, T x, T a) {
+    switch (op) {
+        case RELU: return dlp::relu_fwd(x);
+        case LEAKY_RELU: return dlp::leaky_relu_fwd(x, a);
+        case ELU: return dlp::elu_fwd(x, a);
+        case GELU_ERF: return dlp::gelu_erf_fwd(x);
+        case GELU_TANH: return dlp::gelu_tanh_fwd(x);
+        case SILU: return dlp::silu_fwd(x);
+        case SIGMOID: return dlp::sigmoid_fwd(x);
+        case TANH: return dlp::tanh_fwd(x);
+        default: abort();
     }
 }
 
 // xy is the output y for relu / sigmoid / tanh, the input x otherwise
 template <typename T>
-static void act_bwd(int op, const T* xy, const T* gy, T* gx, i64 n, T a) {
-    for (i64 i = 0; i < n; ++i) {
-        switch (op) {
-            case RELU: gx[i] = dlp::relu_bwd(xy[i], gy[i]); break;
-            case LEAKY_RELU: gx[i] = dlp::leaky_relu_bwd(xy[i], gy[i], a); break;
-            case ELU: gx[i] = dlp::elu_bwd(xy[i], gy[i], a); break;
-            case GELU_ERF: gx[i] = dlp::gelu_erf_bwd(xy[i], gy[i]); break;
-            case GELU_TANH: gx[i] = dlp::gelu_tanh_bwd(xy[i], gy[i]); break;
-            case SILU: gx[i] = dlp::silu_bwd(xy[i], gy[i]); break;
-            case SIGMOID: gx[i] = dlp::sigmoid_bwd(xy[i], gy[i]); break;
-            case TANH: gx[i] = dlp::tanh_bwd(xy[i], gy[i]); break;
-            default: abort();
-        }
+static T act1_bwd(int op, T xy, T gy, T a) {
+    switch (op) {
+        case RELU: return dlp::relu_bwd(xy, gy);
+        case LEAKY_RELU: return dlp::leaky_relu_bwd(xy, gy, a);
+        case ELU: return dlp::elu_bwd(xy, gy, a);
+        case GELU_ERF: return dlp::gelu_erf_bwd(xy, gy);
+        case GELU_TANH: return dlp::gelu_tanh_bwd(xy, gy);
+        case SILU: return dlp::silu_bwd(xy, gy);
+        case SIGMOID: return dlp::sigmoid_bwd(xy, gy);
+        case TANH: return dlp::tanh_bwd(xy, gy);
+        default: abort();
     }
+}
+
+template <typename T>
+static void act_fwd(int op, const T* x, T* y, i64 n, T a, i64 head) {
+    DLP_PACKED_LOOP(T, n, head, 0, 1, { y[i] = act1(op, x[i], a); }, {
+        const dlp::Pack<T> xv = dlp::load_pack(x + i);
+        dlp::Pack<T> yv;
+        for (int j = 0; j < dlp::Pack<T>::size; ++j) yv.v[j] = act1(op, xv.v[j], a);
+        dlp::store_pack(y + i, yv);
+    })
+}
+
+template <typename T>
+static void act_bwd(int op, const T* xy, const T* gy, T* gx, i64 n, T a, i64 head) {
+    DLP_PACKED_LOOP(T, n, head, 0, 1, { gx[i] = act1_bwd(op, xy[i], gy[i], a); }, {
+        const dlp::Pack<T> xv = dlp::load_pack(xy + i);
+        const dlp::Pack<T> gv = dlp::load_pack(gy + i);
+        dlp::Pack<T> ov;
+        for (int j = 0; j < dlp::Pack<T>::size; ++j) ov.v[j] = act1_bwd(op, xv.v[j], gv.v[j], a);
+        dlp::store_pack(gx + i, ov);
+    })
+}
+
+// How often the packed loop visits each element of [0, n) (must be once).
+extern "C" void packed_visits_f32(i64 n, i64 head, int32_t* count) {
+    DLP_PACKED_LOOP(float, n, head, 0, 1, { count[i] += 1; }, {
+        for (int j = 0; j < dlp::Pack<float>::size; ++j) count[i + j] += 1;
+    })
 }
 
 template <typename T>
 static void bias_gelu_fwd(const T* x, const T* b, T* y, i64 n, i64 h, int approx) {
     for (i64 i = 0; i < n; ++i) y[i] = dlp::gelu_fwd(x[i] + b[i % h], approx);
 }
+// The block / warp / lane walk of the kernel, serially: tiles of 32 columns, chunks of
+// rows_per_chunk rows, `warps` warps per block; partial[chunk * h + col] as on the GPU.
 template <typename T>
-static void bias_gelu_bwd(const T* x, const T* b, const T* gy, T* gx, i64 n, i64 h, int approx) {
-    for (i64 i = 0; i < n; ++i) gx[i] = dlp::gelu_bwd(x[i] + b[i % h], gy[i], approx);
+static void bias_gelu_bwd(const T* x, const T* b, const T* gy, T* gx, T* partial, i64 rows,
+                          i64 h, i64 rows_per_chunk, int approx, int warps) {
+    const i64 tiles = (h + 31) / 32, chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+    T sums[32][32];
+    for (i64 blk = 0; blk < tiles * chunks; ++blk) {
+        const i64 tile = blk % tiles, chunk = blk / tiles;
+        const i64 r0 = chunk * rows_per_chunk;
+        const i64 r1 = rows < r0 + rows_per_chunk ? rows : r0 + rows_per_chunk;
+        for (int warp = 0; warp < warps; ++warp)
+            for (int lane = 0; lane < 32; ++lane) {
+                const i64 col = tile * 32 + lane;
+                T acc = T(0);
+                if (col < h)
+                    for (i64 r = r0 + warp; r < r1; r += warps) {
+                        const i64 i = r * h + col;
+                        gx[i] = dlp::gelu_bwd(x[i] + b[col], gy[i], approx);
+                        acc += gx[i];
+                    }
+                sums[warp][lane] = acc;
+            }
+        for (int lane = 0; lane < 32; ++lane) {
+            T acc = sums[0][lane];
+            for (int w = 1; w < warps; ++w) acc += sums[w][lane];
+            if (tile * 32 + lane < h) partial[chunk * h + tile * 32 + lane] = acc;
+        }
+    }
 }
 
 template <typename T>
@@ -94,10 +147,23 @@ static void sgd(T* p, const T* g, T* buf, i64 n, T lr, T momentum, T one_minus_d
 template <typename T>
 static void adam(T* p, const T* g, T* m, T* v, i64 n, T one_minus_beta1, T beta2,
                  T one_minus_beta2, T eps_hat, T weight_decay, T keep, T neg_alpha,
-                 int decoupled) {
-    for (i64 i = 0; i < n; ++i)
+                 int decoupled, i64 head) {
+    DLP_PACKED_LOOP(T, n, head, 0, 1, {
         dlp::adam_step(p[i], g[i], m[i], v[i], one_minus_beta1, beta2, one_minus_beta2, eps_hat,
                        weight_decay, keep, neg_alpha, decoupled != 0);
+    }, {
+        dlp::Pack<T> pv = dlp::load_pack(p + i);
+        dlp::Pack<T> mv = dlp::load_pack(m + i);
+        dlp::Pack<T> vv = dlp::load_pack(v + i);
+        const dlp::Pack<T> gv = dlp::load_pack(g + i);
+        for (int j = 0; j < dlp::Pack<T>::size; ++j)
+            dlp::adam_step(pv.v[j], gv.v[j], mv.v[j], vv.v[j], one_minus_beta1, beta2,
+                           one_minus_beta2, eps_hat, weight_decay, keep, neg_alpha,
+                           decoupled != 0);
+        dlp::store_pack(p + i, pv);
+        dlp::store_pack(m + i, mv);
+        dlp::store_pack(v + i, vv);
+    })
 }
 
 // Both passes of the LAMB kernels; sums has 2 * nseg doubles.
@@ -154,18 +220,36 @@ static double norm(const T* x, i64 n, double ord, int inf) {
     return inf ? acc : dlp::norm_finish(acc, ord);
 }
 
+template <typename T>
+static void classifier_fwd(const T* x, const i64* target, i64 rows, i64 c, T one_minus_eps,
+                           T eps, T* loss, T* stats) {
+    for (i64 r = 0; r < rows; ++r)
+        dlp::classifier_row_forward(x + r * c, c, target[r], one_minus_eps, eps, loss + r,
+                                    stats + 2 * r);
+}
+template <typename T>
+static void classifier_bwd(const T* x, const T* stats, const i64* target, const T* gy, T* gx,
+                           i64 rows, i64 c, T one_minus_eps, T eps_over_c) {
+    for (i64 r = 0; r < rows; ++r)
+        for (i64 j = 0; j < c; ++j)
+            gx[r * c + j] = dlp::classifier_grad(x[r * c + j], stats[2 * r], stats[2 * r + 1],
+                                                 target[r] == j, one_minus_eps, eps_over_c, gy[r]);
+}
+
 #define DLP_EXPORT_ALL(T, SFX)                                                                   \
     extern "C" {                                                                                 \
-    void act_fwd_##SFX(int op, const T* x, T* y, i64 n, T a) { act_fwd<T>(op, x, y, n, a); }     \
-    void act_bwd_##SFX(int op, const T* xy, const T* gy, T* gx, i64 n, T a) {                    \
-        act_bwd<T>(op, xy, gy, gx, n, a);                                                        \
+    void act_fwd_##SFX(int op, const T* x, T* y, i64 n, T a, i64 head) {                         \
+        act_fwd<T>(op, x, y, n, a, head);                                                        \
+    }                                                                                            \
+    void act_bwd_##SFX(int op, const T* xy, const T* gy, T* gx, i64 n, T a, i64 head) {          \
+        act_bwd<T>(op, xy, gy, gx, n, a, head);                                                  \
     }                                                                                            \
     void bias_gelu_fwd_##SFX(const T* x, const T* b, T* y, i64 n, i64 h, int approx) {           \
         bias_gelu_fwd<T>(x, b, y, n, h, approx);                                                 \
     }                                                                                            \
-    void bias_gelu_bwd_##SFX(const T* x, const T* b, const T* gy, T* gx, i64 n, i64 h,           \
-                             int approx) {                                                       \
-        bias_gelu_bwd<T>(x, b, gy, gx, n, h, approx);                                            \
+    void bias_gelu_bwd_##SFX(const T* x, const T* b, const T* gy, T* gx, T* partial, i64 rows,   \
+                             i64 h, i64 per_chunk, int approx, int warps) {                      \
+        bias_gelu_bwd<T>(x, b, gy, gx, partial, rows, h, per_chunk, approx, warps);              \
     }                                                                                            \
     void dropout_apply_##SFX(const T* x, T* y, i64 n, u64 seed, u64 counter, float p, T sc) {    \
         dropout_apply<T>(x, y, n, seed, counter, p, sc);                                         \
@@ -183,8 +267,8 @@ static double norm(const T* x, i64 n, double ord, int inf) {
         sgd<T>(p, g, buf, n, lr, mom, omd, wd, nesterov, first);                                 \
     }                                                                                            \
     void adam_##SFX(T* p, const T* g, T* m, T* v, i64 n, T omb1, T b2, T omb2, T eps_hat, T wd,  \
-                    T keep, T neg_alpha, int decoupled) {                                        \
-        adam<T>(p, g, m, v, n, omb1, b2, omb2, eps_hat, wd, keep, neg_alpha, decoupled);         \
+                    T keep, T neg_alpha, int decoupled, i64 head) {                              \
+        adam<T>(p, g, m, v, n, omb1, b2, omb2, eps_hat, wd, keep, neg_alpha, decoupled, head);   \
     }                                                                                            \
     void lamb_##SFX(T* p, const T* g, T* m, T* v, const i64* offsets, i64 nseg, double* sums,    \
                     double lr, T omb1, T b2, T omb2, T ibc1, T ibc2s, T eps, T wd) {             \
@@ -195,6 +279,14 @@ static double norm(const T* x, i64 n, double ord, int inf) {
         lars<T>(p, g, buf, offsets, nseg, sums, lr, mom, wd, tc, eps);                           \
     }                                                                                            \
     double norm_##SFX(const T* x, i64 n, double ord, int inf) { return norm<T>(x, n, ord, inf); } \
+    void classifier_fwd_##SFX(const T* x, const i64* t, i64 rows, i64 c, T ome, T eps, T* loss,  \
+                              T* stats) {                                                        \
+        classifier_fwd<T>(x, t, rows, c, ome, eps, loss, stats);                                 \
+    }                                                                                            \
+    void classifier_bwd_##SFX(const T* x, const T* st, const i64* t, const T* gy, T* gx,         \
+                              i64 rows, i64 c, T ome, T eoc) {                                   \
+        classifier_bwd<T>(x, st, t, gy, gx, rows, c, ome, eoc);                                  \
+    }                                                                                            \
     }
 
 DLP_EXPORT_ALL(float, f32)
@@ -209,5 +301,9 @@ extern "C" void counter_uniform_all(u64 seed, u64 counter, float* out, i64 n) {
 extern "C" void dropout_keep_all(u64 seed, u64 counter, float p, uint8_t* out, i64 n) {
     for (i64 i = 0; i < n; ++i) out[i] = dlp::dropout_keep(seed, counter, (u64)i, p) ? 1 : 0;
 }
+extern "C" double clip_coef(double total, double ord, double max_norm) {
+    return dlp::clip_coef(total, ord, max_norm);
+}
+extern "C" int is_finite_f32(float x) { return dlp::is_finite(x) ? 1 : 0; }
 extern "C" double quiet_nan_f64(void) { return dlp::quiet_nan<double>(); }
 extern "C" float quiet_nan_f32(void) { return dlp::quiet_nan<float>(); }

@@ -22,7 +22,8 @@ pytest.importorskip("cupy", reason="CuPy is not installed (install the kernels-c
 
 SCALARS = {"float": np.float32, "double": np.float64, "long long": np.int64,
            "unsigned long long": np.uint64, "int": np.int32}
-POINTEES = {"float": np.float32, "double": np.float64, "long long": np.int64, "bool": np.bool_}
+POINTEES = {"float": np.float32, "double": np.float64, "long long": np.int64, "bool": np.bool_,
+            "int": np.int32}
 
 
 def _nvrtc_or_skip():
@@ -120,14 +121,18 @@ def fake(signatures, monkeypatch):
         ndarray=np.ndarray, asarray=np.asarray, empty=np.empty, empty_like=np.empty_like,
         zeros=np.zeros, zeros_like=np.zeros_like, ascontiguousarray=np.ascontiguousarray,
         broadcast_to=np.broadcast_to, float32=np.float32, float64=np.float64, int64=np.int64,
-        bool_=np.bool_, RawModule=RawModule,
+        int32=np.int32, bool_=np.bool_, RawModule=RawModule,
         cuda=types.SimpleNamespace(compiler=types.SimpleNamespace(CompileException=RuntimeError)))
     monkeypatch.setattr(cuda_mod, "cp", cp)
     b = cuda_mod.CUDABackend.__new__(cuda_mod.CUDABackend)
     cuda_mod.Backend.__init__(b)
     b._sm_count = 132
     b._max_blocks = 132 * 8
-    b._modules, b._functions, b._segment_tables = {}, {}, {}
+    b._modules, b._functions, b._segment_tables, b._occupancy = {}, {}, {}, {}
+    b._no_skip, b._skip_flag = None, None
+    b._address = lambda a: a.ctypes.data
+    b.blocks_per_sm = 5  # what the occupancy API would say for every kernel
+    b._blocks_per_sm = lambda fn, block: b.blocks_per_sm
     b.launches = launches
     return b
 
@@ -160,6 +165,12 @@ def test_every_launch_matches_its_kernel(fake, dtype):
     assert loss.shape == (6,) and probs.shape == x.shape
     fake.softmax_cross_entropy_backward(probs, t, np.ones(6, dtype), 0.1)
     fake.softmax_cross_entropy_backward(probs, t, np.ones((), dtype))
+    loss, stats = fake.fused_classifier_forward(x, t, 0.1)
+    assert loss.shape == (6,) and stats.shape == (6, 2)
+    g = fake.fused_classifier_backward(x, stats, t, np.ones((), dtype), 0.1)
+    assert g.shape == x.shape and g is not x
+    xc = x.copy()
+    assert fake.fused_classifier_backward(xc, stats, t, np.ones(6, dtype), inplace=True) is xc
     n = 300
     p, g, s1, s2 = (rng.normal(size=n).astype(dtype) for _ in range(4))
     off = [0, 100, 100, 299, 300]
@@ -171,6 +182,13 @@ def test_every_launch_matches_its_kernel(fake, dtype):
     fake.lars_update(p, g, None, off, 0.1, 0.0, 1e-4, 0.001)
     assert fake.grad_norm([p, g.astype(np.float16)], 2.0) == 0.0  # nothing ran: acc stays 0
     fake.grad_norm([p], float("inf"))
+    flag = fake.nonfinite_flag([p, g[1:]])
+    assert flag.shape == () and flag.dtype == np.int32
+    with fake.skip_updates_if(flag, [p]):
+        fake.adam_update(p, g, s1, s2, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    norm = fake.clip_grad_norm_([p, g], 1.0)
+    assert norm.shape == () and norm.dtype == np.float64
+    fake.clip_grad_norm_([p], 1.0, float("inf"))
     launched = set(fake.launches.calls)
     expected = {_kernels.kernel_name(f, k, _kernels.CTYPES[np.dtype(dtype).name]
                                      if t else None)
@@ -215,4 +233,93 @@ def test_row_reductions_launch_whole_warps(fake, c):
                                                            real(name, grid, block, args))
     x = np.zeros((3, c), np.float32)
     fake.softmax_cross_entropy_forward(x, np.zeros(3, np.int64))
-    assert blocks and all(b % 32 == 0 and 32 <= b <= 1024 for b in blocks)
+    _, stats = fake.fused_classifier_forward(x, np.zeros(3, np.int64))
+    fake.fused_classifier_backward(x, stats, np.zeros(3, np.int64), np.ones(3, np.float32))
+    assert len(blocks) == 3 and all(b % 32 == 0 and 32 <= b <= 1024 for b in blocks)
+
+
+def test_elementwise_grids_come_from_the_occupancy_api(fake):
+    """A grid-stride kernel gets at most one wave: blocks_per_sm (the occupancy API's
+    answer for that kernel) times the SM count, never a hard-coded threads-per-SM."""
+    grids = []
+    real = fake.launches.check
+    fake.launches.check = lambda name, grid, block, args: (grids.append((name, grid[0], block[0])),
+                                                           real(name, grid, block, args))
+    big = np.zeros(10_000_000, np.float32)
+    for occ in (2, 5, 8):
+        fake.blocks_per_sm = occ
+        grids.clear()
+        fake.relu_forward(big)
+        fake.norm = fake.grad_norm([big])
+        assert [g for _, g, _ in grids] == [occ * 132] * 2
+    small = np.zeros(1000, np.float32)
+    grids.clear()
+    fake.relu_forward(small)  # 1000 floats = 250 packs of 4: one block of 256 threads
+    assert grids[0][1] == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_launches_pass_the_scalar_head_of_unaligned_slices(fake, dtype):
+    """128-bit loads need 16-byte alignment: a float32 arena slice starting off a boundary
+    gets a scalar head of (16 - misalignment) / 4 elements; arrays that disagree, and
+    float64 (not packed), get head -1 (all scalar)."""
+    heads = []
+    real = fake.launches.check
+    fake.launches.check = lambda name, grid, block, args: (heads.append((name, args)),
+                                                           real(name, grid, block, args))
+    item = np.dtype(dtype).itemsize
+    base = np.zeros(4096 + 8, dtype)
+    start = next(i for i in range(8) if base[i:].ctypes.data % 16 == 0)
+    for off in range(16 // item):
+        x = base[start + off:start + off + 1000]
+        heads.clear()
+        fake.relu_forward(x)
+        _, args = heads[0]
+        want = (0 if off == 0 else 16 // item - off) if item == 4 else -1  # float only
+        assert int(args[3]) == want, off
+    p = base[start + 1:start + 2001]
+    g = np.zeros(2000 + 8, dtype)[1:2001]
+    m, v = (np.zeros(2000 + 8, dtype)[1:2001] for _ in range(2))
+    heads.clear()
+    fake.adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    _, args = heads[0]
+    mis = {a.ctypes.data % 16 for a in (p, g, m, v)}
+    want = (16 - mis.pop()) % 16 // item if len(mis) == 1 and item == 4 else -1
+    assert int(args[6]) == want
+    q = np.zeros(64, dtype)[1:]
+    r = np.zeros(64, dtype)
+    heads.clear()
+    fake.relu_backward(q, r[:63])  # misaligned against each other: all scalar
+    assert int(heads[0][1][4]) == -1
+
+
+def _blocks_by_registers(regs, block=256, regs_per_sm=65536, threads_per_sm=2048):
+    """Resident blocks per SM as the occupancy API computes them from registers alone
+    (allocated per warp in units of 256, i.e. 8 per thread)."""
+    per_warp = -(-regs // 8) * 8 * 32
+    return min(threads_per_sm // block, (regs_per_sm // per_warp) // (block // 32))
+
+
+def test_grids_follow_the_compiled_register_counts(fake):
+    """With each kernel's real register count (from the sm_80 cubin), a register-heavy
+    kernel (norm_pow_sum, adam_update<double>) gets fewer than 8 blocks per SM in its
+    grid: one wave, no tail, where the old fixed 8 x SMs cap ran 1.3-2 waves."""
+    regs = {}
+    for family in ("reductions", "optimizers", "activations"):
+        regs.update(_kernels.register_counts(family, "80", nvrtc_compiled(family, "80")))
+    assert all(0 < r <= 255 for r in regs.values()), regs
+    assert set(regs) == {n for f in ("reductions", "optimizers", "activations")
+                         for n in _kernels.name_expressions(f)}
+    fake._blocks_per_sm = lambda fn, block: _blocks_by_registers(regs[fn.name], block)
+    grids = {}
+    real = fake.launches.check
+    fake.launches.check = lambda name, grid, block, args: (grids.__setitem__(name, grid[0]),
+                                                           real(name, grid, block, args))
+    n = 1 << 24
+    fake.grad_norm([np.zeros(n, np.float32)])
+    p, g, m, v = (np.zeros(n, np.float64) for _ in range(4))
+    fake.adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    for name in ("norm_pow_sum<float>", "adam_update<double>"):
+        occ = _blocks_by_registers(regs[name])
+        assert regs[name] > 32 and occ < 8, (name, regs[name])
+        assert grids[name] == occ * 132, (name, grids[name])
