@@ -143,6 +143,13 @@ class Backend:
     def erf(self, x, out=None):
         raise NotImplementedError
 
+    def class_range(self, target) -> tuple[int, int]:
+        """(min, max) of a non-empty integer class-target array, as Python ints: the one
+        place a loss asks for its target range (one device-to-host copy here)."""
+        xp = self.xp
+        lo, hi = (int(v) for v in self.to_numpy(xp.stack([target.min(), target.max()])))
+        return lo, hi
+
     # -- fused activation ops --------------------------------------------------------
     # Each pair is one autograd Function's forward and backward. ``approximate`` is
     # "none" (erf) or "tanh"; ``key`` is a (seed, counter) pair from next_key().

@@ -242,8 +242,7 @@ def _class_target(logits, target, fn):
         raise ValueError(f"{fn}: target of shape {tuple(arr.shape)} does not match logits of "
                          f"shape {logits.shape}; expected ({n},) class indices")
     if n:
-        xp = logits.backend.xp
-        lo, hi = (int(v) for v in logits.backend.to_numpy(xp.stack([arr.min(), arr.max()])))
+        lo, hi = logits.backend.class_range(arr)
         if lo < 0 or hi >= c:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{fn}: target class {bad} is out of range for {c} classes "
