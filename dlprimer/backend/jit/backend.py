@@ -88,35 +88,29 @@ class JitCPUBackend(CPUBackend):
 
     def gelu_forward(self, x, approximate="none"):
         self._check_approximate(approximate)
-        if approximate == "tanh":
-            out = self._unary("gelu_tanh_forward", x)
-        else:
-            out = self._unary_flag("gelu_forward", x)
+        out = self._unary_flag("gelu_forward", x, approximate == "tanh")
         return super().gelu_forward(x, approximate) if out is NO else out
 
     def gelu_backward(self, x, gy, approximate="none"):
         self._check_approximate(approximate)
-        if approximate == "tanh":
-            out = self._binary("gelu_tanh_backward", x, gy)
-        else:
-            out = self._binary_flag("gelu_backward", x, gy)
+        out = self._binary_flag("gelu_backward", x, gy, approximate == "tanh")
         return super().gelu_backward(x, gy, approximate) if out is NO else out
 
-    def _unary_flag(self, name, x):
-        """A kernel whose last argument says float64 (degree-22 erf fit) or not."""
+    def _unary_flag(self, name, x, tanh):
+        """A GELU kernel: flags float64 (the degree-22 erf fit) and the tanh form."""
         dt = _same_float(x)
         if dt is None:
             return NO
         out = np.empty(x.shape, dtype=dt)
-        ok = call(name, _flat(x), out.reshape(-1), dt == np.float64)
+        ok = call(name, _flat(x), out.reshape(-1), dt == np.float64, tanh)
         return NO if ok is NO else out
 
-    def _binary_flag(self, name, x, gy):
+    def _binary_flag(self, name, x, gy, tanh):
         dt = _same_float(x, gy) if x.shape == gy.shape else None
         if dt is None:
             return NO
         out = np.empty(gy.shape, dtype=dt)
-        ok = call(name, _flat(x), _flat(gy), out.reshape(-1), dt == np.float64)
+        ok = call(name, _flat(x), _flat(gy), out.reshape(-1), dt == np.float64, tanh)
         return NO if ok is NO else out
 
     def silu_forward(self, x):
@@ -154,23 +148,24 @@ class JitCPUBackend(CPUBackend):
 
     def bias_gelu_forward(self, x, b, approximate="none"):
         self._check_approximate(approximate)
-        rows = self._bias_rows(x, b) if approximate == "none" else None
+        rows = self._bias_rows(x, b)
         if rows is not None:
             out = np.empty(x.shape, dtype=x.dtype)
             if call("bias_gelu_forward", rows[0], np.ascontiguousarray(b),
-                    out.reshape(rows[0].shape), x.dtype == np.float64) is not NO:
+                    out.reshape(rows[0].shape), x.dtype == np.float64,
+                    approximate == "tanh") is not NO:
                 return out
         return super().bias_gelu_forward(x, b, approximate)
 
     def bias_gelu_backward(self, x, b, gy, approximate="none"):
         self._check_approximate(approximate)
-        ok = approximate == "none" and x.shape == gy.shape
-        rows = self._bias_rows(x, b, gy) if ok else None
+        rows = self._bias_rows(x, b, gy) if x.shape == gy.shape else None
         if rows is not None:
             gx = np.empty(gy.shape, dtype=gy.dtype)
             gb = np.empty(b.shape, dtype=b.dtype)
             if call("bias_gelu_backward", rows[0], np.ascontiguousarray(b), rows[1],
-                    gx.reshape(rows[0].shape), gb, x.dtype == np.float64) is not NO:
+                    gx.reshape(rows[0].shape), gb, x.dtype == np.float64,
+                    approximate == "tanh") is not NO:
                 return gx, gb
         return super().bias_gelu_backward(x, b, gy, approximate)
 
@@ -272,7 +267,7 @@ class JitCPUBackend(CPUBackend):
 
     def lars_update(self, param, grad, buf, offsets, lr, momentum, weight_decay,
                     trust_coefficient, eps=1e-9):
-        dt = _same_float(param, grad, buf)
+        dt = _same_float(param, grad) if buf is None else _same_float(param, grad, buf)
         if dt is None:
             return super().lars_update(param, grad, buf, offsets, lr, momentum, weight_decay,
                                        trust_coefficient, eps)
@@ -286,10 +281,11 @@ class JitCPUBackend(CPUBackend):
             wn, gn = r[0] ** 0.5, r[1] ** 0.5
             local = (trust_coefficient * wn / (gn + weight_decay * wn + eps)
                      if wn > 0.0 and gn > 0.0 else 1.0)
-            if call("lars_apply", param[s:e], grad[s:e], buf[s:e], c(local), c(lr),
+            b = param[:0] if buf is None else buf[s:e]
+            if call("lars_apply", param[s:e], grad[s:e], b, c(local), c(lr),
                     c(momentum), c(weight_decay)) is NO:
                 d = c(local) * (grad[s:e] + c(weight_decay) * param[s:e])
-                if momentum:
+                if momentum and buf is not None:
                     buf[s:e] *= c(momentum)
                     buf[s:e] += d
                     d = buf[s:e]

@@ -68,45 +68,42 @@ def _phi_parts(v, precise):
     return (q if v < 0 else 1.0 - q), pdf
 
 
-@jit
-def gelu_forward(x, out, precise):
-    """GELU(x) = x Phi(x) (the chapter's exact GELU)."""
-    for i in range(x.size):
-        v = np.float64(x[i])
-        cdf, _ = _phi_parts(v, precise)
-        out[i] = v * cdf
-
-
-@jit
-def gelu_backward(x, gy, out, precise):
-    """gy (Phi(x) + x phi(x))."""
-    for i in range(x.size):
-        v = np.float64(x[i])
-        cdf, pdf = _phi_parts(v, precise)
-        out[i] = gy[i] * (cdf + v * pdf)
-
-
 _GK = 0.7978845608028654    # sqrt(2 / pi)
 _GA = 0.044715
 
 
 @jit
-def gelu_tanh_forward(x, out):
-    """0.5 x (1 + tanh u) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)."""
-    for i in range(x.size):
-        v = np.float64(x[i])
-        out[i] = v * M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
+def _gelu(v, precise, tanh):
+    """GELU(v) = v Phi(v) (the chapter's exact GELU), or the tanh form
+    0.5 v (1 + tanh u) = v sigmoid(2u), u = sqrt(2/pi) (v + 0.044715 v^3)."""
+    if tanh:
+        return v * M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
+    cdf, _ = _phi_parts(v, precise)
+    return v * cdf
 
 
 @jit
-def gelu_tanh_backward(x, gy, out):
-    """gy (1 + t)(0.5 + s (1 - t)), t = tanh u, s = 0.5 k x (1 + 3a x^2); with
-    sigmoid form 1 + t = 2 sig(2u), 1 - t = 2 (1 - sig(2u))."""
-    for i in range(x.size):
-        v = np.float64(x[i])
+def _gelu_grad(v, precise, tanh):
+    """GELU'(v) = Phi(v) + v phi(v); tanh form (1 + t)(0.5 + s (1 - t)), t = tanh u,
+    s = 0.5 k v (1 + 3a v^2), with 1 + t = 2 sig(2u), 1 - t = 2 (1 - sig(2u))."""
+    if tanh:
         sg = M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
         s = 0.5 * _GK * v * (1.0 + 3.0 * _GA * v * v)
-        out[i] = gy[i] * (2.0 * sg * (0.5 + 2.0 * s * (1.0 - sg)))
+        return 2.0 * sg * (0.5 + 2.0 * s * (1.0 - sg))
+    cdf, pdf = _phi_parts(v, precise)
+    return cdf + v * pdf
+
+
+@jit
+def gelu_forward(x, out, precise, tanh):
+    for i in range(x.size):
+        out[i] = _gelu(np.float64(x[i]), precise, tanh)
+
+
+@jit
+def gelu_backward(x, gy, out, precise, tanh):
+    for i in range(x.size):
+        out[i] = gy[i] * _gelu_grad(np.float64(x[i]), precise, tanh)
 
 
 @jit
@@ -152,25 +149,20 @@ def tanh_backward(y, gy, out):
 
 
 @jit
-def bias_gelu_forward(x, b, out, precise):
+def bias_gelu_forward(x, b, out, precise, tanh):
     """gelu(x + b) over rows of x (2-D, C-contiguous), b of the last axis."""
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
-            v = np.float64(x[r, j] + b[j])
-            cdf, _ = _phi_parts(v, precise)
-            out[r, j] = v * cdf
+            out[r, j] = _gelu(np.float64(x[r, j] + b[j]), precise, tanh)
 
 
 @jit
-def bias_gelu_backward(x, b, gy, out, gb, precise):
+def bias_gelu_backward(x, b, gy, out, gb, precise, tanh):
     """gx = gy gelu'(x + b) and gb = sum over rows of gx (accumulated in float64)."""
     acc = np.zeros(x.shape[1])
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
-            v = np.float64(x[r, j] + b[j])
-            cdf, pdf = _phi_parts(v, precise)
-            g = gy[r, j] * (cdf + v * pdf)
-            out[r, j] = g
+            out[r, j] = gy[r, j] * _gelu_grad(np.float64(x[r, j] + b[j]), precise, tanh)
             acc[j] += out[r, j]
     for j in range(x.shape[1]):
         gb[j] = acc[j]
@@ -319,10 +311,11 @@ def sumsq2(a, b):
 
 @jit
 def lars_apply(p, g, buf, local, lr, momentum, wd):
-    """d = local (g + wd w); b = mu b + d (b = d without momentum); w -= lr b."""
+    """d = local (g + wd w); b = mu b + d (b = d without momentum); w -= lr b.
+    ``buf`` may be empty without momentum."""
     for i in range(p.size):
         d = local * (g[i] + wd * p[i])
-        if momentum != 0:
+        if momentum != 0 and buf.size:
             d = momentum * buf[i] + d
             buf[i] = d
         p[i] = p[i] - lr * d
