@@ -249,13 +249,11 @@ def test_cache_dir_falls_back_when_the_package_dir_is_read_only(tmp_path, monkey
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     assert jit.cache_dir_for(str(pkg)) is None     # writable: numba's default
-    pkg.chmod(0o555)
-    try:
-        if os.access(pkg, os.W_OK):
-            pytest.skip("running as root: a read-only directory is still writable")
-        assert jit.cache_dir_for(str(pkg)) == str(tmp_path / "cache" / "dlprimer" / "numba")
-    finally:
-        pkg.chmod(0o755)
+    real_access = os.access
+    read_only = (str(pkg), str(pkg / "__pycache__"))    # as a system-wide install (root can
+    monkeypatch.setattr(os, "access",                   # write anywhere, so no chmod here)
+                        lambda p, mode: False if str(p) in read_only else real_access(p, mode))
+    assert jit.cache_dir_for(str(pkg)) == str(tmp_path / "cache" / "dlprimer" / "numba")
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
     assert jit.cache_dir_for(str(pkg)) is None
 
