@@ -55,7 +55,9 @@ def _load():
         except Exception as e:  # ImportError, or a numba/llvmlite that cannot run here
             _kernels = False
             warnings.warn(f"dlprimer JIT: numba is not usable ({type(e).__name__}: {e}); "
-                          "CPU ops run as NumPy ufunc chains", RuntimeWarning, stacklevel=3)
+                          "CPU ops run as NumPy ufunc chains (pip install 'dlprimer[jit]', "
+                          "or DLPRIMER_JIT=0 to choose that path)", RuntimeWarning,
+                          stacklevel=3)
     return _kernels
 
 
