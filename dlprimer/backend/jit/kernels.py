@@ -16,6 +16,7 @@ from . import mathfn as M
 
 jit = numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
 jit_sum = numba.njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
+helper = M.jit   # scalar helpers, inlined into the kernels' loops so that they vectorise
 
 
 # -- activations ----------------------------------------------------------------------
@@ -59,8 +60,8 @@ def elu_backward(x, gy, out, alpha):
         out[i] = gy[i] if v > 0 else gy[i] * (alpha * math.exp(min(v, 0.0)))
 
 
-@jit
-def _phi_parts(v, precise):
+@helper
+def _phi(v, precise):
     """(Phi(v), phi(v)) of the normal distribution, vectorisable."""
     a = abs(v)
     pdf = M.normal_pdf(a)
@@ -72,17 +73,17 @@ _GK = 0.7978845608028654    # sqrt(2 / pi)
 _GA = 0.044715
 
 
-@jit
+@helper
 def _gelu(v, precise, tanh):
     """GELU(v) = v Phi(v) (the chapter's exact GELU), or the tanh form
     0.5 v (1 + tanh u) = v sigmoid(2u), u = sqrt(2/pi) (v + 0.044715 v^3)."""
     if tanh:
         return v * M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
-    cdf, _ = _phi_parts(v, precise)
+    cdf, _ = _phi(v, precise)
     return v * cdf
 
 
-@jit
+@helper
 def _gelu_grad(v, precise, tanh):
     """GELU'(v) = Phi(v) + v phi(v); tanh form (1 + t)(0.5 + s (1 - t)), t = tanh u,
     s = 0.5 k v (1 + 3a v^2), with 1 + t = 2 sig(2u), 1 - t = 2 (1 - sig(2u))."""
@@ -90,20 +91,42 @@ def _gelu_grad(v, precise, tanh):
         sg = M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
         s = 0.5 * _GK * v * (1.0 + 3.0 * _GA * v * v)
         return 2.0 * sg * (0.5 + 2.0 * s * (1.0 - sg))
-    cdf, pdf = _phi_parts(v, precise)
+    cdf, pdf = _phi(v, precise)
     return cdf + v * pdf
 
 
-@jit
-def gelu_forward(x, out, precise, tanh):
+# The flags are loop-invariant, but a loop vectorises only when its body has no branch
+# left after inlining: so each kernel holds one loop per combination, constants inside.
+@helper
+def _gelu_loop(x, out, precise, tanh):
     for i in range(x.size):
         out[i] = _gelu(np.float64(x[i]), precise, tanh)
 
 
-@jit
-def gelu_backward(x, gy, out, precise, tanh):
+@helper
+def _gelu_grad_loop(x, gy, out, precise, tanh):
     for i in range(x.size):
         out[i] = gy[i] * _gelu_grad(np.float64(x[i]), precise, tanh)
+
+
+@jit
+def gelu_forward(x, out, precise, tanh):
+    if tanh:
+        _gelu_loop(x, out, False, True)
+    elif precise:
+        _gelu_loop(x, out, True, False)
+    else:
+        _gelu_loop(x, out, False, False)
+
+
+@jit
+def gelu_backward(x, gy, out, precise, tanh):
+    if tanh:
+        _gelu_grad_loop(x, gy, out, False, True)
+    elif precise:
+        _gelu_grad_loop(x, gy, out, True, False)
+    else:
+        _gelu_grad_loop(x, gy, out, False, False)
 
 
 @jit
@@ -148,21 +171,43 @@ def tanh_backward(y, gy, out):
         out[i] = gy[i] * (1.0 - v * v)
 
 
-@jit
-def bias_gelu_forward(x, b, out, precise, tanh):
-    """gelu(x + b) over rows of x (2-D, C-contiguous), b of the last axis."""
+@helper
+def _bias_gelu_rows(x, b, out, precise, tanh):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
             out[r, j] = _gelu(np.float64(x[r, j] + b[j]), precise, tanh)
 
 
-@jit
-def bias_gelu_backward(x, b, gy, out, gb, precise, tanh):
-    """gx = gy gelu'(x + b) and gb = sum over rows of gx (accumulated in float64)."""
-    acc = np.zeros(x.shape[1])
+@helper
+def _bias_gelu_grad_rows(x, b, gy, out, precise, tanh):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
             out[r, j] = gy[r, j] * _gelu_grad(np.float64(x[r, j] + b[j]), precise, tanh)
+
+
+@jit
+def bias_gelu_forward(x, b, out, precise, tanh):
+    """gelu(x + b) over rows of x (2-D, C-contiguous), b of the last axis."""
+    if tanh:
+        _bias_gelu_rows(x, b, out, False, True)
+    elif precise:
+        _bias_gelu_rows(x, b, out, True, False)
+    else:
+        _bias_gelu_rows(x, b, out, False, False)
+
+
+@jit_sum
+def bias_gelu_backward(x, b, gy, out, gb, precise, tanh):
+    """gx = gy gelu'(x + b) and gb = sum over rows of gx (accumulated in float64)."""
+    if tanh:
+        _bias_gelu_grad_rows(x, b, gy, out, False, True)
+    elif precise:
+        _bias_gelu_grad_rows(x, b, gy, out, True, False)
+    else:
+        _bias_gelu_grad_rows(x, b, gy, out, False, False)
+    acc = np.zeros(x.shape[1])
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
             acc[j] += out[r, j]
     for j in range(x.shape[1]):
         gb[j] = acc[j]
