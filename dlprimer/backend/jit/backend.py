@@ -190,7 +190,8 @@ class JitCPUBackend(CPUBackend):
         n, _ = logits.shape
         probs = np.empty(logits.shape, dtype=dt)
         loss = np.empty(n, dtype=dt)
-        if call("softmax_xent_forward", np.ascontiguousarray(logits),
+        logits = np.ascontiguousarray(logits)
+        if call("softmax_xent_forward", logits, logits.max(axis=1),
                 np.ascontiguousarray(target), probs, loss, float(label_smoothing)) is NO:
             return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
         return loss, probs

@@ -233,29 +233,33 @@ def dropout(x, out, scale, one, threshold, seed, counter):
 
 
 # -- softmax cross-entropy ------------------------------------------------------------------
-@jit
-def softmax_xent_forward(logits, target, probs, loss, eps):
-    """Per row: z = logits - max, log s = log sum e^z, loss = (1-eps)(log s - z_t)
-    + eps (log s - mean z); probs = e^z / s (what backward needs)."""
+@jit_sum
+def softmax_xent_forward(logits, mx, target, probs, loss, eps):
+    """Per row, with mx the row's max (NumPy's, SIMD and NaN-propagating): z = logits - mx,
+    log s = log sum e^z, loss = (1-eps)(log s - z_t) + eps (log s - mean z);
+    probs = e^z / s (what backward needs)."""
     n, c = logits.shape
     for r in range(n):
-        mx = logits[r, 0]
+        row = logits[r]
+        pr = probs[r]
+        m = np.float64(mx[r])
         for j in range(c):
-            mx = max(mx, logits[r, j])
+            pr[j] = M.exp64(np.float64(row[j]) - m, 0.0)
         s = 0.0
-        zs = 0.0
         for j in range(c):
-            z = np.float64(logits[r, j]) - np.float64(mx)
-            e = M.exp64(z, 0.0)
-            probs[r, j] = e
-            s += e
-            zs += z
+            s += np.float64(pr[j])
         log_s = math.log(s)
-        z_t = np.float64(logits[r, target[r]]) - np.float64(mx)
-        loss[r] = (1.0 - eps) * (log_s - z_t) + eps * (log_s - zs / c)
+        z_t = np.float64(row[target[r]]) - m
+        lr = log_s - z_t
+        if eps != 0.0:
+            zs = 0.0
+            for j in range(c):
+                zs += np.float64(row[j])
+            lr = (1.0 - eps) * lr + eps * (log_s - (zs / c - m))
+        loss[r] = lr
         inv = 1.0 / s
         for j in range(c):
-            probs[r, j] = probs[r, j] * inv
+            pr[j] = pr[j] * inv
 
 
 @jit
