@@ -29,6 +29,13 @@ def _same_float(*arrays):
     return dt
 
 
+def _variant(x, approximate):
+    """Which GELU kernel: the tanh form, or the erf fit for float32 / float64."""
+    if approximate == "tanh":
+        return "tanh"
+    return "erf64" if x.dtype == np.float64 else "erf"
+
+
 def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
 
@@ -88,30 +95,13 @@ class JitCPUBackend(CPUBackend):
 
     def gelu_forward(self, x, approximate="none"):
         self._check_approximate(approximate)
-        out = self._unary_flag("gelu_forward", x, approximate == "tanh")
+        out = self._unary(f"gelu_{_variant(x, approximate)}_forward", x)
         return super().gelu_forward(x, approximate) if out is NO else out
 
     def gelu_backward(self, x, gy, approximate="none"):
         self._check_approximate(approximate)
-        out = self._binary_flag("gelu_backward", x, gy, approximate == "tanh")
+        out = self._binary(f"gelu_{_variant(x, approximate)}_backward", x, gy)
         return super().gelu_backward(x, gy, approximate) if out is NO else out
-
-    def _unary_flag(self, name, x, tanh):
-        """A GELU kernel: flags float64 (the degree-22 erf fit) and the tanh form."""
-        dt = _same_float(x)
-        if dt is None:
-            return NO
-        out = np.empty(x.shape, dtype=dt)
-        ok = call(name, _flat(x), out.reshape(-1), dt == np.float64, tanh)
-        return NO if ok is NO else out
-
-    def _binary_flag(self, name, x, gy, tanh):
-        dt = _same_float(x, gy) if x.shape == gy.shape else None
-        if dt is None:
-            return NO
-        out = np.empty(gy.shape, dtype=dt)
-        ok = call(name, _flat(x), _flat(gy), out.reshape(-1), dt == np.float64, tanh)
-        return NO if ok is NO else out
 
     def silu_forward(self, x):
         out = self._unary("silu_forward", x)
@@ -151,9 +141,8 @@ class JitCPUBackend(CPUBackend):
         rows = self._bias_rows(x, b)
         if rows is not None:
             out = np.empty(x.shape, dtype=x.dtype)
-            if call("bias_gelu_forward", rows[0], np.ascontiguousarray(b),
-                    out.reshape(rows[0].shape), x.dtype == np.float64,
-                    approximate == "tanh") is not NO:
+            if call(f"bias_gelu_{_variant(x, approximate)}_forward", rows[0],
+                    np.ascontiguousarray(b), out.reshape(rows[0].shape)) is not NO:
                 return out
         return super().bias_gelu_forward(x, b, approximate)
 
@@ -163,9 +152,8 @@ class JitCPUBackend(CPUBackend):
         if rows is not None:
             gx = np.empty(gy.shape, dtype=gy.dtype)
             gb = np.empty(b.shape, dtype=b.dtype)
-            if call("bias_gelu_backward", rows[0], np.ascontiguousarray(b), rows[1],
-                    gx.reshape(rows[0].shape), gb, x.dtype == np.float64,
-                    approximate == "tanh") is not NO:
+            if call(f"bias_gelu_{_variant(x, approximate)}_backward", rows[0],
+                    np.ascontiguousarray(b), rows[1], gx.reshape(rows[0].shape), gb) is not NO:
                 return gx, gb
         return super().bias_gelu_backward(x, b, gy, approximate)
 

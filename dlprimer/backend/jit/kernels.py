@@ -74,59 +74,65 @@ _GA = 0.044715
 
 
 @helper
-def _gelu(v, precise, tanh):
-    """GELU(v) = v Phi(v) (the chapter's exact GELU), or the tanh form
-    0.5 v (1 + tanh u) = v sigmoid(2u), u = sqrt(2/pi) (v + 0.044715 v^3)."""
-    if tanh:
-        return v * M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
-    cdf, _ = _phi(v, precise)
-    return v * cdf
+def _gelu_tanh(v):
+    """0.5 v (1 + tanh u) = v sigmoid(2u), u = sqrt(2/pi) (v + 0.044715 v^3)."""
+    return v * M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
 
 
 @helper
-def _gelu_grad(v, precise, tanh):
-    """GELU'(v) = Phi(v) + v phi(v); tanh form (1 + t)(0.5 + s (1 - t)), t = tanh u,
-    s = 0.5 k v (1 + 3a v^2), with 1 + t = 2 sig(2u), 1 - t = 2 (1 - sig(2u))."""
-    if tanh:
-        sg = M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
-        s = 0.5 * _GK * v * (1.0 + 3.0 * _GA * v * v)
-        return 2.0 * sg * (0.5 + 2.0 * s * (1.0 - sg))
-    cdf, pdf = _phi(v, precise)
-    return cdf + v * pdf
+def _gelu_tanh_grad(v):
+    """(1 + t)(0.5 + s (1 - t)), t = tanh u, s = 0.5 k v (1 + 3a v^2), with
+    1 + t = 2 sig(2u) and 1 - t = 2 (1 - sig(2u))."""
+    sg = M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
+    s = 0.5 * _GK * v * (1.0 + 3.0 * _GA * v * v)
+    return 2.0 * sg * (0.5 + 2.0 * s * (1.0 - sg))
 
 
-# The flags are loop-invariant, but a loop vectorises only when its body has no branch
-# left after inlining: so each kernel holds one loop per combination, constants inside.
-@helper
-def _gelu_loop(x, out, precise, tanh):
+# GELU(x) = x Phi(x) (the chapter's exact GELU), GELU'(x) = Phi(x) + x phi(x).
+# One kernel per variant, each a flat loop: a loop vectorises only when no branch is left in
+# it, and a run compiles only the variants it uses (numba's inlining makes each one cost
+# seconds). "erf" is the float32 fit of the normal tail (degree 13), "erf64" the float64 one
+# (degree 22), "tanh" the tanh form.
+@jit
+def gelu_erf_forward(x, out):
     for i in range(x.size):
-        out[i] = _gelu(np.float64(x[i]), precise, tanh)
-
-
-@helper
-def _gelu_grad_loop(x, gy, out, precise, tanh):
-    for i in range(x.size):
-        out[i] = gy[i] * _gelu_grad(np.float64(x[i]), precise, tanh)
+        v = np.float64(x[i])
+        out[i] = v * _phi(v, False)[0]
 
 
 @jit
-def gelu_forward(x, out, precise, tanh):
-    if tanh:
-        _gelu_loop(x, out, False, True)
-    elif precise:
-        _gelu_loop(x, out, True, False)
-    else:
-        _gelu_loop(x, out, False, False)
+def gelu_erf64_forward(x, out):
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v * _phi(v, True)[0]
 
 
 @jit
-def gelu_backward(x, gy, out, precise, tanh):
-    if tanh:
-        _gelu_grad_loop(x, gy, out, False, True)
-    elif precise:
-        _gelu_grad_loop(x, gy, out, True, False)
-    else:
-        _gelu_grad_loop(x, gy, out, False, False)
+def gelu_tanh_forward(x, out):
+    for i in range(x.size):
+        out[i] = _gelu_tanh(np.float64(x[i]))
+
+
+@jit
+def gelu_erf_backward(x, gy, out):
+    for i in range(x.size):
+        v = np.float64(x[i])
+        cdf, pdf = _phi(v, False)
+        out[i] = gy[i] * (cdf + v * pdf)
+
+
+@jit
+def gelu_erf64_backward(x, gy, out):
+    for i in range(x.size):
+        v = x[i]
+        cdf, pdf = _phi(v, True)
+        out[i] = gy[i] * (cdf + v * pdf)
+
+
+@jit
+def gelu_tanh_backward(x, gy, out):
+    for i in range(x.size):
+        out[i] = gy[i] * _gelu_tanh_grad(np.float64(x[i]))
 
 
 @jit
@@ -171,46 +177,68 @@ def tanh_backward(y, gy, out):
         out[i] = gy[i] * (1.0 - v * v)
 
 
-@helper
-def _bias_gelu_rows(x, b, out, precise, tanh):
+# bias + GELU: gelu(x + b) over the rows of a C-contiguous (rows, C) x, b of the last axis.
+@jit
+def bias_gelu_erf_forward(x, b, out):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
-            out[r, j] = _gelu(np.float64(x[r, j] + b[j]), precise, tanh)
-
-
-@helper
-def _bias_gelu_grad_rows(x, b, gy, out, precise, tanh):
-    for r in range(x.shape[0]):
-        for j in range(x.shape[1]):
-            out[r, j] = gy[r, j] * _gelu_grad(np.float64(x[r, j] + b[j]), precise, tanh)
+            v = np.float64(x[r, j] + b[j])
+            out[r, j] = v * _phi(v, False)[0]
 
 
 @jit
-def bias_gelu_forward(x, b, out, precise, tanh):
-    """gelu(x + b) over rows of x (2-D, C-contiguous), b of the last axis."""
-    if tanh:
-        _bias_gelu_rows(x, b, out, False, True)
-    elif precise:
-        _bias_gelu_rows(x, b, out, True, False)
-    else:
-        _bias_gelu_rows(x, b, out, False, False)
+def bias_gelu_erf64_forward(x, b, out):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[r, j] + b[j]
+            out[r, j] = v * _phi(v, True)[0]
+
+
+@jit
+def bias_gelu_tanh_forward(x, b, out):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[r, j] = _gelu_tanh(np.float64(x[r, j] + b[j]))
 
 
 @jit_sum
-def bias_gelu_backward(x, b, gy, out, gb, precise, tanh):
-    """gx = gy gelu'(x + b) and gb = sum over rows of gx (accumulated in float64)."""
-    if tanh:
-        _bias_gelu_grad_rows(x, b, gy, out, False, True)
-    elif precise:
-        _bias_gelu_grad_rows(x, b, gy, out, True, False)
-    else:
-        _bias_gelu_grad_rows(x, b, gy, out, False, False)
-    acc = np.zeros(x.shape[1])
+def _column_sums(g, gb):
+    """gb = g summed over rows (accumulated in float64)."""
+    acc = np.zeros(g.shape[1])
+    for r in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            acc[j] += g[r, j]
+    for j in range(g.shape[1]):
+        gb[j] = acc[j]
+
+
+@jit
+def bias_gelu_erf_backward(x, b, gy, out, gb):
+    """gx = gy gelu'(x + b) and gb = gx summed over rows."""
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
-            acc[j] += out[r, j]
-    for j in range(x.shape[1]):
-        gb[j] = acc[j]
+            v = np.float64(x[r, j] + b[j])
+            cdf, pdf = _phi(v, False)
+            out[r, j] = gy[r, j] * (cdf + v * pdf)
+    _column_sums(out, gb)
+
+
+@jit
+def bias_gelu_erf64_backward(x, b, gy, out, gb):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[r, j] + b[j]
+            cdf, pdf = _phi(v, True)
+            out[r, j] = gy[r, j] * (cdf + v * pdf)
+    _column_sums(out, gb)
+
+
+@jit
+def bias_gelu_tanh_backward(x, b, gy, out, gb):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[r, j] = gy[r, j] * _gelu_tanh_grad(np.float64(x[r, j] + b[j]))
+    _column_sums(out, gb)
 
 
 # -- dropout: the splitmix64 hash of kernels/random.cuh, in the kernel ---------------------
