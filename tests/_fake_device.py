@@ -77,6 +77,7 @@ _FUSED = [n for n, f in vars(Backend).items() if callable(f) and n.endswith(
 class FakeDevice(CPUBackend):
     name = "cuda"
     xp = StrictXP()
+    class_range = Backend.class_range   # a device's one-transfer check, not the CPU's shortcut
 
     def __init__(self):
         super().__init__()

@@ -90,7 +90,7 @@ def test_axpy_in_place(rng, dtype):
     x = rng.standard_normal(1000).astype(dtype)
     y = rng.standard_normal(1000).astype(dtype)
     want = y.astype("float64") + (-0.3) * x.astype("float64")
-    out = _axpy(-0.3, x, y)
+    out = _axpy(-0.3, x, y, np.empty(1000, dtype))
     assert out is y
     np.testing.assert_allclose(y, want, rtol=1e-2 if dtype == "float16" else 1e-5, atol=1e-3)
 
@@ -99,7 +99,7 @@ def test_axpy_strided_falls_back(rng):
     x = rng.standard_normal(20).astype("float32")[::2]
     y = rng.standard_normal(10).astype("float32")
     want = y + 2.0 * x
-    assert _axpy(2.0, x, y) is y
+    assert _axpy(2.0, x, y, np.empty(10, "float32")) is y
     np.testing.assert_allclose(y, want, rtol=1e-6)
 
 
