@@ -318,33 +318,46 @@ def int_range(a):
 @jit
 def sgd(p, g, buf, lr, momentum, undamped, nesterov, wd, first_step):
     """PyTorch's SGD: d = g + wd w; b = d (first) or mu b + (1 - damp) d; d = d + mu b
-    (Nesterov) or b; w -= lr d. ``undamped`` = 1 - dampening."""
-    for i in range(p.size):
-        d = g[i] + wd * p[i]
-        if momentum != 0:
-            b = d if first_step else momentum * buf[i] + undamped * d
+    (Nesterov) or b; w -= lr d. ``undamped`` = 1 - dampening. One branch-free loop per
+    case, so each vectorises."""
+    if momentum == 0:
+        for i in range(p.size):
+            p[i] = p[i] - lr * (g[i] + wd * p[i])
+    elif first_step:
+        for i in range(p.size):
+            d = g[i] + wd * p[i]
+            buf[i] = d
+            p[i] = p[i] - lr * (d + momentum * d if nesterov else d)
+    else:
+        for i in range(p.size):
+            d = g[i] + wd * p[i]
+            b = momentum * buf[i] + undamped * d
             buf[i] = b
-            d = d + momentum * b if nesterov else b
-        p[i] = p[i] - lr * d
+            p[i] = p[i] - lr * (d + momentum * b if nesterov else b)
+
+
+@helper
+def _adam_elem(w, gi, m, v, neg_alpha, c1, b2, c2, eps_hat):
+    """(w, m, v) after one Adam step of one element."""
+    mi = m + c1 * (gi - m)
+    vi = b2 * v + c2 * (gi * gi)
+    return w + neg_alpha * (mi / (np.sqrt(vi) + eps_hat)), mi, vi
 
 
 @jit
 def adam(p, g, m, v, neg_alpha, c1, b2, c2, eps_hat, wd, keep, decoupled):
     """Adam / AdamW in the paper's efficient form (see CPUBackend.adam_update):
     m += c1 (g - m); v = b2 v + c2 g^2; w += -a_t m / (sqrt v + eps_hat),
-    c1 = 1 - b1, c2 = 1 - b2."""
-    for i in range(p.size):
-        w = p[i]
-        gi = g[i]
-        if decoupled:
-            w = w * keep
-        else:
-            gi = gi + wd * w
-        mi = m[i] + c1 * (gi - m[i])
-        vi = b2 * v[i] + c2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
-        p[i] = w + neg_alpha * (mi / (np.sqrt(vi) + eps_hat))
+    c1 = 1 - b1, c2 = 1 - b2; AdamW first scales w by keep = 1 - lr wd, Adam adds wd w
+    to g. Two loops, so that neither has a branch in it (and both vectorise)."""
+    if decoupled:
+        for i in range(p.size):
+            p[i], m[i], v[i] = _adam_elem(p[i] * keep, g[i], m[i], v[i], neg_alpha, c1, b2,
+                                          c2, eps_hat)
+    else:
+        for i in range(p.size):
+            p[i], m[i], v[i] = _adam_elem(p[i], g[i] + wd * p[i], m[i], v[i], neg_alpha, c1,
+                                          b2, c2, eps_hat)
 
 
 @jit_sum
