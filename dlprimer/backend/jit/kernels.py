@@ -300,7 +300,7 @@ def softmax_xent_backward(probs, target, gy, out, eps):
         for j in range(c):
             out[r, j] = (probs[r, j] - off) * g
         t = target[r]
-        out[r, t] = (probs[r, t] - off - (1.0 - eps)) * g
+        out[r, t] = (probs[r, t] - (off + (1.0 - eps))) * g
 
 
 @jit
