@@ -59,6 +59,10 @@ def cuda_available() -> bool:
 
 def _make(name: str) -> Backend:
     if name == "cpu":
+        from . import jit
+        if jit.enabled():
+            from .jit.backend import JitCPUBackend
+            return JitCPUBackend()
         return CPUBackend()
     reason = cuda_unavailable_reason()
     if reason is not None:

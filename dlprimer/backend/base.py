@@ -156,6 +156,13 @@ class Backend:
     def erf(self, x, out=None):
         raise NotImplementedError
 
+    def class_range(self, target) -> tuple[int, int]:
+        """(min, max) of a non-empty integer class-target array, as Python ints: the one
+        place a loss asks for its target range (one device-to-host copy here)."""
+        xp = self.xp
+        lo, hi = (int(v) for v in self.to_numpy(xp.stack([target.min(), target.max()])))
+        return lo, hi
+
     # -- fused activation ops --------------------------------------------------------
     # Each pair is one autograd Function's forward and backward. ``approximate`` is
     # "none" (erf) or "tanh"; ``key`` is a (seed, counter) pair from next_key().
@@ -330,14 +337,12 @@ class Backend:
     def check_class_targets(self, target, num_classes, fn):
         """Class indices in [0, num_classes), or ValueError naming the first bad one.
 
-        Eager (CPU, or the debug switch): min and max in one host read. Deferred: the
+        Eager (CPU, or the debug switch): :meth:`class_range`, one host read. Deferred: the
         same test recorded as a device flag (the loss kernels already give such a row a
         NaN loss), raised by ``dp.check_deferred()``.
         """
         if target.size == 0:
             return
-        xp = self.xp
-        lo, hi = target.min(), target.max()
 
         def error(count, bad, fn=fn, c=num_classes):
             times = "" if count == 1 else f" ({count} batches had a bad target)"
@@ -345,10 +350,12 @@ class Backend:
                               f"(valid: 0..{c - 1}){times}")
 
         if not self.defers_checks:
-            lo, hi = (int(v) for v in self.to_numpy(xp.stack([lo, hi])))
+            lo, hi = self.class_range(target)
             if lo < 0 or hi >= num_classes:
                 raise error(1, lo if lo < 0 else hi)
             return
+        xp = self.xp
+        lo, hi = target.min(), target.max()
         bad_lo = lo < 0
         self.deferred.record(("class_target", fn, num_classes), bad_lo | (hi >= num_classes),
                              xp.where(bad_lo, lo, hi), error)

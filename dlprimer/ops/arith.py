@@ -197,6 +197,8 @@ class MatMul(Function):
         na, nb = self.needs_input_grad
         xp = self.backend.xp
         sa, sb = self.sa, self.sb
+        if len(sa) == 2 and len(sb) == 2:  # the common case, without the batched bookkeeping
+            return (xp.matmul(gy, b.T) if na else None), (xp.matmul(a.T, gy) if nb else None)
         a1, b1 = len(sa) == 1, len(sb) == 1
         if a1 and b1:  # dot product: gy is a scalar
             return (gy * b if na else None), (gy * a if nb else None)

@@ -64,12 +64,21 @@ def cuda_mod():
     return cuda
 
 
-# check_class_targets is written once in xp code for every backend (a few tiny CuPy
-# reductions recorded as a device flag)
+# Backend methods whose generic xp implementation holds on every backend (a backend may
+# still override them, e.g. the CPU's cheaper class_range); check_class_targets is written
+# once in xp code (a few tiny reductions, recorded as a device flag where checks defer).
+GENERIC = ("class_range", "check_class_targets")
 CONTRACT = sorted(n for n, f in vars(Backend).items()
                   if callable(f) and not n.startswith("_")
-                  and n not in ("manual_seed", "get_rng_state", "set_rng_state", "next_key",
-                                "check_class_targets"))
+                  and n not in ("manual_seed", "get_rng_state", "set_rng_state", "next_key")
+                  and n not in GENERIC)
+
+
+@pytest.mark.parametrize("name", GENERIC)
+def test_generic_backend_methods_run_on_the_cuda_backend(cuda_mod, name):
+    impl = getattr(cuda_mod.CUDABackend, name)
+    assert list(inspect.signature(impl).parameters) == list(
+        inspect.signature(getattr(Backend, name)).parameters)
 
 
 @pytest.mark.parametrize("name", CONTRACT)

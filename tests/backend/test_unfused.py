@@ -43,7 +43,8 @@ def test_unfused_bias_gelu_equals_fused(backend, rng, approximate):
     bias = b.asarray(rng.standard_normal(7))
     gy = b.asarray(rng.standard_normal((6, 5, 7)))
     np.testing.assert_allclose(b.to_numpy(unfused.bias_gelu_forward(b, x, bias, approximate)),
-                               b.to_numpy(_fused(b, "bias_gelu_forward")(x, bias, approximate)), rtol=1e-12)
+                               b.to_numpy(_fused(b, "bias_gelu_forward")(x, bias, approximate)), rtol=1e-12,
+                               atol=1e-14)  # the primitive chain cancels in 1 + tanh(u) for x << 0
     for u, f in zip(unfused.bias_gelu_backward(b, x, bias, gy, approximate),
                     _fused(b, "bias_gelu_backward")(x, bias, gy, approximate)):
         np.testing.assert_allclose(b.to_numpy(u), b.to_numpy(f), rtol=1e-10, atol=1e-12)

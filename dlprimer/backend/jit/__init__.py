@@ -1,0 +1,83 @@
+"""JIT-compiled CPU kernels (numba): the switch, the kernel cache and the fallback.
+
+``DLPRIMER_JIT=0`` turns the JIT off: the CPU backend is then the NumPy ufunc-chain
+backend (``backend/cpu.py``), which is also the reference the tests compare against.
+numba is imported on the first kernel call, not with dlprimer. Kernels compile once per
+dtype and are cached on disk (``cache=True``): in ``__pycache__`` next to this package, or,
+where that is read-only, under ``$XDG_CACHE_HOME/dlprimer/numba`` (``NUMBA_CACHE_DIR``,
+when set, wins). A kernel that fails to compile (old numba, unsupported CPU) warns once,
+naming the kernel and the reason, and its op runs on the NumPy path from then on.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_kernels = None            # the kernels module once imported; False when numba is unusable
+_failed: dict[str, str] = {}
+NO = object()              # call()'s answer when the caller must take the NumPy path
+
+
+def enabled() -> bool:
+    """False when the environment says ``DLPRIMER_JIT=0`` (or ``off``/``false``)."""
+    return os.environ.get("DLPRIMER_JIT", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cache_dir_for(pkg_dir: str = _PKG_DIR) -> str | None:
+    """The directory to hand numba as NUMBA_CACHE_DIR: None when numba's default (beside the
+    sources) is writable or the user set one, else a per-user cache directory."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return None
+    pycache = os.path.join(pkg_dir, "__pycache__")
+    probe = pycache if os.path.isdir(pycache) else pkg_dir
+    if os.access(probe, os.W_OK):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.access(base if os.path.isdir(base) else os.path.dirname(base), os.W_OK):
+        base = tempfile.gettempdir()
+    return os.path.join(base, "dlprimer", "numba")
+
+
+def _load():
+    global _kernels
+    if _kernels is None:
+        where = cache_dir_for()
+        if where is not None:
+            os.environ["NUMBA_CACHE_DIR"] = where
+        try:
+            import numba.core.config as numba_config
+            if where is not None:
+                numba_config.CACHE_DIR = where
+            from . import kernels
+            _kernels = kernels
+        except Exception as e:  # ImportError, or a numba/llvmlite that cannot run here
+            _kernels = False
+            warnings.warn(f"dlprimer JIT: numba is not usable ({type(e).__name__}: {e}); "
+                          "CPU ops run as NumPy ufunc chains (pip install 'dlprimer[jit]', "
+                          "or DLPRIMER_JIT=0 to choose that path)", RuntimeWarning,
+                          stacklevel=3)
+    return _kernels
+
+
+def call(name: str, *args):
+    """Run kernel ``name``; ``NO`` when it is unavailable (then nothing was written)."""
+    if name in _failed:
+        return NO
+    ks = _kernels or _load()
+    if not ks:
+        return NO
+    try:
+        return getattr(ks, name)(*args)
+    except Exception as e:  # a compile error: numba typing/lowering, LLVM, unsupported CPU
+        _failed[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        warnings.warn(f"dlprimer JIT: kernel {name!r} failed to compile ({_failed[name]}); "
+                      "it runs on the NumPy path from now on", RuntimeWarning, stacklevel=3)
+        return NO
+
+
+def failed() -> dict[str, str]:
+    """Kernels that fell back to NumPy, with the reason (a copy)."""
+    return dict(_failed)
+

@@ -1,0 +1,306 @@
+"""The CPU backend with JIT kernels: :class:`JitCPUBackend` is ``backend_for("cpu")``
+unless ``DLPRIMER_JIT=0``.
+
+Each fused op runs its numba kernel (:mod:`.kernels`) when every array is float32 or
+float64 and of one dtype; anything else (float16, bfloat16, integers, mixed dtypes), and
+any kernel that failed to compile, takes the NumPy ufunc-chain path of the parent
+:class:`~dlprimer.backend.cpu.CPUBackend`, which stays the reference.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..cpu import CPUBackend
+from . import NO, call
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _same_float(*arrays):
+    """The common dtype when all arrays are float32, or all float64; else None."""
+    dt = arrays[0].dtype
+    if dt not in _FLOATS:
+        return None
+    for a in arrays[1:]:
+        if a.dtype != dt:
+            return None
+    return dt
+
+
+def _variant(x, approximate):
+    """Which GELU kernel: the tanh form, or the erf fit for float32 / float64."""
+    if approximate == "tanh":
+        return "tanh"
+    return "erf64" if x.dtype == np.float64 else "erf"
+
+
+def _flat(a):
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+class JitCPUBackend(CPUBackend):
+    """NumPy arrays, numba kernels for the fused ops (one pass each, one thread)."""
+
+    jit = True
+
+    # -- elementwise activations ----------------------------------------------------------
+    def _unary(self, name, x, *consts):
+        """out = kernel(x) with ``consts`` cast to x's dtype; NO when not JIT-able."""
+        dt = _same_float(x)
+        if dt is None:
+            return NO
+        out = np.empty(x.shape, dtype=dt)
+        if call(name, _flat(x), out.reshape(-1), *(dt.type(c) for c in consts)) is NO:
+            return NO
+        return out
+
+    def _binary(self, name, a, gy, *consts):
+        """out = kernel(a, gy) (a backward: ``a`` is x or y); NO when not JIT-able."""
+        if a.shape != gy.shape:
+            return NO
+        dt = _same_float(a, gy)
+        if dt is None:
+            return NO
+        out = np.empty(gy.shape, dtype=dt)
+        if call(name, _flat(a), _flat(gy), out.reshape(-1),
+                *(dt.type(c) for c in consts)) is NO:
+            return NO
+        return out
+
+    def relu_forward(self, x):
+        out = self._unary("relu_forward", x)
+        return super().relu_forward(x) if out is NO else out
+
+    def relu_backward(self, y, gy):
+        out = self._binary("relu_backward", y, gy)
+        return super().relu_backward(y, gy) if out is NO else out
+
+    def leaky_relu_forward(self, x, negative_slope):
+        out = self._unary("leaky_relu_forward", x, negative_slope)
+        return super().leaky_relu_forward(x, negative_slope) if out is NO else out
+
+    def leaky_relu_backward(self, x, gy, negative_slope):
+        out = self._binary("leaky_relu_backward", x, gy, negative_slope)
+        return super().leaky_relu_backward(x, gy, negative_slope) if out is NO else out
+
+    def elu_forward(self, x, alpha):
+        out = self._unary("elu_forward", x, alpha)
+        return super().elu_forward(x, alpha) if out is NO else out
+
+    def elu_backward(self, x, gy, alpha):
+        out = self._binary("elu_backward", x, gy, alpha)
+        return super().elu_backward(x, gy, alpha) if out is NO else out
+
+    def gelu_forward(self, x, approximate="none"):
+        self._check_approximate(approximate)
+        out = self._unary(f"gelu_{_variant(x, approximate)}_forward", x)
+        return super().gelu_forward(x, approximate) if out is NO else out
+
+    def gelu_backward(self, x, gy, approximate="none"):
+        self._check_approximate(approximate)
+        out = self._binary(f"gelu_{_variant(x, approximate)}_backward", x, gy)
+        return super().gelu_backward(x, gy, approximate) if out is NO else out
+
+    def silu_forward(self, x):
+        out = self._unary("silu_forward", x)
+        return super().silu_forward(x) if out is NO else out
+
+    def silu_backward(self, x, gy):
+        out = self._binary("silu_backward", x, gy)
+        return super().silu_backward(x, gy) if out is NO else out
+
+    def sigmoid_forward(self, x):
+        out = self._unary("sigmoid_forward", x)
+        return super().sigmoid_forward(x) if out is NO else out
+
+    def sigmoid_backward(self, y, gy):
+        out = self._binary("sigmoid_backward", y, gy)
+        return super().sigmoid_backward(y, gy) if out is NO else out
+
+    def tanh_forward(self, x):
+        out = self._unary("tanh_forward", x)
+        return super().tanh_forward(x) if out is NO else out
+
+    def tanh_backward(self, y, gy):
+        out = self._binary("tanh_backward", y, gy)
+        return super().tanh_backward(y, gy) if out is NO else out
+
+    # -- bias + GELU ------------------------------------------------------------------------
+    def _bias_rows(self, x, b, *others):
+        """(x, others...) as C-contiguous (rows, C) arrays, or None when not JIT-able."""
+        self._rows(x, b)
+        if _same_float(x, b, *others) is None:
+            return None
+        c = b.shape[0]
+        return [np.ascontiguousarray(a).reshape(-1, c) for a in (x, *others)]
+
+    def bias_gelu_forward(self, x, b, approximate="none"):
+        self._check_approximate(approximate)
+        rows = self._bias_rows(x, b)
+        if rows is not None:
+            out = np.empty(x.shape, dtype=x.dtype)
+            if call(f"bias_gelu_{_variant(x, approximate)}_forward", rows[0],
+                    np.ascontiguousarray(b), out.reshape(rows[0].shape)) is not NO:
+                return out
+        return super().bias_gelu_forward(x, b, approximate)
+
+    def bias_gelu_backward(self, x, b, gy, approximate="none"):
+        self._check_approximate(approximate)
+        rows = self._bias_rows(x, b, gy) if x.shape == gy.shape else None
+        if rows is not None:
+            gx = np.empty(gy.shape, dtype=gy.dtype)
+            gb = np.empty(b.shape, dtype=b.dtype)
+            if call(f"bias_gelu_{_variant(x, approximate)}_backward", rows[0],
+                    np.ascontiguousarray(b), rows[1], gx.reshape(rows[0].shape), gb) is not NO:
+                return gx, gb
+        return super().bias_gelu_backward(x, b, gy, approximate)
+
+    # -- dropout ----------------------------------------------------------------------------
+    def dropout_forward(self, x, p, key):
+        dt = _same_float(x)
+        if dt is None or p >= 1 or x.size == 0:
+            return super().dropout_forward(x, p, key)
+        seed, counter = key
+        threshold = math.ceil(float(np.float32(p)) * (1 << 24))
+        out = np.empty(x.shape, dtype=dt)
+        if call("dropout", _flat(x), out.reshape(-1), dt.type(1.0 / (1.0 - p)), dt.type(1),
+                threshold, seed % 2**64, counter % 2**64) is NO:
+            return super().dropout_forward(x, p, key)
+        return out
+
+    # -- softmax cross-entropy -------------------------------------------------------------------
+    def softmax_cross_entropy_forward(self, logits, target, label_smoothing=0.0):
+        dt = _same_float(logits)
+        if dt is None or logits.ndim != 2 or logits.shape[1] == 0 or target.dtype.kind not in "iu":
+            return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
+        n, _ = logits.shape
+        probs = np.empty(logits.shape, dtype=dt)
+        loss = np.empty(n, dtype=dt)
+        logits = np.ascontiguousarray(logits)
+        if call("softmax_xent_forward", logits, logits.max(axis=1),
+                np.ascontiguousarray(target), probs, loss, float(label_smoothing)) is NO:
+            return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
+        return loss, probs
+
+    def softmax_cross_entropy_backward(self, probs, target, gy, label_smoothing=0.0):
+        dt = _same_float(probs)
+        if dt is None or probs.ndim != 2 or target.dtype.kind not in "iu":
+            return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
+        n, _ = probs.shape
+        g = np.ascontiguousarray(np.broadcast_to(np.asarray(gy, dtype=dt).reshape(-1), (n,)))
+        out = np.empty(probs.shape, dtype=dt)
+        if call("softmax_xent_backward", np.ascontiguousarray(probs),
+                np.ascontiguousarray(target), g, out, dt.type(label_smoothing)) is NO:
+            return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
+        return out
+
+    def class_range(self, target):
+        if target.size and target.dtype.kind in "iu" and target.ndim == 1:
+            r = call("int_range", np.ascontiguousarray(target))
+            if r is not NO:
+                return int(r[0]), int(r[1])
+        return super().class_range(target)
+
+    # -- optimizer updates: one pass over the arena ------------------------------------------------
+    def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                   weight_decay=0.0, first_step=False):
+        dt = _same_float(param, grad) if (buf is None or not momentum) else _same_float(
+            param, grad, buf)
+        if dt is not None:
+            c = dt.type
+            b = buf if (buf is not None and momentum) else param[:0]
+            if call("sgd", param, grad, b, c(lr), c(momentum), c(1.0 - dampening),
+                    bool(nesterov), c(weight_decay), bool(first_step)) is not NO:
+                return param
+        return super().sgd_update(param, grad, buf, lr, momentum, dampening, nesterov,
+                                  weight_decay, first_step)
+
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                    decoupled=False):
+        dt = _same_float(param, grad, m, v)
+        if dt is not None:
+            c = dt.type
+            bc1 = 1.0 - beta1 ** step
+            bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
+            if call("adam", param, grad, m, v, c(-lr * bc2_sqrt / bc1), c(1.0 - beta1),
+                    c(beta2), c(1.0 - beta2), c(eps * bc2_sqrt), c(weight_decay),
+                    c(1.0 - lr * weight_decay), bool(decoupled)) is not NO:
+                return param
+        return super().adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay,
+                                   step, decoupled)
+
+    def lamb_update(self, param, grad, m, v, offsets, lr, beta1, beta2, eps, weight_decay, step):
+        dt = _same_float(param, grad, m, v)
+        if dt is None:
+            return super().lamb_update(param, grad, m, v, offsets, lr, beta1, beta2, eps,
+                                       weight_decay, step)
+        c = dt.type
+        ib1, ib2 = c(1.0 / (1.0 - beta1 ** step)), c(1.0 / (1.0 - beta2 ** step) ** 0.5)
+        for i in range(len(offsets) - 1):
+            s, e = int(offsets[i]), int(offsets[i + 1])
+            r = call("lamb_moments", param[s:e], grad[s:e], m[s:e], v[s:e],
+                     c(1.0 - beta1), c(beta2), c(1.0 - beta2), ib1, ib2, c(eps),
+                     c(weight_decay))
+            if r is NO and i == 0:      # failed to compile: nothing written yet
+                return super().lamb_update(param, grad, m, v, offsets, lr, beta1, beta2, eps,
+                                           weight_decay, step)
+            w2, u2 = r
+            trust = (w2 / u2) ** 0.5 if w2 > 0.0 and u2 > 0.0 else 1.0
+            if call("lamb_apply", param[s:e], m[s:e], v[s:e], ib1, ib2, c(eps),
+                    c(weight_decay), c(-lr * trust)) is NO:
+                u = m[s:e] * ib1 / (np.sqrt(v[s:e]) * ib2 + c(eps)) + c(weight_decay) * param[s:e]
+                param[s:e] += c(-lr * trust) * u
+        return param
+
+    def lars_update(self, param, grad, buf, offsets, lr, momentum, weight_decay,
+                    trust_coefficient, eps=1e-9):
+        dt = _same_float(param, grad) if buf is None else _same_float(param, grad, buf)
+        if dt is None:
+            return super().lars_update(param, grad, buf, offsets, lr, momentum, weight_decay,
+                                       trust_coefficient, eps)
+        c = dt.type
+        for i in range(len(offsets) - 1):
+            s, e = int(offsets[i]), int(offsets[i + 1])
+            r = call("sumsq2", param[s:e], grad[s:e])
+            if r is NO and i == 0:
+                return super().lars_update(param, grad, buf, offsets, lr, momentum,
+                                           weight_decay, trust_coefficient, eps)
+            wn, gn = r[0] ** 0.5, r[1] ** 0.5
+            local = (trust_coefficient * wn / (gn + weight_decay * wn + eps)
+                     if wn > 0.0 and gn > 0.0 else 1.0)
+            b = param[:0] if buf is None else buf[s:e]
+            if call("lars_apply", param[s:e], grad[s:e], b, c(local), c(lr),
+                    c(momentum), c(weight_decay)) is NO:
+                d = c(local) * (grad[s:e] + c(weight_decay) * param[s:e])
+                if momentum and buf is not None:
+                    buf[s:e] *= c(momentum)
+                    buf[s:e] += d
+                    d = buf[s:e]
+                param[s:e] -= c(lr) * d
+        return param
+
+    def grad_norm(self, arrays, norm_type=2.0):
+        norm_type = float(norm_type)
+        arrays = list(arrays)
+        if not norm_type > 0 or any(a.dtype not in _FLOATS for a in arrays):
+            return super().grad_norm(arrays, norm_type)
+        inf = norm_type == float("inf")
+        total = 0.0
+        for a in arrays:
+            flat = _flat(a)
+            if flat.size == 0:
+                continue
+            if inf:
+                r = call("maxabs", flat)
+            elif norm_type == 2.0:
+                r = call("sumsq", flat)
+            else:
+                r = call("sum_abs_pow", flat, norm_type)
+            if r is NO:
+                return super().grad_norm(arrays, norm_type)
+            total = (r if (r != r or r > total) else total) if inf else total + r
+        if inf or total != total:
+            return total
+        return total ** 0.5 if norm_type == 2.0 else total ** (1.0 / norm_type)

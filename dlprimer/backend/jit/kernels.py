@@ -1,0 +1,440 @@
+"""numba kernels of the JIT CPU backend: one pass over memory per op, single thread.
+
+Every kernel takes flat, C-contiguous 1-D arrays (rows for softmax-cross-entropy) and
+writes its result into ``out``; float scalars arrive already cast to the arrays' dtype,
+so float32 arrays are updated in float32 arithmetic (as the NumPy path does). The
+activation math runs in float64 through :mod:`.mathfn` and is rounded on the store.
+``error_model="numpy"`` lets a division by zero give inf/NaN instead of raising, which is
+what lets LLVM vectorise loops with a division in them.
+"""
+import math
+
+import numba
+import numpy as np
+
+from . import mathfn as M
+
+jit = numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
+jit_sum = numba.njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
+helper = M.jit   # scalar helpers, inlined into the kernels' loops so that they vectorise
+
+
+# -- activations ----------------------------------------------------------------------
+@jit
+def relu_forward(x, out):
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v if (v > 0 or v != v) else 0.0
+
+
+@jit
+def relu_backward(y, gy, out):
+    for i in range(y.size):
+        out[i] = gy[i] * (1.0 if y[i] > 0 else 0.0)
+
+
+@jit
+def leaky_relu_forward(x, out, slope):
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v if v > 0 else v * slope
+
+
+@jit
+def leaky_relu_backward(x, gy, out, slope):
+    for i in range(x.size):
+        out[i] = gy[i] if x[i] > 0 else gy[i] * slope
+
+
+@jit
+def elu_forward(x, out, alpha):
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v if v > 0 else alpha * math.expm1(min(v, 0.0))
+
+
+@jit
+def elu_backward(x, gy, out, alpha):
+    for i in range(x.size):
+        v = x[i]
+        out[i] = gy[i] if v > 0 else gy[i] * (alpha * math.exp(min(v, 0.0)))
+
+
+@helper
+def _phi(v, precise):
+    """(Phi(v), phi(v)) of the normal distribution, vectorisable."""
+    a = abs(v)
+    pdf = M.normal_pdf(a)
+    q = M.q_tail(a, pdf, precise)
+    return (q if v < 0 else 1.0 - q), pdf
+
+
+_GK = 0.7978845608028654    # sqrt(2 / pi)
+_GA = 0.044715
+
+
+@helper
+def _gelu_tanh(v):
+    """0.5 v (1 + tanh u) = v sigmoid(2u), u = sqrt(2/pi) (v + 0.044715 v^3)."""
+    return v * M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
+
+
+@helper
+def _gelu_tanh_grad(v):
+    """(1 + t)(0.5 + s (1 - t)), t = tanh u, s = 0.5 k v (1 + 3a v^2), with
+    1 + t = 2 sig(2u) and 1 - t = 2 (1 - sig(2u))."""
+    sg = M.sigmoid(2.0 * _GK * (v + _GA * v * v * v))
+    s = 0.5 * _GK * v * (1.0 + 3.0 * _GA * v * v)
+    return 2.0 * sg * (0.5 + 2.0 * s * (1.0 - sg))
+
+
+# GELU(x) = x Phi(x) (the chapter's exact GELU), GELU'(x) = Phi(x) + x phi(x).
+# One kernel per variant, each a flat loop: a loop vectorises only when no branch is left in
+# it, and a run compiles only the variants it uses (numba's inlining makes each one cost
+# seconds). "erf" is the float32 fit of the normal tail (degree 13), "erf64" the float64 one
+# (degree 22), "tanh" the tanh form.
+@jit
+def gelu_erf_forward(x, out):
+    for i in range(x.size):
+        v = np.float64(x[i])
+        out[i] = v * _phi(v, False)[0]
+
+
+@jit
+def gelu_erf64_forward(x, out):
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v * _phi(v, True)[0]
+
+
+@jit
+def gelu_tanh_forward(x, out):
+    for i in range(x.size):
+        out[i] = _gelu_tanh(np.float64(x[i]))
+
+
+@jit
+def gelu_erf_backward(x, gy, out):
+    for i in range(x.size):
+        v = np.float64(x[i])
+        cdf, pdf = _phi(v, False)
+        out[i] = gy[i] * (cdf + v * pdf)
+
+
+@jit
+def gelu_erf64_backward(x, gy, out):
+    for i in range(x.size):
+        v = x[i]
+        cdf, pdf = _phi(v, True)
+        out[i] = gy[i] * (cdf + v * pdf)
+
+
+@jit
+def gelu_tanh_backward(x, gy, out):
+    for i in range(x.size):
+        out[i] = gy[i] * _gelu_tanh_grad(np.float64(x[i]))
+
+
+@jit
+def silu_forward(x, out):
+    for i in range(x.size):
+        v = np.float64(x[i])
+        out[i] = v * M.sigmoid(v)
+
+
+@jit
+def silu_backward(x, gy, out):
+    """gy s (1 + x (1 - s)), s = sigmoid(x)."""
+    for i in range(x.size):
+        v = np.float64(x[i])
+        s = M.sigmoid(v)
+        out[i] = gy[i] * (s * (1.0 + v * (1.0 - s)))
+
+
+@jit
+def sigmoid_forward(x, out):
+    for i in range(x.size):
+        out[i] = M.sigmoid(np.float64(x[i]))
+
+
+@jit
+def sigmoid_backward(y, gy, out):
+    for i in range(y.size):
+        v = np.float64(y[i])
+        out[i] = gy[i] * (v * (1.0 - v))
+
+
+@jit
+def tanh_forward(x, out):
+    for i in range(x.size):
+        out[i] = math.tanh(x[i])
+
+
+@jit
+def tanh_backward(y, gy, out):
+    for i in range(y.size):
+        v = np.float64(y[i])
+        out[i] = gy[i] * (1.0 - v * v)
+
+
+# bias + GELU: gelu(x + b) over the rows of a C-contiguous (rows, C) x, b of the last axis.
+@jit
+def bias_gelu_erf_forward(x, b, out):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = np.float64(x[r, j] + b[j])
+            out[r, j] = v * _phi(v, False)[0]
+
+
+@jit
+def bias_gelu_erf64_forward(x, b, out):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[r, j] + b[j]
+            out[r, j] = v * _phi(v, True)[0]
+
+
+@jit
+def bias_gelu_tanh_forward(x, b, out):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[r, j] = _gelu_tanh(np.float64(x[r, j] + b[j]))
+
+
+@jit_sum
+def _column_sums(g, gb):
+    """gb = g summed over rows (accumulated in float64)."""
+    acc = np.zeros(g.shape[1])
+    for r in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            acc[j] += g[r, j]
+    for j in range(g.shape[1]):
+        gb[j] = acc[j]
+
+
+@jit
+def bias_gelu_erf_backward(x, b, gy, out, gb):
+    """gx = gy gelu'(x + b) and gb = gx summed over rows."""
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = np.float64(x[r, j] + b[j])
+            cdf, pdf = _phi(v, False)
+            out[r, j] = gy[r, j] * (cdf + v * pdf)
+    _column_sums(out, gb)
+
+
+@jit
+def bias_gelu_erf64_backward(x, b, gy, out, gb):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[r, j] + b[j]
+            cdf, pdf = _phi(v, True)
+            out[r, j] = gy[r, j] * (cdf + v * pdf)
+    _column_sums(out, gb)
+
+
+@jit
+def bias_gelu_tanh_backward(x, b, gy, out, gb):
+    for r in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[r, j] = gy[r, j] * _gelu_tanh_grad(np.float64(x[r, j] + b[j]))
+    _column_sums(out, gb)
+
+
+# -- dropout: the splitmix64 hash of kernels/random.cuh, in the kernel ---------------------
+@jit
+def dropout(x, out, scale, one, threshold, seed, counter):
+    """out = x * scale * keep, keep iff the hash's top 24 bits / 2^24 >= p
+    (threshold = ceil(p 2^24)), the mask of CPUBackend.counter_uniform."""
+    z0 = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+          + np.uint64(counter) * np.uint64(0xD1B54A32D192ED03))
+    zero = one - one
+    for i in range(x.size):
+        z = np.uint64(i) * np.uint64(0x94D049BB133111EB) + z0
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+        keep = (z >> np.uint64(40)) >= np.uint64(threshold)
+        out[i] = x[i] * scale * (one if keep else zero)
+
+
+# -- softmax cross-entropy ------------------------------------------------------------------
+@jit_sum
+def softmax_xent_forward(logits, mx, target, probs, loss, eps):
+    """Per row, with mx the row's max (NumPy's, SIMD and NaN-propagating): z = logits - mx,
+    log s = log sum e^z, loss = (1-eps)(log s - z_t) + eps (log s - mean z);
+    probs = e^z / s (what backward needs)."""
+    n, c = logits.shape
+    for r in range(n):
+        row = logits[r]
+        pr = probs[r]
+        m = np.float64(mx[r])
+        for j in range(c):
+            pr[j] = M.exp64(np.float64(row[j]) - m, 0.0)
+        s = 0.0
+        for j in range(c):
+            s += np.float64(pr[j])
+        log_s = math.log(s)
+        z_t = np.float64(row[target[r]]) - m
+        lr = log_s - z_t
+        if eps != 0.0:
+            zs = 0.0
+            for j in range(c):
+                zs += np.float64(row[j])
+            lr = (1.0 - eps) * lr + eps * (log_s - (zs / c - m))
+        loss[r] = lr
+        inv = 1.0 / s
+        for j in range(c):
+            pr[j] = pr[j] * inv
+
+
+@jit
+def softmax_xent_backward(probs, target, gy, out, eps):
+    """out = (probs - (1 - eps) onehot - eps / C) * gy[row]."""
+    n, c = probs.shape
+    off = eps / c
+    for r in range(n):
+        g = gy[r]
+        for j in range(c):
+            out[r, j] = (probs[r, j] - off) * g
+        t = target[r]
+        out[r, t] = (probs[r, t] - (off + (1.0 - eps))) * g
+
+
+@jit
+def int_range(a):
+    """(min, max) of an integer array in one pass."""
+    lo = a[0]
+    hi = a[0]
+    for i in range(a.size):
+        lo = min(lo, a[i])
+        hi = max(hi, a[i])
+    return lo, hi
+
+
+# -- optimizer updates: one pass over the arena -------------------------------------------------
+@jit
+def sgd(p, g, buf, lr, momentum, undamped, nesterov, wd, first_step):
+    """PyTorch's SGD: d = g + wd w; b = d (first) or mu b + (1 - damp) d; d = d + mu b
+    (Nesterov) or b; w -= lr d. ``undamped`` = 1 - dampening. One branch-free loop per
+    case, so each vectorises."""
+    if momentum == 0:
+        for i in range(p.size):
+            p[i] = p[i] - lr * (g[i] + wd * p[i])
+    elif first_step:
+        for i in range(p.size):
+            d = g[i] + wd * p[i]
+            buf[i] = d
+            p[i] = p[i] - lr * (d + momentum * d if nesterov else d)
+    else:
+        for i in range(p.size):
+            d = g[i] + wd * p[i]
+            b = momentum * buf[i] + undamped * d
+            buf[i] = b
+            p[i] = p[i] - lr * (d + momentum * b if nesterov else b)
+
+
+@helper
+def _adam_elem(w, gi, m, v, neg_alpha, c1, b2, c2, eps_hat):
+    """(w, m, v) after one Adam step of one element."""
+    mi = m + c1 * (gi - m)
+    vi = b2 * v + c2 * (gi * gi)
+    return w + neg_alpha * (mi / (np.sqrt(vi) + eps_hat)), mi, vi
+
+
+@jit
+def adam(p, g, m, v, neg_alpha, c1, b2, c2, eps_hat, wd, keep, decoupled):
+    """Adam / AdamW in the paper's efficient form (see CPUBackend.adam_update):
+    m += c1 (g - m); v = b2 v + c2 g^2; w += -a_t m / (sqrt v + eps_hat),
+    c1 = 1 - b1, c2 = 1 - b2; AdamW first scales w by keep = 1 - lr wd, Adam adds wd w
+    to g. Two loops, so that neither has a branch in it (and both vectorise)."""
+    if decoupled:
+        for i in range(p.size):
+            p[i], m[i], v[i] = _adam_elem(p[i] * keep, g[i], m[i], v[i], neg_alpha, c1, b2,
+                                          c2, eps_hat)
+    else:
+        for i in range(p.size):
+            p[i], m[i], v[i] = _adam_elem(p[i], g[i] + wd * p[i], m[i], v[i], neg_alpha, c1,
+                                          b2, c2, eps_hat)
+
+
+@jit_sum
+def lamb_moments(p, g, m, v, c1, b2, c2, inv_bc1, inv_bc2_sqrt, eps, wd):
+    """First LAMB pass over one parameter: update m, v; return (||w||^2, ||u||^2),
+    u = (m/bc1) / (sqrt(v)/sqrt(bc2) + eps) + wd w."""
+    w2 = 0.0
+    u2 = 0.0
+    for i in range(p.size):
+        gi = g[i]
+        mi = m[i] + c1 * (gi - m[i])
+        vi = b2 * v[i] + c2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        u = np.float64(mi * inv_bc1 / (np.sqrt(vi) * inv_bc2_sqrt + eps) + wd * p[i])
+        u2 += u * u
+        w2 += np.float64(p[i]) * np.float64(p[i])
+    return w2, u2
+
+
+@jit
+def lamb_apply(p, m, v, inv_bc1, inv_bc2_sqrt, eps, wd, scale):
+    """Second LAMB pass: w += scale * u (scale = -lr * trust ratio)."""
+    for i in range(p.size):
+        u = m[i] * inv_bc1 / (np.sqrt(v[i]) * inv_bc2_sqrt + eps) + wd * p[i]
+        p[i] = p[i] + scale * u
+
+
+@jit_sum
+def sumsq2(a, b):
+    """(sum a^2, sum b^2) in float64, one pass."""
+    sa = 0.0
+    sb = 0.0
+    for i in range(a.size):
+        x = np.float64(a[i])
+        y = np.float64(b[i])
+        sa += x * x
+        sb += y * y
+    return sa, sb
+
+
+@jit
+def lars_apply(p, g, buf, local, lr, momentum, wd):
+    """d = local (g + wd w); b = mu b + d (b = d without momentum); w -= lr b.
+    ``buf`` may be empty without momentum."""
+    for i in range(p.size):
+        d = local * (g[i] + wd * p[i])
+        if momentum != 0 and buf.size:
+            d = momentum * buf[i] + d
+            buf[i] = d
+        p[i] = p[i] - lr * d
+
+
+@jit_sum
+def sumsq(a):
+    s = 0.0
+    for i in range(a.size):
+        x = np.float64(a[i])
+        s += x * x
+    return s
+
+
+@jit
+def maxabs(a):
+    """max |a| with NaN winning."""
+    m = 0.0
+    for i in range(a.size):
+        x = abs(np.float64(a[i]))
+        if x != x:
+            return x
+        m = max(m, x)
+    return m
+
+
+@jit_sum
+def sum_abs_pow(a, q):
+    s = 0.0
+    for i in range(a.size):
+        s += abs(np.float64(a[i])) ** q
+    return s

@@ -1,0 +1,290 @@
+"""The JIT CPU backend (numba kernels) against the NumPy ufunc-chain backend it falls back
+to, the vectorisable erf against a float64 reference, and the fallbacks: DLPRIMER_JIT=0,
+dtypes the kernels do not cover, a kernel that fails to compile, a read-only package dir."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.special
+
+import dlprimer as dp
+from dlprimer.backend import backend_for, jit
+from dlprimer.backend.cpu import CPUBackend
+
+pytest.importorskip("numba", reason="numba is not installed")
+from dlprimer.backend.jit.backend import JitCPUBackend  # noqa: E402
+
+ref = CPUBackend()
+fast = JitCPUBackend()
+EDGES = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e4, -1e4, 1e-30, -1e-30, 40.0, -40.0]
+# The NumPy path cancels in 1 + erf(x) and 1 + tanh(u) for x << 0 (absolute error ~ ulp(1));
+# the kernels do not, so the comparison allows that much absolute difference.
+TOL = {"float32": dict(rtol=2e-5, atol=1e-5), "float64": dict(rtol=1e-12, atol=1e-13)}
+
+
+def _x(rng, n, dtype):
+    x = (rng.standard_normal(n) * 4).astype(dtype)
+    x[:len(EDGES)] = EDGES
+    return x
+
+
+def _same(a, b, dtype):
+    assert a.dtype == b.dtype == np.dtype(dtype) and a.shape == b.shape
+    np.testing.assert_allclose(a, b, equal_nan=True, **TOL[dtype])
+
+
+# name: (args after x for forward, backward from "x" or "y")
+ACTS = {
+    "relu": ((), "y"), "leaky_relu": ((0.1,), "x"), "elu": ((1.5,), "x"),
+    "gelu": (("none",), "x"), "gelu_tanh": (("tanh",), "x"), "silu": ((), "x"),
+    "sigmoid": ((), "y"), "tanh": ((), "y"),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(ACTS))
+def test_activation_kernels_match_numpy_path(name, dtype, rng):
+    consts, diff_from = ACTS[name]
+    op = name.replace("_tanh", "")
+    x = _x(rng, 3001, dtype)
+    gy = rng.standard_normal(x.size).astype(dtype)
+    with np.errstate(all="ignore"):
+        y, y_ref = (getattr(b, op + "_forward")(x, *consts) for b in (fast, ref))
+        _same(y, y_ref, dtype)
+        a = x if diff_from == "x" else y_ref
+        gx, gx_ref = (getattr(b, op + "_backward")(a, gy, *consts) for b in (fast, ref))
+    _same(gx, gx_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_bias_gelu_kernels_match_numpy_path(approximate, dtype, rng):
+    x = rng.standard_normal((37, 29)).astype(dtype) * 3
+    b = rng.standard_normal(29).astype(dtype)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    _same(fast.bias_gelu_forward(x, b, approximate), ref.bias_gelu_forward(x, b, approximate),
+          dtype)
+    for a, r in zip(fast.bias_gelu_backward(x, b, gy, approximate),
+                    ref.bias_gelu_backward(x, b, gy, approximate)):
+        np.testing.assert_allclose(a, r, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * 40)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_kernel_draws_the_numpy_mask(dtype, rng):
+    x = _x(rng, 70001, dtype)
+    key = (int(rng.integers(2**62)), int(rng.integers(1000)))
+    for p in (0.0, 0.3, 0.9):
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(fast.dropout_forward(x, p, key),
+                                          ref.dropout_forward(x, p, key))
+            np.testing.assert_array_equal(fast.dropout_backward(x, p, key),
+                                          ref.dropout_backward(x, p, key))
+    np.testing.assert_array_equal(fast.dropout_forward(x, 1.0, key), 0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_softmax_cross_entropy_kernels_match_numpy_path(eps, dtype, rng):
+    logits = (rng.standard_normal((50, 13)) * 5).astype(dtype)
+    logits[0, :3] = [1e4, -1e4, 0.0]
+    logits[1, :] = -1e4
+    target = rng.integers(0, 13, 50)
+    (loss, probs), (loss_r, probs_r) = (b.softmax_cross_entropy_forward(logits, target, eps)
+                                        for b in (fast, ref))
+    _same(probs, probs_r, dtype)
+    np.testing.assert_allclose(loss, loss_r, rtol=TOL[dtype]["rtol"], atol=1e-4 if dtype == "float32" else 1e-10)
+    gy = rng.standard_normal(50).astype(dtype)
+    for g in (gy, np.broadcast_to(np.asarray(0.5, dtype), (50,))):
+        _same(fast.softmax_cross_entropy_backward(probs, target, g, eps),
+              ref.softmax_cross_entropy_backward(probs, target, g, eps), dtype)
+
+
+def test_class_range_is_min_and_max(rng):
+    t = rng.integers(-5, 50, 999)
+    assert fast.class_range(t) == ref.class_range(t) == (int(t.min()), int(t.max()))
+    assert fast.class_range(t.astype(np.uint8) % 7) == (int((t.astype(np.uint8) % 7).min()),
+                                                       int((t.astype(np.uint8) % 7).max()))
+
+
+OPTS = {
+    "sgd": lambda b, p, g, s1, s2, off: b.sgd_update(p, g, None, 0.1),
+    "sgd_momentum": lambda b, p, g, s1, s2, off: b.sgd_update(p, g, s1, 0.1, 0.9, 0.1, False, 0.01),
+    "sgd_nesterov_first": lambda b, p, g, s1, s2, off: b.sgd_update(p, g, s1, 0.1, 0.9, 0.0, True,
+                                                                   0.01, True),
+    "adam": lambda b, p, g, s1, s2, off: b.adam_update(p, g, s1, s2, 1e-3, 0.9, 0.999, 1e-8, 0.01, 3),
+    "adamw": lambda b, p, g, s1, s2, off: b.adam_update(p, g, s1, s2, 1e-3, 0.9, 0.999, 1e-8, 0.01,
+                                                        3, True),
+    "lamb": lambda b, p, g, s1, s2, off: b.lamb_update(p, g, s1, s2, off, 1e-3, 0.9, 0.999, 1e-6,
+                                                       0.01, 3),
+    "lars": lambda b, p, g, s1, s2, off: b.lars_update(p, g, s1, off, 0.1, 0.9, 1e-4, 0.001),
+    "lars_no_momentum": lambda b, p, g, s1, s2, off: b.lars_update(p, g, None, off, 0.1, 0.0,
+                                                                   1e-4, 0.001),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(OPTS))
+def test_optimizer_kernels_match_numpy_path(name, dtype, rng):
+    n = 70001
+    arrays = [rng.standard_normal(n).astype(dtype) for _ in range(2)] + [
+        rng.random(n).astype(dtype) for _ in range(2)]
+    off = np.array([0, 5, 40000, n])
+    runs = []
+    for b in (fast, ref):
+        p, g, s1, s2 = (a.copy() for a in arrays)
+        OPTS[name](b, p, g, s1, s2, off)
+        runs.append((p, s1, s2))
+    for a, r in zip(*runs):
+        np.testing.assert_allclose(a, r, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])
+def test_grad_norm_kernel_matches_numpy_path(norm_type, dtype, rng):
+    arrays = [rng.standard_normal(s).astype(dtype) for s in ((70001,), (3, 4), (0,))]
+    flat = np.concatenate([a.reshape(-1) for a in arrays]).astype(np.float64)
+    exact = np.linalg.norm(flat, norm_type)
+    assert fast.grad_norm(arrays, norm_type) == pytest.approx(exact, rel=1e-12)
+    rel = 1e-12 if dtype == "float64" else 1e-6   # the NumPy path sums float32 blocks
+    assert ref.grad_norm(arrays, norm_type) == pytest.approx(exact, rel=rel)
+    arrays[1][1, 1] = np.nan
+    assert math.isnan(fast.grad_norm(arrays, norm_type))
+
+
+# -- the vectorisable erf (normal tail) of the exact GELU ---------------------------------------
+def _gelu64(x):
+    return x * scipy.special.ndtr(x)
+
+
+def test_exact_gelu_float32_within_2_ulp_of_float64_reference(rng):
+    x = np.concatenate([np.linspace(-10, 10, 400001, dtype=np.float32),
+                        rng.uniform(-10, 10, 100000).astype(np.float32),
+                        np.float32([-13.5, -12.0, 3e38, -3e38, 1e-40, -1e-40, 1e-8, -1e-8])])
+    want = _gelu64(x.astype(np.float64)).astype(np.float32)
+    got = fast.gelu_forward(x)
+    ulp = np.spacing(np.abs(want)).astype(np.float64)
+    err = np.abs(got.astype(np.float64) - want) / np.maximum(ulp, np.spacing(np.float32(0)))
+    assert err.max() <= 2, (x[err.argmax()], got[err.argmax()], want[err.argmax()])
+
+
+def test_exact_gelu_float64_within_1e_14_relative(rng):
+    """Against mpmath at 30 digits: SciPy's ndtr(x) rounds x / sqrt 2 first, which alone is
+    ~1e-14 relative at |x| = 10, too coarse a reference here."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 30
+    x = np.concatenate([np.linspace(-10, 10, 1001), rng.uniform(-10, 10, 1000), [-9.99, 9.99]])
+    got = fast.gelu_forward(x)
+    want = np.array([float(mpmath.mpf(v) * mpmath.ncdf(mpmath.mpf(v))) for v in x])
+    nz = want != 0
+    assert np.max(np.abs(got[nz] / want[nz] - 1)) <= 1e-14
+    assert np.all(got[~nz] == 0)
+
+
+def test_exact_gelu_extremes():
+    for dt in (np.float32, np.float64):
+        x = np.array([np.inf, -np.inf, np.nan, 1e4, -1e4, 0.0, -0.0], dtype=dt)
+        with np.errstate(invalid="ignore"):
+            y, y_ref = fast.gelu_forward(x), ref.gelu_forward(x)
+        np.testing.assert_array_equal(y, y_ref)   # inf, NaN (as the NumPy path), NaN, 1e4, -0...
+        assert np.signbit(y[4])
+
+
+# -- fallbacks ----------------------------------------------------------------------------
+def test_default_cpu_backend_is_the_jit_one():
+    assert isinstance(backend_for("cpu"), JitCPUBackend) == jit.enabled()
+
+
+def test_jit_off_by_environment_gives_the_numpy_backend():
+    code = ("import dlprimer as dp; from dlprimer.backend import backend_for; "
+            "b = backend_for('cpu'); print(type(b).__name__, getattr(b, 'jit', False))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "DLPRIMER_JIT": "0"}, check=True).stdout
+    assert out.split() == ["CPUBackend", "False"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int64"])
+def test_dtypes_without_kernels_take_the_numpy_path(dtype, rng):
+    x = (rng.standard_normal(100) * 3).astype(dtype)
+    gy = np.ones(100, dtype=dtype)
+    for op in ("relu", "silu", "gelu", "sigmoid"):
+        y = getattr(fast, op + "_forward")(x)
+        np.testing.assert_array_equal(y, getattr(ref, op + "_forward")(x))
+    np.testing.assert_array_equal(fast.relu_backward(x, gy), ref.relu_backward(x, gy))
+
+
+def test_bfloat16_takes_the_numpy_path(rng):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = rng.standard_normal(64).astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(fast.relu_forward(x), ref.relu_forward(x))
+
+
+def test_a_kernel_that_fails_to_compile_warns_once_and_falls_back(monkeypatch, rng):
+    import numba
+
+    @numba.njit
+    def broken(x, out):
+        out[0] = x.no_such_attribute   # a typing error at first call
+
+    ks = jit._load()
+    monkeypatch.setattr(ks, "silu_forward", broken)
+    monkeypatch.setattr(jit, "_failed", {})
+    x = rng.standard_normal(50)
+    with pytest.warns(RuntimeWarning, match=r"kernel 'silu_forward' failed to compile \(Typing"):
+        y = fast.silu_forward(x)
+    np.testing.assert_allclose(y, ref.silu_forward(x), rtol=1e-15)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(fast.silu_forward(x), ref.silu_forward(x), rtol=1e-15)
+    assert "silu_forward" in jit.failed()
+
+
+def test_cache_dir_falls_back_when_the_package_dir_is_read_only(tmp_path, monkeypatch):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    assert jit.cache_dir_for(str(pkg)) is None     # writable: numba's default
+    real_access = os.access
+    read_only = (str(pkg), str(pkg / "__pycache__"))    # as a system-wide install (root can
+    monkeypatch.setattr(os, "access",                   # write anywhere, so no chmod here)
+                        lambda p, mode: False if str(p) in read_only else real_access(p, mode))
+    assert jit.cache_dir_for(str(pkg)) == str(tmp_path / "cache" / "dlprimer" / "numba")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    assert jit.cache_dir_for(str(pkg)) is None
+
+
+def test_kernels_compile_into_an_empty_cache(tmp_path):
+    """No test depends on a warm cache: a fresh NUMBA_CACHE_DIR compiles, runs and fills."""
+    code = ("import numpy as np; from dlprimer.backend.jit.backend import JitCPUBackend; "
+            "from dlprimer.backend import jit; b = JitCPUBackend(); "
+            "y = b.relu_forward(np.array([-1.0, 2.0], np.float32)); "
+            "assert y.tolist() == [0.0, 2.0] and not jit.failed(); print('ok')")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "nc")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "ok", out.stderr
+    assert any(f.endswith(".nbi") for _, _, fs in os.walk(tmp_path / "nc") for f in fs)
+
+
+def test_training_trajectory_is_the_same_with_the_jit_off(rng):
+    """A few Adam steps of a small MLP: the JIT backend and the NumPy backend agree."""
+    x = rng.standard_normal((32, 8))
+    y = rng.integers(0, 3, 32)
+    finals = []
+    for b in (fast, ref):
+        b.manual_seed(0)
+        with dp.use_backend(b):
+            model = dp.nn.Sequential(dp.nn.Linear(8, 16), dp.nn.GELU(), dp.nn.Linear(16, 3))
+            opt = dp.optim.Adam(model.parameters(), lr=1e-2)
+            for _ in range(5):
+                opt.zero_grad()
+                loss = dp.nn.functional.cross_entropy(model(dp.tensor(x)), y)
+                loss.backward()
+                opt.step()
+            finals.append([p.numpy().copy() for p in model.parameters()])
+    for a, r in zip(*finals):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)   # float32 parameters
