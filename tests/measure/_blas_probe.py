@@ -55,8 +55,7 @@ def main(mode):
     print(json.dumps({"numpy_blas": [lib.filepath for lib in mine],
                       "pools": [[lib.internal_api, lib.filepath, lib.num_threads] for lib in libs],
                       "main": after[main_tid] - before[main_tid],
-                      "others": sum(v - before.get(t, 0) for t, v in after.items() if t != main_tid),
-                      "scipy_linalg": "scipy.linalg" in sys.modules}))
+                      "others": sum(v - before.get(t, 0) for t, v in after.items() if t != main_tid)}))
 
 
 if __name__ == "__main__":

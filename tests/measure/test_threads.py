@@ -117,9 +117,27 @@ def test_no_second_thread_pool_works_in_a_training_step():
     assert clean["numpy_blas"], f"NumPy's BLAS not found among {clean['pools']}"
     assert clean["main"] > 0
     assert clean["others"] <= 2, f"a second thread pool worked in the step: {clean}"
-    assert not clean["scipy_linalg"]
     control = _probe("saxpy")
     assert control["others"] > 10, f"the probe did not see SciPy's BLAS working: {control}"
+
+
+def test_dlprimer_never_imports_a_second_blas():
+    """No module of dlprimer imports scipy.linalg (SciPy's own OpenBLAS). The probe above
+    cannot ask sys.modules instead: numba's compiler loads scipy.linalg for its own
+    cython BLAS bindings, which then sit capped and idle (what that probe measures)."""
+    import ast
+    from pathlib import Path
+    pkg = Path(dp.__file__).parent
+    found = []
+    for path in pkg.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "scipy":
+                names = [f"scipy.{a.name}" for a in node.names]
+            found += [f"{path.relative_to(pkg)}: {n}" for n in names
+                      if n == "scipy.linalg" or n.startswith("scipy.linalg.")]
+    assert not found, found
 
 
 def test_limited_sets_and_restores_every_pool(restore_threads):
