@@ -94,8 +94,9 @@ def observe(observer):
     """Attach an observer for the duration of the block.
 
     The observer may define ``on_forward(node)`` (after a node is recorded; the
-    node has ``in_shapes`` and ``out_shape`` then) and
-    ``on_backward_begin(node)`` / ``on_backward_end(node)`` around each node's
+    node has ``in_shapes``, ``in_dtypes``, ``out_shape`` and ``out_dtype`` then),
+    ``on_forward_begin(node, arrays)`` (just before a node that will be recorded runs
+    its forward on ``arrays``), ``on_backward_begin(node)`` / ``on_backward_end(node)`` around each node's
     backward. The profiler counts FLOPs and times backward ops this way.
     """
     _observers.append(observer)
@@ -288,6 +289,9 @@ class Function:
         if record:
             node._record = True
             node.needs_input_grad = tuple(needs)
+            for o in _observers:
+                if hasattr(o, "on_forward_begin"):
+                    o.on_forward_begin(node, arrays)
         out = node.forward(*arrays, **kwargs)
         result = Tensor(out, record, node.backend)
         if record:
@@ -298,6 +302,8 @@ class Function:
             if _observers:
                 node.in_shapes = tuple(getattr(a, "shape", ()) for a in arrays)
                 node.out_shape = out.shape
+                node.in_dtypes = tuple(getattr(a, "dtype", None) for a in arrays)
+                node.out_dtype = out.dtype
                 for o in _observers:
                     fn = getattr(o, "on_forward", None)
                     if fn is not None:
