@@ -42,7 +42,7 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
         vanishing_threshold: float = 1e-7, vanishing_ratio: float = 1e-4,
         vanishing_patience: int = 20, exploding_factor: float = 100.0,
         dead_relu_threshold: float = 0.5, tensorboard="auto", mlflow="auto",
-        config: dict | None = None, force: bool = False, extensions=()) -> FitResult:
+        config: dict | None = None, force: bool = False, extensions=(), accumulate: int = 1) -> FitResult:
     """Train ``model`` with ``optimizer`` on ``train_loader``; returns a :class:`FitResult`.
 
     epochs / steps: train for ``epochs`` passes, or (when ``steps`` is given) for that
@@ -63,6 +63,10 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     metering is free - CUDA - and every 50th on the CPU, whose meter slows the step;
     those steps' times are flagged). progress: "auto" (tqdm on a terminal, plain lines
     otherwise), True or False. extensions: more :class:`Extension` objects to run.
+    accumulate: gradient accumulation, ``k`` micro-batches from ``train_loader`` per
+    optimizer step, each loss scaled by its share of the step's samples, so the update
+    equals that of one batch k times the size (for a mean loss) at the activation
+    memory of one micro-batch; ``steps`` counts optimizer steps.
     """
     early = early_stopping_config(early_stopping)
     _check_fit_args(val_loader, scheduler, scheduler_interval, checkpoint_dir, checkpoint_every,
@@ -78,7 +82,7 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     if early is not None:
         exts.append(EarlyStopping(early["patience"], early["min_delta"], restore_best))
     trainer = Trainer(model, optimizer, train_loader, val_loader, epochs=epochs, steps=steps,
-                      loss_fn=loss_fn, extensions=exts, log_every=log_every)
+                      loss_fn=loss_fn, extensions=exts, log_every=log_every, accumulate=accumulate)
     path = resume if isinstance(resume, (str, os.PathLike)) else None
     if checkpoint_dir is not None:
         ckpt = Checkpoints(checkpoint_dir, checkpoint_every, keep_checkpoints)
@@ -98,6 +102,7 @@ def _config(trainer, clip, extra) -> dict:
     sched = trainer.scheduler
     return {"epochs": trainer.epochs, "steps": trainer.steps,
             "batch_size": getattr(trainer.train_loader, "batch_size", None),
+            "accumulate": trainer.accumulate,
             "optimizer": type(trainer.optimizer).__name__,
             "scheduler": type(sched).__name__ if sched else None, "clip": clip,
             "backend": trainer.backend.name,
