@@ -34,7 +34,7 @@ def roofline(roof, path):
         ax.plot(r["intensity"], r["gflops_per_s"], m, color=c, ms=7, alpha=0.85,
                 label=r["direction"] if r["direction"] not in seen else None)
         seen.add(r["direction"])
-        ax.annotate(f"{r['op']} {r['layer']}"[:26], (r["intensity"], r["gflops_per_s"]),
+        ax.annotate(f"{r['layer']} {r['direction'][:3]}"[:26], (r["intensity"], r["gflops_per_s"]),
                     textcoords="offset points", xytext=(4, 3), fontsize=6)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -55,9 +55,11 @@ def memory_timeline(timelines, path):
     top = max(tl["peak"] for _, tl in timelines) / 2**20 * 1.08
     for ax, (label, tl) in zip(axes, timelines):
         t = np.array([m["t"] for m in tl["samples"]]) * 1e3
-        ax.plot(t, [m["bytes"] / 2**20 for m in tl["samples"]], color="k", lw=1.2, label="in use")
+        # a sample is the state from its time on: steps, not lines between samples
+        ax.plot(t, [m["bytes"] / 2**20 for m in tl["samples"]], color="k", lw=1.2, label="in use",
+                drawstyle="steps-post")
         ax.plot(t, [m["peak"] / 2**20 for m in tl["samples"]], color="#c44e52", lw=0.6,
-                alpha=0.7, label="peak since previous sample")
+                alpha=0.7, label="peak since the previous sample", drawstyle="steps-pre")
         for ph in tl["phases"]:
             ax.axvspan(ph["ts"] * 1e3, (ph["ts"] + ph["dur"]) * 1e3, color=PHASE.get(ph["name"], "grey"),
                        alpha=0.12, label=ph["name"] if ph["name"] != "step" else "optimizer step")
@@ -66,5 +68,5 @@ def memory_timeline(timelines, path):
         ax.set_xlabel("time in the step (ms; a metered step: slower than the timed ones)")
         ax.set_ylabel("MiB allocated")
         ax.set_title(f"{label}: peak {tl['peak'] / 2**20:.2f} MiB", fontsize=10)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
