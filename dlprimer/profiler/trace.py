@@ -35,8 +35,10 @@ def _backward_layers(spans) -> list:
         run.append(s)
     if run:
         out.append(run)
+    # a run ends where its longest op ends (a checkpointed segment's backward holds the
+    # recompute and backward of its ops: the run must hold them all)
     return [{"name": r[0]["layer"], "cat": "layer", "layer": r[0]["layer"], "ts": r[0]["ts"],
-             "dur": r[-1]["ts"] + r[-1]["dur"] - r[0]["ts"]} for r in out if r[0]["layer"]]
+             "dur": max(s["ts"] + s["dur"] for s in r) - r[0]["ts"]} for r in out if r[0]["layer"]]
 
 
 def chrome_trace(recorder, memory=None, meta=None) -> dict:

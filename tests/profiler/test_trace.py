@@ -137,3 +137,55 @@ def test_trace_without_memory_and_bad_path(rng, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         dp.profiler.profile(net, F.cross_entropy, (x, y), warmup=0, repeats=1, memory=False,
                             trace=tmp_path / "nope" / "t.json")
+
+
+def _properly_nested(events):
+    """Every two complete events are disjoint or one holds the other (what a trace
+    viewer needs to draw one thread's stack)."""
+    xs = [(e["ts"], e["ts"] + e["dur"]) for e in events if e["ph"] == "X"]
+    for i, (a0, a1) in enumerate(xs):
+        for b0, b1 in xs[i + 1:]:
+            disjoint = a1 <= b0 + 1e-6 or b1 <= a0 + 1e-6
+            nested = (a0 <= b0 + 1e-6 and b1 <= a1 + 1e-6) or (b0 <= a0 + 1e-6 and a1 <= b1 + 1e-6)
+            if not (disjoint or nested):
+                return False
+    return True
+
+
+def test_trace_of_a_checkpointed_model_nests_and_shows_the_recompute(rng, tmp_path):
+    net = nn.MLP([12, 32, 32, 32, 4], activation="gelu")
+
+    class Ckpt(nn.Module):
+        def __init__(self, seq):
+            super().__init__()
+            self.seq = seq
+
+        def forward(self, a):
+            return dp.checkpoint_sequential(self.seq, 3, a)
+    x = dp.tensor(rng.standard_normal((8, 12)).astype("float32"))
+    y = dp.tensor(rng.integers(0, 4, 8))
+    p = tmp_path / "ck.json"
+    dp.profiler.profile(Ckpt(net), F.cross_entropy, (x, y), optim.SGD(net.parameters(), lr=0.1),
+                        warmup=1, repeats=1, trace=p, roofline=False)
+    evs = json.loads(p.read_text())["traceEvents"]
+    assert _properly_nested(evs)
+    assert any(e.get("cat") == "recompute" for e in evs)
+
+
+def test_profile_and_trace_on_the_fake_device(rng, tmp_path, monkeypatch):
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+    from _fake_device import installed
+    with installed(monkeypatch):
+        with dp.use_backend("cuda"):
+            net, x, y = _setup(rng)
+            net.to("cuda")
+            x, y = x.to("cuda"), y.to("cuda")
+            p = tmp_path / "dev.json"
+            rep = dp.profiler.profile(net, F.cross_entropy, (x, y), optim.Adam(net.parameters()),
+                                      warmup=1, repeats=2, trace=p)
+    assert rep.meta["backend"] == "cuda" and rep.roofline["peaks"]["backend"] == "cuda"
+    evs = json.loads(p.read_text())["traceEvents"]
+    assert _properly_nested(evs) and any(e["ph"] == "C" for e in evs)
+    assert rep.memory["timeline"]["peak"] == rep.memory["timeline"]["step_peak"]
