@@ -34,7 +34,8 @@ def roofline(roof, path):
         ax.plot(r["intensity"], r["gflops_per_s"], m, color=c, ms=7, alpha=0.85,
                 label=r["direction"] if r["direction"] not in seen else None)
         seen.add(r["direction"])
-        ax.annotate(f"{r['layer']} {r['direction'][:3]}"[:26], (r["intensity"], r["gflops_per_s"]),
+        short = {"forward": "fwd", "backward": "bwd"}.get(r["direction"], r["direction"])
+        ax.annotate(f"{r['layer']} {short}"[:26], (r["intensity"], r["gflops_per_s"]),
                     textcoords="offset points", xytext=(4, 3), fontsize=6)
     ax.set_xscale("log")
     ax.set_yscale("log")
