@@ -96,8 +96,9 @@ def observe(observer):
     The observer may define ``on_forward(node)`` (after a node is recorded; the
     node has ``in_shapes``, ``in_dtypes``, ``out_shape`` and ``out_dtype`` then),
     ``on_forward_begin(node, arrays)`` (just before a node that will be recorded runs
-    its forward on ``arrays``), ``on_backward_begin(node)`` / ``on_backward_end(node)`` around each node's
-    backward. The profiler counts FLOPs and times backward ops this way.
+    its forward on ``arrays``), and ``on_backward_begin(node)`` /
+    ``on_backward_end(node)`` around each node's backward. The profiler counts FLOPs,
+    times forward and backward ops and records a step's timeline this way.
     """
     _observers.append(observer)
     try:
@@ -289,9 +290,10 @@ class Function:
         if record:
             node._record = True
             node.needs_input_grad = tuple(needs)
-            for o in _observers:
-                if hasattr(o, "on_forward_begin"):
-                    o.on_forward_begin(node, arrays)
+            if _observers:
+                for o in _observers:
+                    if hasattr(o, "on_forward_begin"):
+                        o.on_forward_begin(node, arrays)
         out = node.forward(*arrays, **kwargs)
         result = Tensor(out, record, node.backend)
         if record:

@@ -1,6 +1,6 @@
 """One step on a timeline: phases, layers and ops in order, and memory over time.
 
-:class:`StepRecorder` watches one untimed step (the profiler's memory step): it is an
+:class:`StepRecorder` watches one untimed step (after the profiler's memory step): it is an
 autograd observer (each recorded node's forward and backward becomes a span), it
 shadows each top-level layer's ``forward`` (a layer span, which also names the layer
 its nodes are booked to), and it wraps the phases (forward, backward, optimizer
@@ -14,9 +14,11 @@ the high-water mark since the previous sample, then resets that mark. The sample
 are therefore the allocation and release events of the step at op granularity, and
 the largest interval peak is the step's peak: the meter the profiler reads takes a
 sample whenever its peak is read, so each phase's peak is a point of the timeline.
-The recorder stores into columns preallocated before metering starts, so the bytes
-it adds to the step are transient (a timer, a tuple: some hundred bytes). On the CPU the meter is tracemalloc,
-which slows the step: the spans of a metered step are longer than the timed steps'.
+The recorder stores into columns preallocated before metering starts; what it still
+adds to the step is the attributes observing puts on each node (shapes, dtypes, the
+layer: some hundred bytes per node), which is why the profiler's memory split comes
+from a step of its own and this step's peak is a little higher. On the CPU the meter
+is tracemalloc, which slows the step: its spans are longer than the timed steps'.
 """
 from __future__ import annotations
 
@@ -87,8 +89,9 @@ class _Columns:
 class StepRecorder:
     """Spans and memory samples of one step. ``spans``: dicts with ``name``, ``cat``
     ("phase" | "layer" | "forward" | "recompute" | "backward"), ``layer``, ``ts`` and
-    ``dur`` (seconds from the recorder's start), ``timer`` (the backend timer's seconds); ``samples``: (ts, bytes in use, peak since the
-    previous sample, phase), raw meter bytes (see :meth:`shifted`)."""
+    ``dur`` (seconds from the recorder's start), ``timer`` (the backend timer's
+    seconds); ``samples``: (ts, bytes in use, peak since the previous sample, phase),
+    raw meter bytes (see :meth:`shifted`)."""
 
     def __init__(self, backend, metered: bool = True, scope=None, capacity: int = 4096):
         self.backend, self.scope = backend, scope
