@@ -20,7 +20,7 @@ from .memory import measure_step_memory
 from .ops import ForwardTimer, add_forward, op_rows
 from .peaks import machine_peaks
 from .timeline import StepRecorder
-from .trace import write_trace
+from .trace import check_trace_path, write_trace
 from .report import Report, _ratio, paired_ratio, stats
 
 LOSS = "(loss)"
@@ -296,6 +296,8 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
     from ..measure import finish, fingerprint
     from ..backend.unfused import fusion_enabled
     _check_args(model, loss_fn, batch, optimizer, warmup, repeats)
+    if trace is not None:
+        check_trace_path(trace)
     backend = _backend_of(list(model.parameters()), batch)
     fp = fingerprint(backend)
     layers = named_layers(model)

@@ -60,13 +60,24 @@ def chrome_trace(recorder, memory=None, meta=None) -> dict:
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": meta or {}}
 
 
-def write_trace(path, recorder, memory=None, meta=None) -> str:
-    """Write :func:`chrome_trace` as JSON to ``path``; returns the path."""
-    from ..measure import to_json
+def check_trace_path(path) -> str:
+    """``path`` as a string, or ValueError/TypeError saying why a trace cannot go there
+    (called before any measuring, so a typo does not cost the whole profile)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"trace: expected a file path, got {type(path).__name__}")
     path = os.fspath(path)
     d = os.path.dirname(path)
     if d and not os.path.isdir(d):
         raise ValueError(f"trace: the directory of {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"trace: {path!r} is a directory, not a file")
+    return path
+
+
+def write_trace(path, recorder, memory=None, meta=None) -> str:
+    """Write :func:`chrome_trace` as JSON to ``path``; returns the path."""
+    from ..measure import to_json
+    path = check_trace_path(path)
     with open(path, "w") as f:
         json.dump(to_json(chrome_trace(recorder, memory, meta)), f)
     return path

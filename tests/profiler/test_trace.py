@@ -137,6 +137,10 @@ def test_trace_without_memory_and_bad_path(rng, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         dp.profiler.profile(net, F.cross_entropy, (x, y), warmup=0, repeats=1, memory=False,
                             trace=tmp_path / "nope" / "t.json")
+    with pytest.raises(ValueError, match="is a directory"):
+        dp.profiler.profile(net, F.cross_entropy, (x, y), trace=tmp_path)
+    with pytest.raises(TypeError, match="file path"):
+        dp.profiler.profile(net, F.cross_entropy, (x, y), trace=3)
 
 
 def _properly_nested(events):
