@@ -23,6 +23,9 @@ same with x saved instead of y; mean softmax-CE over (N, C) logits reads logits 
 int64 targets and writes the scalar loss and the probabilities forward, then reads
 gy, probabilities and targets and writes the logits' gradient backward.
 
+Shape ops that return views (reshape, transpose, slicing) move nothing, but the rule
+counts them as a copy: their bytes are an upper bound, their intensity 0.
+
 Optimizer updates are not autograd nodes: :func:`update_bytes` counts them from the
 arrays each update reads and writes per parameter element (Adam: reads w, g, m, v,
 writes w, m, v -- 7 arrays).
