@@ -94,9 +94,11 @@ def observe(observer):
     """Attach an observer for the duration of the block.
 
     The observer may define ``on_forward(node)`` (after a node is recorded; the
-    node has ``in_shapes`` and ``out_shape`` then) and
-    ``on_backward_begin(node)`` / ``on_backward_end(node)`` around each node's
-    backward. The profiler counts FLOPs and times backward ops this way.
+    node has ``in_shapes``, ``in_dtypes``, ``out_shape`` and ``out_dtype`` then),
+    ``on_forward_begin(node, arrays)`` (just before a node that will be recorded runs
+    its forward on ``arrays``), and ``on_backward_begin(node)`` /
+    ``on_backward_end(node)`` around each node's backward. The profiler counts FLOPs,
+    times forward and backward ops and records a step's timeline this way.
     """
     _observers.append(observer)
     try:
@@ -288,6 +290,10 @@ class Function:
         if record:
             node._record = True
             node.needs_input_grad = tuple(needs)
+            if _observers:
+                for o in _observers:
+                    if hasattr(o, "on_forward_begin"):
+                        o.on_forward_begin(node, arrays)
         out = node.forward(*arrays, **kwargs)
         result = Tensor(out, record, node.backend)
         if record:
@@ -298,6 +304,8 @@ class Function:
             if _observers:
                 node.in_shapes = tuple(getattr(a, "shape", ()) for a in arrays)
                 node.out_shape = out.shape
+                node.in_dtypes = tuple(getattr(a, "dtype", None) for a in arrays)
+                node.out_dtype = out.dtype
                 for o in _observers:
                     fn = getattr(o, "on_forward", None)
                     if fn is not None:

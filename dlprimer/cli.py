@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clip", type=_positive_float, default=None, help="max global gradient norm")
     s.add_argument("--checkpoint-segments", type=_positive_int, default=1, metavar="K",
                    help="gradient checkpointing: recompute activations in K segments (1: off)")
+    s.add_argument("--accumulate", type=_positive_int, default=1, metavar="K",
+                   help="gradient accumulation: K micro-batches of --batch-size per optimizer "
+                   "step (the update of one batch K times the size) [default: 1]")
     s.add_argument("--log-dir", default=None, help="metrics.jsonl and TensorBoard events go here")
     s.add_argument("--checkpoint-dir", default=None, help="training checkpoints go here")
     s.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="STEPS",
@@ -195,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=_positive_int, default=20, help="[default: 20]")
     s.add_argument("--warmup", type=_positive_int, default=3, help="[default: 3]")
     s.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
+    s.add_argument("--trace", metavar="PATH", default=None,
+                   help="write one step as a Chrome trace (open in ui.perfetto.dev or chrome://tracing)")
 
     s = sub.add_parser("estimate", help="analytic parameters, FLOPs and memory of a training step",
                        description="Estimate on paper: weights, gradients, optimizer state, "
@@ -397,7 +402,7 @@ def cmd_train(a, out=sys.stdout):
     config = {"command": "train", "dataset": a.dataset, "sizes": sizes, "activation": a.activation,
               "lr": opt.param_groups[0].get("initial_lr", opt.param_groups[0]["lr"]), "schedule": a.schedule, "seed": a.seed,
               "dropout": a.dropout, "checkpoint_segments": a.checkpoint_segments,
-              "fingerprint": _fingerprint(b)}
+              "accumulate": a.accumulate, "fingerprint": _fingerprint(b)}
     if comm is None or comm.rank == 0:
         print(f"dlprimer train: {a.dataset} ({len(data.train)} train / {len(data.val)} val), MLP "
               f"{sizes} {a.activation}, {type(opt).__name__} lr {config['lr']:g}, "
@@ -406,14 +411,15 @@ def cmd_train(a, out=sys.stdout):
                     log_dir=a.log_dir, checkpoint_dir=a.checkpoint_dir,
                     checkpoint_every=a.checkpoint_every, resume=a.resume,
                     early_stopping=a.early_stopping, progress=not a.no_progress,
-                    stream=out if not a.no_progress else None, config=config, force=a.force)
+                    stream=out if not a.no_progress else None, config=config, force=a.force,
+                    accumulate=a.accumulate)
     if a.cuda_graph:  # -- cuda graph (issue 17) --
         if b.name != "cuda":
             raise UsageError(f"--cuda-graph needs the cuda backend (a GPU); the backend is "
                              f"{b.name!r}")
-        if comm is not None or sched is not None or a.dropout:
+        if comm is not None or sched is not None or a.dropout or a.accumulate != 1:
             raise UsageError("--cuda-graph replays one captured step: it cannot be combined "
-                             "with --distributed, --schedule or --dropout")
+                             "with --distributed, --schedule, --dropout or --accumulate")
         if not opt.graph_safe:
             raise UsageError(f"--cuda-graph needs --optimizer sgd or lars; {type(opt).__name__}'s "
                              "step-count bias correction would be frozen in the graph")
@@ -481,15 +487,19 @@ def _checkpoint_errors_are_usage():
 
 def cmd_profile(a, out=sys.stdout):
     _out_file(a.json, "--json")
+    _out_file(a.trace, "--trace")
     _set_backend(a.backend)
     rep, _, _, batch, sizes = profile_mlp(a.dataset, a.hidden, a.activation, a.batch_size,
-                                          a.optimizer, a.lr, a.seed, a.warmup, a.repeats)
+                                          a.optimizer, a.lr, a.seed, a.warmup, a.repeats,
+                                          trace=a.trace)
     print(f"dlprimer profile: {a.dataset}, MLP {sizes} {a.activation}, batch {len(batch[1])}, "
           f"{a.optimizer}, warmup {a.warmup}, repeats {a.repeats}", file=out)
     print(rep.table(), file=out)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(_clean(rep.to_dict()), f, indent=1)
+    if a.trace:
+        print(f"trace: {a.trace} (open in https://ui.perfetto.dev or chrome://tracing)", file=out)
     return rep
 
 

@@ -52,9 +52,10 @@ def build_model(sizes, activation="relu", dropout=0.0, checkpoint_segments=1):
 
 
 def profile_mlp(dataset, hidden, activation="relu", batch_size=256, optimizer="adam", lr=None,
-                seed=0, warmup=3, repeats=20, memory=True):
+                seed=0, warmup=3, repeats=20, memory=True, trace=None):
     """Profile one training step of an MLP with ``hidden`` layers on ``dataset``'s
-    first shuffled batch; returns ``(report, model, loss_fn, batch, sizes)``."""
+    first shuffled batch; returns ``(report, model, loss_fn, batch, sizes)``; ``trace``:
+    a path for the step's Chrome trace."""
     import dlprimer as dp
     from .data import DataLoader, load_dataset
     from .nn import functional as F
@@ -67,7 +68,8 @@ def profile_mlp(dataset, hidden, activation="relu", batch_size=256, optimizer="a
     loader = DataLoader(data.train, min(batch_size, len(data.train)), shuffle=True, seed=seed)
     batch = next(iter(loader))
     loss = F.cross_entropy if data.task == "classification" else F.mse_loss
-    rep = profile(model, loss, batch, optimizer=opt, warmup=warmup, repeats=repeats, memory=memory)
+    rep = profile(model, loss, batch, optimizer=opt, warmup=warmup, repeats=repeats, memory=memory,
+                  trace=trace)
     rep.meta["workload"] = {"dataset": dataset, "sizes": sizes, "activation": activation,
                             "batch": len(batch[0]), "optimizer": optimizer}
     return rep, model, loss, batch, sizes

@@ -107,6 +107,9 @@ def test_fit_with_cuda_graph_on_the_cpu_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot be combined with a scheduler"):
         fit(model, sched_opt, DataLoader(data, 4), cuda_graph=True, progress=False,
             scheduler=optim.lr_scheduler.StepLR(sched_opt, 1))
+    with pytest.raises(ValueError, match="cannot accumulate 2 micro-batches"):
+        fit(model, optim.SGD(model.parameters(), lr=0.1), DataLoader(data, 4), cuda_graph=True,
+            progress=False, accumulate=2)
 
 
 def test_train_cuda_graph_flag_without_a_gpu_exits_2(capsys):

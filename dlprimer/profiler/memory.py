@@ -95,14 +95,18 @@ def batch_arrays(batch):
     return out
 
 
-def measure_step_memory(step_phases, backend, params, optimizer, batch) -> dict:
+def measure_step_memory(step_phases, backend, params, optimizer, batch, meter=None) -> dict:
     """Run one step with the meter on; ``step_phases`` is a dict of callables
     ``zero_grad``, ``forward`` (returns the loss), ``backward(loss)``, ``step``.
+    ``meter``: the backend's meter (default) or one that stands in for it (the
+    memory timeline's, :class:`dlprimer.profiler.timeline.StepRecorder`).
 
     Returns bytes: ``resident`` (params, grads, optimizer, inputs) at the start,
-    per phase ``peak`` and ``after`` (relative to the step's start), and the split.
+    per phase ``peak`` and ``after`` (relative to the step's start), the split, and
+    ``offset``: what turns a raw meter reading of this step into the same terms
+    (resident bytes minus the meter's reading at the start of the forward).
     """
-    meter = backend.memory
+    meter = meter or backend.memory
     was_active = meter.active
     meter.start()
     try:
@@ -154,12 +158,13 @@ def measure_step_memory(step_phases, backend, params, optimizer, batch) -> dict:
     # inside the backward excess over the activations.)
     split["workspace"] = max(peak - sum(split.values()), 0)
     return {
-        "meter": type(meter).__name__,
+        "meter": getattr(meter, "name", type(meter).__name__),
         "phases": phases,
         "peak": peak,
         "split": split,
         "allocated_by_backward": bwd[1] - fwd[1],
         "allocated_by_step": stp[1] - bwd[1],
+        "offset": res_total - base,
         "sources": {
             "params": "arrays", "inputs": "arrays",
             "grads": "allocator" if grads_before == 0 and grads_after else "arrays",

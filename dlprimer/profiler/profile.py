@@ -17,6 +17,10 @@ from ..checkpoint import is_recomputing
 from ..tensor import Tensor
 from .counters import BackwardTimer, FlopCounter, LayerScope
 from .memory import measure_step_memory
+from .ops import ForwardTimer, add_forward, op_rows
+from .peaks import machine_peaks
+from .timeline import StepRecorder
+from .trace import check_trace_path, write_trace
 from .report import Report, _ratio, paired_ratio, stats
 
 LOSS = "(loss)"
@@ -155,16 +159,19 @@ class _Samples:
         self.fwd, self.bwd, self.step, self.engine = [], [], [], []
         self.layer_fwd = defaultdict(list)   # layer -> seconds per step
         self.key_bwd = defaultdict(list)     # (layer, op) -> backward self time per step
+        self.key_fwd = defaultdict(list)     # (layer, op) -> forward self time per step
 
 
-def _timed_steps(step, layers, repeats, counter, btimer) -> _Samples:
-    """``repeats`` timed steps: forward (per layer), backward (per node), optimizer."""
+def _timed_steps(step, layers, repeats, counter, btimer, ftimer) -> _Samples:
+    """``repeats`` timed steps: forward (per layer and node), backward (per node), optimizer."""
     s = _Samples()
     backend, sink = step.backend, step.sink
-    with _timed_layers(layers, step.scope, backend, sink), observe(counter), observe(btimer):
+    with (_timed_layers(layers, step.scope, backend, sink), observe(ftimer), observe(counter),
+          observe(btimer)):
         for _ in range(repeats):
             counter.reset()
             btimer.reset()
+            ftimer.reset()
             sink.clear()
             step.zero_grad()
             with backend.timer() as tf:
@@ -185,6 +192,8 @@ def _timed_steps(step, layers, repeats, counter, btimer) -> _Samples:
                 s.layer_fwd[name].append(v)
             for key, v in btimer.times.items():
                 s.key_bwd[key].append(v)
+            for key, v in ftimer.times.items():
+                s.key_fwd[key].append(v)
     return s
 
 
@@ -246,20 +255,24 @@ def _backward_ops(s, counter, btimer, bwd_median):
     return ops
 
 
-def _memory_step(step, batch, estimate):
-    """One metered, untimed step's memory split (and the estimator's beside it)."""
+def _memory_step(step, batch, estimate, recorder=None):
+    """One metered, untimed step's memory split (and the estimator's beside it),
+    watched by ``recorder`` (the timeline, :mod:`dlprimer.profiler.timeline`)."""
     opt = step.optimizer
     phases = {"zero_grad": step.zero_grad, "forward": step.forward,
               "backward": lambda loss: loss.backward(),
               "step": (lambda: opt.step()) if opt is not None else None}
-    mem = measure_step_memory(phases, step.backend, step.params, opt, batch)
+    if recorder is not None:
+        phases = recorder.wrap_phases(phases)
+    mem = measure_step_memory(phases, step.backend, step.params, opt, batch,
+                              meter=recorder.meter if recorder is not None else None)
     if estimate:
         mem["analytic"] = _analytic(step.model, step.inputs, step.targets, opt)
     return mem
 
 
 def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int = 20,
-            memory: bool = True, estimate: bool = True) -> Report:
+            memory: bool = True, estimate: bool = True, trace=None, roofline: bool = True) -> Report:
     """Profile training steps of ``model`` on ``batch = (inputs, targets)``.
 
     ``loss_fn(model(inputs), targets)`` must return a scalar Tensor. Each of the
@@ -272,28 +285,69 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
     forward"), achieved FLOP/s, the backward ops by self time, and (``memory=True``)
     one metered step's memory split beside :func:`dlprimer.estimate`'s figures.
     ``meta["fingerprint"]`` is the environment (:func:`dlprimer.measure.fingerprint`).
+
+    Per op (``ops``, and ``roofline["ops"]`` per direction): forward and backward self
+    time, FLOPs, bytes (:mod:`~dlprimer.profiler.traffic`), intensity, GFLOP/s, GB/s
+    and, with ``roofline=True``, the op's place under the machine's roofs (peaks
+    measured once per run, :mod:`~dlprimer.profiler.peaks`, kept in the fingerprint).
+    One more step is recorded as a timeline (``memory["timeline"]``: bytes in use at
+    every op boundary, phases); ``trace="step.json"`` writes it as a Chrome trace.
     """
     from ..measure import finish, fingerprint
     from ..backend.unfused import fusion_enabled
     _check_args(model, loss_fn, batch, optimizer, warmup, repeats)
+    if trace is not None:
+        check_trace_path(trace)
     backend = _backend_of(list(model.parameters()), batch)
     fp = fingerprint(backend)
     layers = named_layers(model)
     step = _Step(model, loss_fn, batch, optimizer, backend, LayerScope(MODEL))
     step.warm_up(warmup)
     counter, btimer = FlopCounter(step.scope), BackwardTimer(backend)
-    s = _timed_steps(step, layers, repeats, counter, btimer)
+    ftimer = ForwardTimer(backend, step.scope)
+    s = _timed_steps(step, layers, repeats, counter, btimer, ftimer)
     names = [n for n, _ in layers]
     total = _total_row(s, counter, optimizer is not None)
     rows = _layer_rows(s, counter, names, repeats)
     ops = _backward_ops(s, counter, btimer, total["backward"]["median"])
+    fp["peaks"] = machine_peaks(backend) if roofline else None
+    roof = op_rows(s.key_fwd, ftimer, counter, btimer, s.key_bwd, fp["peaks"], s.step, optimizer,
+                   step.params)
+    add_forward(ops, roof)
     mem = _memory_step(step, batch, estimate) if memory else None
+    timeline, recorder = _recorded_step(step, layers, batch, memory)
+    if mem is not None:
+        mem["timeline"] = timeline
     inputs = batch[0]
     meta = {"backend": backend.name, "warmup": warmup, "repeats": repeats, "fusion": fusion_enabled(),
             "inputs_shape": tuple(inputs.shape) if isinstance(inputs, Tensor) else None,
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
             "layers": names, "fingerprint": finish(fp)}
-    return Report(rows, total, ops, mem, meta)
+    if trace is not None:
+        write_trace(trace, recorder, timeline["samples"] if timeline else None, meta)
+    return Report(rows, total, ops, mem, meta, roofline={"peaks": fp["peaks"], "ops": roof})
+
+
+def _recorded_step(step, layers, batch, memory):
+    """One more untimed step on a timeline (:mod:`dlprimer.profiler.timeline`): metered
+    when ``memory`` (returns the timeline, whose ``step_peak`` is the peak this step's
+    meter read; the recorder's observing adds a little to it, some hundred bytes per
+    node, which is why the memory split comes from a step of its own), else spans only."""
+    recorder = StepRecorder(step.backend, metered=memory, scope=step.scope)
+    with recorder.attached(layers):
+        if memory:
+            tmem = _memory_step(step, batch, False, recorder)
+            tl = recorder.timeline(tmem["offset"])
+            tl["step_peak"] = tmem["peak"]
+            tl["phase_peaks"] = {k: v["peak"] for k, v in tmem["phases"].items()}
+            return tl, recorder
+        run = recorder.wrap_phases({"forward": step.forward, "backward": lambda loss: loss.backward(),
+                                    "step": step.optimizer.step if step.optimizer else None})
+        step.zero_grad()
+        run["backward"](run["forward"]())
+        if run["step"] is not None:
+            run["step"]()
+    return None, recorder
 
 
 def _analytic(model, inputs, targets, optimizer):

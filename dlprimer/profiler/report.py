@@ -68,21 +68,25 @@ def _fmt_ratio(r) -> str:
 class Report:
     """What :func:`dlprimer.profiler.profile` measured.
 
-    ``layers`` (list of dicts), ``total`` (dict), ``ops`` (backward self time per
-    (layer, op), most expensive first), ``memory`` (peak per phase and the split,
-    beside the analytic estimate), ``meta`` (backend, repeats, shapes, fusion).
+    ``layers`` (list of dicts), ``total`` (dict), ``ops`` (per (layer, op), most
+    expensive backward first: backward and forward self time, FLOPs, bytes, roofline
+    figures), ``memory`` (peak per phase and the split, beside the analytic estimate;
+    ``memory["timeline"]``: bytes in use through the step), ``meta`` (backend,
+    repeats, shapes, fusion), ``roofline`` (``peaks`` and one row per op and
+    direction, :func:`dlprimer.profiler.ops.op_rows`).
     """
 
-    def __init__(self, layers, total, ops, memory, meta):
+    def __init__(self, layers, total, ops, memory, meta, roofline=None):
         self.layers = layers
         self.total = total
         self.ops = ops
         self.memory = memory
         self.meta = meta
+        self.roofline = roofline
 
     def to_dict(self) -> dict:
         return {"meta": self.meta, "layers": self.layers, "total": self.total, "ops": self.ops,
-                "memory": self.memory}
+                "memory": self.memory, "roofline": self.roofline}
 
     def __repr__(self):
         t = self.total
@@ -135,6 +139,7 @@ class Report:
             for o in self.ops[:top_ops]:
                 lines.append(f"  {o['layer'][:20]:<21}{o['op'][:18]:<19}{fmt_time(o['backward']):>10}"
                              f"{o['share'] * 100:>8.1f}%  {fmt_flops(o['bwd_flops'])}")
+        lines += roofline_lines(self.roofline)
         mem = self.memory
         if mem:
             lines.append("")
@@ -150,3 +155,24 @@ class Report:
 
     def __str__(self):
         return self.table()
+
+
+def roofline_lines(roof) -> list:
+    """The roofline section of the table: the machine's peaks, then each op and
+    direction with its bytes, intensity, achieved rates and fraction of the roof."""
+    if not roof or not roof.get("ops"):
+        return []
+    pk = roof.get("peaks")
+    out = [""]
+    if pk:
+        out.append(f"roofline: peaks {pk['flops'] / 1e9:.1f} GFLOP/s (float32 matmul {pk['matmul_n']}), "
+                   f"{pk['bandwidth'] / 1e9:.1f} GB/s (copy), ridge {pk['ridge']:.1f} FLOP/B")
+    out.append(f"  {'layer':<16}{'op':<20}{'dir':<9}{'time':>10}{'bytes':>11}{'FLOP/B':>8}"
+               f"{'GFLOP/s':>9}{'GB/s':>8}  bound    roof")
+    num = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for r in roof["ops"]:
+        out.append(f"  {r['layer'][:15]:<16}{r['op'][:19]:<20}{r['direction'][:8]:<9}"
+                   f"{fmt_time(r['time']):>10}{fmt_bytes(r['bytes']):>11}{num(r['intensity'], '.2f'):>8}"
+                   f"{num(r['gflops_per_s'], '.2f'):>9}{num(r['gbytes_per_s'], '.2f'):>8}  "
+                   f"{r['bound'] or '-':<8}{num(r['roof_fraction'] and 100 * r['roof_fraction'], '.0f'):>4}%")
+    return out

@@ -14,7 +14,7 @@ import json
 import os
 import time
 
-from . import plots
+from . import plots, step_sections
 
 __all__ = ["build_report", "plots"]
 
@@ -263,7 +263,9 @@ def build_report(run, out_dir=None, measure: bool = True, backend=None, seed: in
                                     if os.path.isdir(run) else None)
     if prof:
         _profile_section(page, prof, claims)
+        step_sections.roofline_section(page, prof)
     _memory_section(page, prof, b, seed, size, measure)
+    step_sections.timeline_section(page, prof, seed, size, measure)
     _checkpoint_section(page, claims, b, seed, size, measure)
     _batch_section(page, claims)
     _claims_section(page, claims)

@@ -42,7 +42,7 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
         vanishing_threshold: float = 1e-7, vanishing_ratio: float = 1e-4,
         vanishing_patience: int = 20, exploding_factor: float = 100.0,
         dead_relu_threshold: float = 0.5, tensorboard="auto", mlflow="auto",
-        config: dict | None = None, force: bool = False, extensions=(),
+        config: dict | None = None, force: bool = False, extensions=(), accumulate: int = 1,
         cuda_graph: bool = False) -> FitResult:
     """Train ``model`` with ``optimizer`` on ``train_loader``; returns a :class:`FitResult`.
 
@@ -64,6 +64,10 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     metering is free - CUDA - and every 50th on the CPU, whose meter slows the step;
     those steps' times are flagged). progress: "auto" (tqdm on a terminal, plain lines
     otherwise), True or False. extensions: more :class:`Extension` objects to run.
+    accumulate: gradient accumulation, ``k`` micro-batches from ``train_loader`` per
+    optimizer step, each loss scaled by its share of the step's samples, so the update
+    equals that of one batch k times the size (for a mean loss) at the activation
+    memory of one micro-batch; ``steps`` counts optimizer steps.
     cuda_graph: capture the step (forward, backward, clip, update) once as a CUDA graph
     and replay it (``dp.cuda.make_graphed_step``; CUDA backend, SGD/LARS, no dropout,
     no scheduler); the step's time is then reported as its forward time.
@@ -81,9 +85,10 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
         exts.append(GradientClipping(clip))
     if early is not None:
         exts.append(EarlyStopping(early["patience"], early["min_delta"], restore_best))
-    graphed = _graphed_step(model, optimizer, loss_fn, scheduler, clip) if cuda_graph else None
+    graphed = _graphed_step(model, optimizer, loss_fn, scheduler, clip, accumulate) if cuda_graph else None
     trainer = Trainer(model, optimizer, train_loader, val_loader, epochs=epochs, steps=steps,
-                      loss_fn=loss_fn, extensions=exts, log_every=log_every, graphed_step=graphed)
+                      loss_fn=loss_fn, extensions=exts, log_every=log_every, accumulate=accumulate,
+                      graphed_step=graphed)
     path = resume if isinstance(resume, (str, os.PathLike)) else None
     if checkpoint_dir is not None:
         ckpt = Checkpoints(checkpoint_dir, checkpoint_every, keep_checkpoints)
@@ -98,9 +103,12 @@ def fit(model, optimizer, train_loader, val_loader=None, epochs: int = 1, steps:
     return trainer.run()
 
 
-def _graphed_step(model, optimizer, loss_fn, scheduler, clip):
+def _graphed_step(model, optimizer, loss_fn, scheduler, clip, accumulate):
     """The captured CUDA-graph step for ``fit(cuda_graph=True)`` (issue 17)."""
     from ..cuda import make_graphed_step
+    if accumulate != 1:
+        raise ValueError(f"cuda_graph=True captures one whole step (zero_grad, forward, "
+                         f"backward, update): it cannot accumulate {accumulate!r} micro-batches")
     if scheduler is not None:
         raise ValueError("cuda_graph=True replays the learning rate it captured: "
                          "it cannot be combined with a scheduler")
@@ -116,6 +124,7 @@ def _config(trainer, clip, extra) -> dict:
     sched = trainer.scheduler
     return {"epochs": trainer.epochs, "steps": trainer.steps,
             "batch_size": getattr(trainer.train_loader, "batch_size", None),
+            "accumulate": trainer.accumulate,
             "optimizer": type(trainer.optimizer).__name__,
             "scheduler": type(sched).__name__ if sched else None, "clip": clip,
             "backend": trainer.backend.name,

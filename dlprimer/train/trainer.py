@@ -86,6 +86,15 @@ def _fresh_acc() -> dict:
     return {"loss_sum": 0.0, "n": 0, "correct": 0, "time": 0.0, "mem_peak": 0, "classify": False}
 
 
+@contextlib.contextmanager
+def _timed(backend, times, key):
+    """Add the seconds of the block (``backend.timer()``) to ``times[key]``."""
+    t = backend.timer()
+    with t:
+        yield
+    times[key] += t.elapsed
+
+
 class Trainer:
     """Train ``model`` with ``optimizer`` on ``train_loader`` for ``epochs`` passes (or
     ``steps`` optimizer steps), calling ``extensions`` at the named points.
@@ -95,16 +104,19 @@ class Trainer:
     ``epoch``, ``batch`` (x, y), ``output``, ``loss``, ``times`` (this step's phase
     seconds: ``zero_grad``, ``forward``, ``backward``, ``optimizer``), ``acc`` (the
     epoch's running sums), ``result``; ``is_log_step`` says whether this step's record
-    is kept (every ``log_every``-th).
+    is kept (every ``log_every``-th). ``accumulate=k``: each optimizer step takes k
+    micro-batches from the loader (gradient accumulation; ``step_samples`` is the
+    step's sample count, ``batch`` its last micro-batch).
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, *, epochs: int = 1,
                  steps: int | None = None, loss_fn=None, extensions=(), log_every: int = 1,
-                 graphed_step=None):
+                 accumulate: int = 1, graphed_step=None):
         if steps is None:
             _positive_int(epochs, "epochs")
         _positive_int(steps, "steps", allow_none=True)
         _positive_int(log_every, "log_every")
+        _positive_int(accumulate, "accumulate")
         if not callable(model) or not callable(getattr(model, "parameters", None)):
             raise TypeError(f"fit: model must be a Module (callable with parameters()), got "
                             f"{type(model).__name__}")
@@ -116,6 +128,8 @@ class Trainer:
         self.model, self.optimizer = model, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.epochs, self.steps, self.log_every = epochs, steps, log_every
+        self.accumulate = accumulate
+        self.step_samples = 0
         self.loss_fn = loss_fn or default_loss
         self.named = named_params(model)
         self.params = [p for _, p in self.named]
@@ -296,57 +310,80 @@ class Trainer:
     def _run_epoch(self):
         t_epoch = time.perf_counter()
         self.call("on_epoch_start")
+        group = []
         for x, y in self.train_loader:
-            self._train_step(x, y)
+            group.append((x, y))
+            if len(group) < self.accumulate:
+                continue
+            self._train_step(group)
+            group = []
             self._check_sigint()
             if self.steps is not None and self.step >= self.steps:
                 self.stopping = True
                 break
+        if group:  # the epoch's last micro-batches, fewer than ``accumulate``
+            self._train_step(group)
+            if self.steps is not None and self.step >= self.steps:
+                self.stopping = True
         self._end_epoch(t_epoch)
 
-    def _train_step(self, x, y):
-        """One step of the chapter's Algorithm 1, with named points around it."""
+    def _train_step(self, micro):
+        """One step of the chapter's Algorithm 1, with named points around it, over the
+        micro-batches ``micro`` [(x, y), ...]: each one's forward and backward runs in
+        turn, its loss scaled by its share of the step's samples, n_i / sum n_j, so
+        that the gradients summed in ``.grad`` are those of the mean loss over all of
+        them (equal to one batch of all the samples, for a loss that is a mean over
+        the batch); then one optimizer step."""
         backend, optimizer = self.backend, self.optimizer
+        x, y = micro[-1]
         self.batch, self._observers = (x, y), []
         self.at_boundary, self.timing_disturbed = False, False
         rng_before = backend.get_rng_state()
         self.call("on_step_start")
-        timers = {k: backend.timer() for k in ("zero_grad", "forward", "backward", "optimizer")}
+        self.step_samples = total = sum(len(b) for _, b in micro)
+        times = dict.fromkeys(("zero_grad", "forward", "backward", "optimizer"), 0.0)
         graphed = self.graphed_step
-        with timers["zero_grad"]:
+        with _timed(backend, times, "zero_grad"):
             if graphed is None:
                 optimizer.zero_grad()
-        with contextlib.ExitStack() as stack:
-            for obs in self._observers:
-                stack.enter_context(observe(obs))
-            with timers["forward"]:
-                if graphed is not None:    # the whole step, replayed: its time is forward's
-                    self.output, self.loss = graphed(x, y)
-                else:
-                    self.output = self.model(x)
-                    self.loss = self.loss_fn(self.output, y)
-        with timers["backward"]:
+        loss_val = 0.0
+        for x, y in micro:
+            with contextlib.ExitStack() as stack:
+                for obs in self._observers:
+                    stack.enter_context(observe(obs))
+                with _timed(backend, times, "forward"):
+                    if graphed is not None:    # the whole step, replayed: its time is forward's
+                        self.output, self.loss = graphed(x, y)
+                    else:
+                        self.output = self.model(x)
+                        self.loss = self.loss_fn(self.output, y)
+            share = len(y) / total
             if graphed is None:
-                self.loss.backward()
-        rec = self._gradient_record(x, y, rng_before)
+                with _timed(backend, times, "backward"):
+                    (self.loss if len(micro) == 1 else self.loss * share).backward()
+            lv = float(self.loss.item())
+            loss_val += lv * share
+            self._accumulate(lv, y)
+        self.batch = (x, y)
+        rec = self._gradient_record(x, y, rng_before, loss_val)
         self.call("on_backward_end", rec)
-        with timers["optimizer"]:
+        with _timed(backend, times, "optimizer"):
             if graphed is None:
                 optimizer.step()
         rec["lr"] = lr_of(optimizer)
         self.step += 1
         rec["step"] = self.step
-        self.times = {k: t.elapsed for k, t in timers.items()}
-        self._accumulate(rec["loss"], y)
+        if len(micro) > 1:
+            rec["micro_batches"] = len(micro)
+        self.times = times
         if self.is_log_step:
             self.result.steps.append(rec)
         self.call("on_step_end", rec)
         self.at_boundary = True
 
-    def _gradient_record(self, x, y, rng_before) -> dict:
-        """The step record so far: loss, global and per-layer gradient norms; raises
-        :class:`TrainingDiverged` when either is NaN/inf."""
-        loss_val = float(self.loss.item())
+    def _gradient_record(self, x, y, rng_before, loss_val) -> dict:
+        """The step record so far: loss (over all the step's micro-batches), global and
+        per-layer gradient norms; raises :class:`TrainingDiverged` when either is NaN/inf."""
         check_deferred()   # device-side flags (a bad target, a skipped step), read at logging
         sq = self.norms.per_layer([p.grad.data if p.grad is not None else None
                                    for p in self.params], self.backend)

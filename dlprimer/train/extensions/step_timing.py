@@ -15,7 +15,7 @@ class StepTiming(Extension):
         t = trainer.times
         opt = t["zero_grad"] + t["optimizer"]
         step = t["forward"] + t["backward"] + opt
-        b = len(trainer.batch[1])
+        b = trainer.step_samples or len(trainer.batch[1])
         rec.update(time_forward=t["forward"], time_backward=t["backward"], time_optimizer=opt,
                    time_step=step, samples_per_s=b / step if step > 0 else float("nan"))
         if not trainer.timing_disturbed:
