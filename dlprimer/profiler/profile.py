@@ -16,6 +16,7 @@ from ..autograd import observe
 from ..checkpoint import is_recomputing
 from ..tensor import Tensor
 from .counters import BackwardTimer, FlopCounter, LayerScope
+from .layer_types import ForwardOpTimer, group_by_type
 from .memory import measure_step_memory
 from .report import Report, _ratio, paired_ratio, stats
 
@@ -157,18 +158,22 @@ class _Samples:
         self.key_bwd = defaultdict(list)     # (layer, op) -> backward self time per step
 
 
-def _timed_steps(step, layers, repeats, counter, btimer) -> _Samples:
-    """``repeats`` timed steps: forward (per layer), backward (per node), optimizer."""
+def _timed_steps(step, layers, repeats, counter, btimer, ftimer) -> _Samples:
+    """``repeats`` timed steps: forward (per layer, and per op type into ``ftimer``),
+    backward (per node), optimizer."""
     s = _Samples()
     backend, sink = step.backend, step.sink
-    with _timed_layers(layers, step.scope, backend, sink), observe(counter), observe(btimer):
+    with _timed_layers(layers, step.scope, backend, sink), observe(counter), observe(btimer), \
+            observe(ftimer):
         for _ in range(repeats):
             counter.reset()
             btimer.reset()
             sink.clear()
             step.zero_grad()
+            ftimer.begin()
             with backend.timer() as tf:
                 loss = step.forward()
+            ftimer.end()
             with backend.timer() as tb:
                 loss.backward()
             del loss
@@ -282,7 +287,8 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
     step = _Step(model, loss_fn, batch, optimizer, backend, LayerScope(MODEL))
     step.warm_up(warmup)
     counter, btimer = FlopCounter(step.scope), BackwardTimer(backend)
-    s = _timed_steps(step, layers, repeats, counter, btimer)
+    ftimer = ForwardOpTimer(backend)
+    s = _timed_steps(step, layers, repeats, counter, btimer, ftimer)
     names = [n for n, _ in layers]
     total = _total_row(s, counter, optimizer is not None)
     rows = _layer_rows(s, counter, names, repeats)
@@ -293,7 +299,9 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
             "inputs_shape": tuple(inputs.shape) if isinstance(inputs, Tensor) else None,
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
             "layers": names, "fingerprint": finish(fp)}
-    return Report(rows, total, ops, mem, meta)
+    rep = Report(rows, total, ops, mem, meta)
+    rep.layer_types = group_by_type(ftimer.steps, s.key_bwd, counter, repeats)
+    return rep
 
 
 def _analytic(model, inputs, targets, optimizer):

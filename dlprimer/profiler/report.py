@@ -79,10 +79,11 @@ class Report:
         self.ops = ops
         self.memory = memory
         self.meta = meta
+        self.layer_types = []   # per layer type rows (:mod:`.layer_types`)
 
     def to_dict(self) -> dict:
         return {"meta": self.meta, "layers": self.layers, "total": self.total, "ops": self.ops,
-                "memory": self.memory}
+                "memory": self.memory, "layer_types": self.layer_types}
 
     def __repr__(self):
         t = self.total
@@ -135,6 +136,8 @@ class Report:
             for o in self.ops[:top_ops]:
                 lines.append(f"  {o['layer'][:20]:<21}{o['op'][:18]:<19}{fmt_time(o['backward']):>10}"
                              f"{o['share'] * 100:>8.1f}%  {fmt_flops(o['bwd_flops'])}")
+        from .layer_types import format_layer_types
+        lines += format_layer_types(self.layer_types)
         mem = self.memory
         if mem:
             lines.append("")
