@@ -221,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "[default: quick]")
     s.add_argument("--only", type=lambda v: [x for x in v.split(",") if x], default=None,
                    metavar="KEYS", help="comma-separated subset: backward_2x, adam_bytes, "
-                   "checkpointing, gelu_cost, batch_size")
+                   "checkpointing, gelu_cost, batch_size, backward_memory, scaling_table, adam_1b")
+    s.add_argument("--model", choices=("mlp", "cnn", "gpt", "all"), default="all",
+                   help="architecture(s) of the claims that depend on one: backward_2x and "
+                        "backward_memory run on each; checkpointing and gelu_cost add the "
+                        "Transformer to the MLP with gpt or all [default: all]")
     s.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
 
     s = sub.add_parser("report", help="write the HTML report (plots as PNG)",
@@ -536,6 +540,7 @@ def cmd_claims(a, out=sys.stdout):
     fp = fingerprint(b)
     try:
         claims = check_claims(b, size=a.size, only=a.only,
+                              models=None if a.model == "all" else (a.model,),
                               progress=lambda k: print(f"measuring {k} ...", file=sys.stderr,
                                                        flush=True))
     except ValueError as e:
@@ -544,7 +549,7 @@ def cmd_claims(a, out=sys.stdout):
         raise
     fp = finish(fp)
     print(f"The chapter's claims, re-measured on backend {b.name} "
-          f"({a.size} workloads):\n", file=out)
+          f"({a.size} workloads, model {a.model}):\n", file=out)
     print(format_claims(claims, fingerprint=fp), file=out, end="")
     if a.json:
         with open(a.json, "w") as f:
