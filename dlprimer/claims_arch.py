@@ -253,32 +253,23 @@ def claim_scaling(backend, size, models=("mlp",)) -> Claim:
 ADAM_1B_BAND = (11.5e9, 12.5e9)
 
 
-def _state_per_param(backend, sizes, dtype):
-    """(model state bytes/param, step peak bytes/param) of an MLP with Adam, measured at
-    batch 1 (so activations are negligible), under ``autocast(dtype)`` unless float32."""
-    import contextlib
-
-    from .amp import autocast
+def _per_precision(backend, sizes):
+    """Rows of :func:`dlprimer.profiler.memory_by_precision` for an MLP with Adam at batch
+    1 (so activations are negligible): float32 and one low-precision dtype."""
     from .optim import Adam
-    from .profiler import profile
+    from .profiler import memory_by_precision
     model = _mlp(sizes, backend=backend)
-    n = model.num_parameters()
-    ctx = contextlib.nullcontext() if dtype == "float32" else autocast(dtype, backend=backend)
-    with ctx:
-        rep = profile(model, _loss, _batch(sizes, 1, backend), optimizer=Adam(model.parameters()),
-                      warmup=1, repeats=1, memory=True, estimate=False)
-    s = rep.memory["split"]
-    state = s["params"] + s["grads"] + s["optimizer"]
-    return {"dtype": dtype, "params": n, "state_per_param": state / n,
-            "held_per_param": (state + s["activations"]) / n, "peak_per_param": rep.memory["peak"] / n,
-            "split": dict(s)}
+    low = [d for d in ("bfloat16", "float16") if d in backend.autocast_dtypes][:1]
+    rows = memory_by_precision(model, _loss, _batch(sizes, 1, backend), Adam(model.parameters()),
+                               dtypes=["float32", *low])
+    return {r["dtype"]: r for r in rows}
 
 
 def claim_adam_1b(backend, size, models=("mlp",)) -> Claim:
     from .measure import verdict
     sizes = size["thru_mlp"]
-    dts = ["float32"] + [d for d in ("bfloat16", "float16") if d in backend.autocast_dtypes][:1]
-    per = {d: _state_per_param(backend, sizes, d) for d in dts}
+    per = _per_precision(backend, sizes)
+    dts = list(per)
     n = 1e9
     f32 = per["float32"]
     total = f32["state_per_param"] * n

@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=_positive_int, default=20, help="[default: 20]")
     s.add_argument("--warmup", type=_positive_int, default=3, help="[default: 3]")
     s.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
+    s.add_argument("--autocast", choices=("float16", "bfloat16"), default=None,
+                   help="profile under dp.autocast(DTYPE), and measure the memory split in "
+                        "float32 and DTYPE side by side")
 
     s = sub.add_parser("estimate", help="analytic parameters, FLOPs and memory of a training step",
                        description="Estimate on paper: weights, gradients, optimizer state, "
@@ -481,17 +484,37 @@ def cmd_profile(a, out=sys.stdout):
     _out_file(a.json, "--json")
     _set_backend(a.backend)
     lr = a.lr if a.lr is not None else default_lr(a.model, a.optimizer)
-    rep, w, batch = profile_workload(a.model, a.batch_size, a.optimizer, lr, a.seed, a.warmup,
-                                     a.repeats, dataset=a.dataset, hidden=a.hidden,
-                                     activation=a.activation)
+    with _autocast(a.autocast):
+        rep, w, batch = profile_workload(a.model, a.batch_size, a.optimizer, lr, a.seed, a.warmup,
+                                         a.repeats, dataset=a.dataset, hidden=a.hidden,
+                                         activation=a.activation)
     data = "text corpus" if a.model == "gpt" else a.dataset or "digits"
     print(f"dlprimer profile: {data}, {w.describe}, batch {len(batch[1])}, "
           f"{a.optimizer}, warmup {a.warmup}, repeats {a.repeats}", file=out)
     print(rep.table(), file=out)
+    if a.autocast:
+        from .profiler import format_precision_memory, memory_by_precision
+        opt = make_optimizer(a.optimizer, w.model.parameters(), lr)
+        rep.memory_by_precision = memory_by_precision(w.model, w.loss_fn, batch, opt,
+                                                      ("float32", a.autocast))
+        print("\n" + format_precision_memory(rep.memory_by_precision), file=out)
     if a.json:
+        d = rep.to_dict()
+        d["memory_by_precision"] = getattr(rep, "memory_by_precision", None)
         with open(a.json, "w") as f:
-            json.dump(_clean(rep.to_dict()), f, indent=1)
+            json.dump(_clean(d), f, indent=1)
     return rep
+
+
+def _autocast(dtype):
+    """``dp.autocast(dtype)`` for --autocast, or nothing; an unsupported dtype is exit 2."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    from .amp import autocast
+    try:
+        return autocast(dtype)
+    except ValueError as e:
+        raise UsageError(f"--autocast: {e}") from None
 
 
 def cmd_estimate(a, out=sys.stdout):

@@ -5,9 +5,11 @@
 ``compare_fusion`` (fused against unfused ops, same run), ``estimate`` (the
 analytic figures). See each function's docstring.
 """
+from .amp_memory import format_precision_memory, memory_by_precision
 from .counters import BackwardTimer, FlopCounter, LayerScope, SavedTracker
 from .estimate import Estimate, bytes_per_param, bytes_per_param_table, estimate, state_arrays
 from .fusion import FusionComparison, compare_fusion
+from .layer_types import LAYER_TYPES, layer_type
 from .memory import measure_step_memory
 from .profile import profile
 from .report import Report
@@ -15,4 +17,5 @@ from .tradeoff import Tradeoff, checkpoint_tradeoff
 
 __all__ = ["profile", "Report", "checkpoint_tradeoff", "Tradeoff", "compare_fusion",
            "FusionComparison", "estimate", "Estimate", "bytes_per_param", "bytes_per_param_table",
-           "state_arrays", "FlopCounter", "BackwardTimer", "SavedTracker", "LayerScope", "measure_step_memory"]
+           "state_arrays", "memory_by_precision", "format_precision_memory", "layer_type",
+           "LAYER_TYPES", "FlopCounter", "BackwardTimer", "SavedTracker", "LayerScope", "measure_step_memory"]

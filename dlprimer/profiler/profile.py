@@ -295,7 +295,10 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
     ops = _backward_ops(s, counter, btimer, total["backward"]["median"])
     mem = _memory_step(step, batch, estimate) if memory else None
     inputs = batch[0]
+    from ..amp import autocast_dtype
+    amp = autocast_dtype()
     meta = {"backend": backend.name, "warmup": warmup, "repeats": repeats, "fusion": fusion_enabled(),
+            "autocast": None if amp is None else str(getattr(amp, "name", amp)),
             "inputs_shape": tuple(inputs.shape) if isinstance(inputs, Tensor) else None,
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
             "layers": names, "fingerprint": finish(fp)}

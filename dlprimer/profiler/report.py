@@ -96,7 +96,9 @@ class Report:
         ops, then memory (measured split beside the analytic estimate)."""
         m = self.meta
         lines = [f"dlprimer profile  backend={m['backend']}  fusion={'on' if m['fusion'] else 'off'}  "
-                 f"warmup={m['warmup']}  repeats={m['repeats']}  (times: median [95% interval])"]
+                 f"warmup={m['warmup']}  repeats={m['repeats']}"
+                 + (f"  autocast={m['autocast']}" if m.get("autocast") else "")
+                 + "  (times: median [95% interval])"]
         if m.get("fingerprint"):
             from ..measure import describe
             lines.append(f"environment: {describe(m['fingerprint'])}")
