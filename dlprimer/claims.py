@@ -339,8 +339,8 @@ def claim_gelu(backend, size, models=("mlp",)) -> Claim:
     """GELU against ReLU: the op, an MLP step, and (``"gpt" in models``) a Transformer step."""
     c = _gelu_mlp(backend, size)
     if "gpt" in models:
-        from .claims_arch import transformer_gelu_steps
-        m = _timed(backend, transformer_gelu_steps(backend, size), size)
+        from .claims_arch import half_budget, transformer_gelu_steps
+        m = _timed(backend, transformer_gelu_steps(backend, size), half_budget(size))
         r = m.ratio("gelu", "relu")
         c.measured += f"; a GPT fwd+bwd step with GELU against ReLU in its MLPs {r}"
         c.figures["step_ratio transformer"] = r.to_dict()
