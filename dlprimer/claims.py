@@ -260,9 +260,11 @@ def _add_transformer_checkpointing(c, backend, size):
     c.figures["memory_saved transformer"] = _exact(saved)
     c.data["transformer"] = {"label": label, "segments": tr.sqrt_choice, "tradeoff": tr.to_dict()}
     c.warnings += [f"transformer: {w}" for w in tr.meta.get("warnings", [])]
-    c.verdict, r = combine_verdicts([(c.verdict, c.reason), verdict(ci, *CKPT_TIME_BAND),
-                                     verdict((saved, saved), *CKPT_MEMORY_BAND)])
-    c.reason = r
+    vt, rt = verdict(ci, *CKPT_TIME_BAND)
+    vm, rm = verdict((saved, saved), *CKPT_MEMORY_BAND)
+    c.verdict, c.reason = combine_verdicts([
+        (c.verdict, "MLP " + c.reason), (vt, f"Transformer extra time: {rt}"),
+        (vm, "Transformer memory saved: " + rm.replace("the 95% interval", "exact count"))])
 
 
 def _checkpointing_mlp(backend, size) -> Claim:

@@ -141,6 +141,7 @@ def _model_args(p, hidden_default="128,128", batch_default=64):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import cli_models
     p = _Parser(prog="dlprimer", description="Train, profile and measure the systems side of "
                 "deep learning (the chapter's numbers, re-measured on this machine).")
     p.add_argument("--version", action="version", version=_version())
@@ -196,9 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=_positive_int, default=20, help="[default: 20]")
     s.add_argument("--warmup", type=_positive_int, default=3, help="[default: 3]")
     s.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
-    s.add_argument("--autocast", choices=("float16", "bfloat16"), default=None,
-                   help="profile under dp.autocast(DTYPE), and measure the memory split in "
-                        "float32 and DTYPE side by side")
+    cli_models.add_autocast_argument(s)
 
     s = sub.add_parser("estimate", help="analytic parameters, FLOPs and memory of a training step",
                        description="Estimate on paper: weights, gradients, optimizer state, "
@@ -225,10 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--only", type=lambda v: [x for x in v.split(",") if x], default=None,
                    metavar="KEYS", help="comma-separated subset: backward_2x, adam_bytes, "
                    "checkpointing, gelu_cost, batch_size, backward_memory, scaling_table, adam_1b")
-    s.add_argument("--model", choices=("mlp", "cnn", "gpt", "all"), default="all",
-                   help="architecture(s) of the claims that depend on one: backward_2x and "
-                        "backward_memory run on each; checkpointing and gelu_cost add the "
-                        "Transformer to the MLP with gpt or all [default: all]")
+    cli_models.add_claims_model_argument(s)
     s.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
 
     s = sub.add_parser("report", help="write the HTML report (plots as PNG)",

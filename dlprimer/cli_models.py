@@ -23,6 +23,19 @@ def add_model_argument(p):
                         "model on the bundled text corpus [default: mlp]")
 
 
+def add_claims_model_argument(p):
+    p.add_argument("--model", choices=(*MODELS, "all"), default="all",
+                   help="architecture(s) of the claims that depend on one: backward_2x and "
+                        "backward_memory run on each; checkpointing and gelu_cost add the "
+                        "Transformer to the MLP with gpt or all [default: all]")
+
+
+def add_autocast_argument(p):
+    p.add_argument("--autocast", choices=("float16", "bfloat16"), default=None,
+                   help="profile under dp.autocast(DTYPE), and measure the memory split in "
+                        "float32 and DTYPE side by side")
+
+
 def check_model_options(a, hidden_default):
     """Fill the MLP's option defaults (``--model mlp``) or refuse them (cnn, gpt);
     returns a one-line error or None."""
