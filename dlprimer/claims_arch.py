@@ -84,12 +84,16 @@ WHY_BACKWARD = {
     "cnn": "a convolution's backward is two correlations (dX and dW) against one forward, but the "
            "first convolution needs no dX (its input is the image), and on the CPU each pass "
            "gathers patches (im2col) whose cost is paid per pass, not per FLOP; max-pooling's "
-           "backward is a scatter through the saved argmax, cheaper than its forward",
+           "backward is a scatter through the saved argmax, far cheaper than its forward "
+           "(which searches every window)",
     "gpt": "the Linear layers (the QKV, output and MLP projections and the lm_head) hold most of "
            "the FLOPs at 2x; attention's backward recomputes nothing but needs four products "
            "against the forward's two plus the softmax gradient; LayerNorm's backward is about 4x "
            "its forward in FLOPs; the embeddings' forward is a gather (no FLOPs) and their backward "
-           "a scatter-add; the token ids need no gradient, so the first op's dX is free",
+           "a scatter-add; the token ids need no gradient, so the first op's dX is free. At "
+           "the claims' sizes every op is small, so the eager framework's per-op cost -- the "
+           "modules' Python and the recording of each node, paid in the forward -- weighs more "
+           "than FLOPs, and the time ratio can fall below 1 while the FLOP ratio is 2",
 }
 
 
