@@ -15,6 +15,9 @@ op. In eager execution that interval is the op's forward plus the Python between
 the two ops (reshapes of a module's forward, argument checks), so small ops carry
 their share of the framework's overhead, as they do in the step. Work that records
 no node (ops on tensors that need no gradient) lands on the next recorded op.
+On CUDA the device is synchronised at each recorded op, as the backward timer
+already does around each node, so each op's kernels land on that op (and the
+forward loses the overlap of launches with execution that an unprofiled step has).
 Backward time per op is the :class:`~.counters.BackwardTimer`'s self time. The
 observer costs about 1-2 us per recorded op on the CPU (under 1% of a forward of
 the claims' GPT, 59 ops in about 14 ms).

@@ -27,7 +27,7 @@ def _gpt_batch(rng, vocab=23, n=3, t=8):
     return dp.tensor(ids[:, :-1]), dp.tensor(ids[:, 1:])
 
 
-def test_gpt_profile_has_every_transformer_layer_type(rng):
+def test_gpt_profile_has_every_transformer_layer_type(backend, rng):
     g = nn.GPT(23, block_size=8, n_layer=2, n_head=2, n_embd=16)
     rep = dp.profiler.profile(g, lambda lg, y: F.cross_entropy(lg.reshape(-1, 23), y.reshape(-1)),
                               _gpt_batch(rng), warmup=1, repeats=4, memory=False)
@@ -52,7 +52,7 @@ def test_gpt_profile_has_every_transformer_layer_type(rng):
     assert rep.to_dict()["layer_types"] == rep.layer_types
 
 
-def test_cnn_profile_books_convolution_and_pooling(rng):
+def test_cnn_profile_books_convolution_and_pooling(backend, rng):
     m = nn.SmallCNN(channels=(4, 8), hidden=16)
     x = dp.tensor(rng.standard_normal((8, 1, 8, 8)).astype("float32"))
     y = dp.tensor(rng.integers(0, 10, 8))
@@ -63,7 +63,7 @@ def test_cnn_profile_books_convolution_and_pooling(rng):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_memory_by_precision_measures_state_and_activations(rng, dtype):
+def test_memory_by_precision_measures_state_and_activations(backend, rng, dtype):
     """Adam's state is 16 bytes per parameter in every precision (float32 master weights);
     at a batch where activations dominate, autocast saves fewer activation bytes."""
     m = nn.MLP([64, 256, 256, 10])
@@ -79,7 +79,7 @@ def test_memory_by_precision_measures_state_and_activations(rng, dtype):
         assert r["split"]["params"] == 4 * n and r["peak"] >= sum(
             r["split"][k] for k in ("params", "grads", "optimizer"))
     assert f32["activation_ratio"] == 1.0 and low["activation_ratio"] < 1.0
-    assert all(p.data.dtype == np.float32 for p in m.parameters())
+    assert all(p.dtype == np.float32 for p in m.parameters())
     text = format_precision_memory(rows)
     assert dtype in text and "state bytes / parameter" in text
 
