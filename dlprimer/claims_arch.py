@@ -131,7 +131,8 @@ def claim_backward_memory(backend, size, models=("mlp",)) -> Claim:
                      "activation_ratio": (b - state) / max(f - state, 1),
                      "params": mem["split"]["params"], "grads": mem["split"]["grads"],
                      "activations": mem["split"]["activations"]}
-        parts.append(verdict((r, r), *BACKWARD_MEMORY_BAND))
+        vv, why = verdict((r, r), *BACKWARD_MEMORY_BAND)
+        parts.append((vv, f"{kind}: {why}"))
     v, reason = combine_verdicts(parts)
     reason = reason.replace("95% interval", "exact count")
     from .profiler.report import fmt_bytes
