@@ -122,21 +122,26 @@ def _common(p, backend_default="auto"):
 
 
 def _model_args(p, hidden_default="128,128", batch_default=64):
+    from .cli_models import add_model_argument
     from .data import DATASETS
-    p.add_argument("--dataset", choices=DATASETS, default="digits",
-                   help="data set (all offline) [default: digits]")
-    p.add_argument("--hidden", type=_sizes, default=_sizes(hidden_default), metavar="SIZES",
-                   help=f"hidden layer sizes, comma-separated [default: {hidden_default}]")
-    p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
-                   help="hidden activation [default: relu]")
+    add_model_argument(p)
+    p.set_defaults(hidden_default=hidden_default)
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="data set (all offline; --model mlp) [default: digits]")
+    p.add_argument("--hidden", type=_sizes, default=None, metavar="SIZES",
+                   help=f"hidden layer sizes, comma-separated (--model mlp) [default: {hidden_default}]")
+    p.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                   help="hidden activation (--model mlp) [default: relu]")
     p.add_argument("--batch-size", type=_positive_int, default=batch_default,
                    help=f"batch size [default: {batch_default}]")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="[default: adam]")
     p.add_argument("--lr", type=_positive_float, default=None,
-                   help="learning rate [default: 1e-3 for Adam-like, 0.1 for SGD-like]")
+                   help="learning rate [default: 1e-3 for Adam-like (3e-3 with --model cnn or "
+                        "gpt), 0.1 for SGD-like]")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import cli_models
     p = _Parser(prog="dlprimer", description="Train, profile and measure the systems side of "
                 "deep learning (the chapter's numbers, re-measured on this machine).")
     p.add_argument("--version", action="version", version=_version())
@@ -200,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
     s.add_argument("--trace", metavar="PATH", default=None,
                    help="write one step as a Chrome trace (open in ui.perfetto.dev or chrome://tracing)")
+    cli_models.add_autocast_argument(s)
 
     s = sub.add_parser("estimate", help="analytic parameters, FLOPs and memory of a training step",
                        description="Estimate on paper: weights, gradients, optimizer state, "
@@ -225,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "[default: quick]")
     s.add_argument("--only", type=lambda v: [x for x in v.split(",") if x], default=None,
                    metavar="KEYS", help="comma-separated subset: backward_2x, adam_bytes, "
-                   "checkpointing, gelu_cost, batch_size")
+                   "checkpointing, gelu_cost, batch_size, backward_memory, scaling_table, adam_1b")
+    cli_models.add_claims_model_argument(s)
     s.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
 
     s = sub.add_parser("report", help="write the HTML report (plots as PNG)",
@@ -370,11 +377,20 @@ def _fmt_bytes(n):
 
 
 # -- commands -----------------------------------------------------------------------------------
+def _check_model(a):
+    """--model against the MLP's options (dlprimer.cli_models), before any work."""
+    from .cli_models import check_model_options
+    err = check_model_options(a, a.hidden_default)
+    if err:
+        raise UsageError(err)
+
+
 def cmd_train(a, out=sys.stdout):
-    import dlprimer as dp
-    from .data import DataLoader, load_dataset
+    from . import cli_models
+    from .data import DataLoader
     from .train import fit
     from .distributed import cli as dist_cli
+    _check_model(a)
     if a.resume and a.checkpoint_dir is None:
         raise UsageError("--resume needs --checkpoint-dir (where the checkpoints are)")
     if a.checkpoint_every is not None and a.checkpoint_dir is None:
@@ -389,25 +405,26 @@ def cmd_train(a, out=sys.stdout):
         comm = dist_cli.setup(a)  # None unless --distributed or launched by mpiexec -n >1
     except ValueError as e:
         raise UsageError(str(e)) from None
-    dp.manual_seed(a.seed)
-    data = load_dataset(a.dataset, seed=a.seed)
-    sizes = [data.num_features, *a.hidden, data.num_outputs]
-    model = build_model(sizes, a.activation, a.dropout, a.checkpoint_segments)
-    _check_segments(a.checkpoint_segments, model)
-    opt = make_optimizer(a.optimizer, model.parameters(), a.lr, a.weight_decay)
-    train = DataLoader(data.train, a.batch_size, shuffle=True, seed=a.seed)
-    val = DataLoader(data.val, max(a.batch_size, 256))
+    w = cli_models.workload(a)
+    model = w.model
+    if a.model == "mlp":
+        _check_segments(a.checkpoint_segments, model)
+    lr = a.lr if a.lr is not None else cli_models.default_lr(a.model, a.optimizer)
+    opt = make_optimizer(a.optimizer, model.parameters(), lr, a.weight_decay)
+    train = DataLoader(w.train, a.batch_size, shuffle=True, seed=a.seed)
+    val = DataLoader(w.val, max(a.batch_size, 256))
     total = a.steps if a.steps is not None else a.epochs * len(train)
     sched = make_scheduler(a.schedule, opt, total)
-    config = {"command": "train", "dataset": a.dataset, "sizes": sizes, "activation": a.activation,
+    config = {"command": "train", **w.config,
               "lr": opt.param_groups[0].get("initial_lr", opt.param_groups[0]["lr"]), "schedule": a.schedule, "seed": a.seed,
               "dropout": a.dropout, "checkpoint_segments": a.checkpoint_segments,
               "accumulate": a.accumulate, "fingerprint": _fingerprint(b)}
     if comm is None or comm.rank == 0:
-        print(f"dlprimer train: {a.dataset} ({len(data.train)} train / {len(data.val)} val), MLP "
-              f"{sizes} {a.activation}, {type(opt).__name__} lr {config['lr']:g}, "
+        data = "text corpus" if a.model == "gpt" else a.dataset or "digits"
+        print(f"dlprimer train: {data} ({len(w.train)} train / {len(w.val)} val), "
+              f"{w.describe}, {type(opt).__name__} lr {config['lr']:g}, "
               f"batch {a.batch_size}, backend {b.name}", file=out, flush=True)
-    fit_args = dict(epochs=a.epochs, steps=a.steps, scheduler=sched, clip=a.clip,
+    fit_args = dict(epochs=a.epochs, steps=a.steps, scheduler=sched, clip=a.clip, loss_fn=w.loss_fn,
                     log_dir=a.log_dir, checkpoint_dir=a.checkpoint_dir,
                     checkpoint_every=a.checkpoint_every, resume=a.resume,
                     early_stopping=a.early_stopping, progress=not a.no_progress,
@@ -486,21 +503,46 @@ def _checkpoint_errors_are_usage():
 
 
 def cmd_profile(a, out=sys.stdout):
+    from .cli_models import default_lr
+    from .workloads import profile_workload
+    _check_model(a)
     _out_file(a.json, "--json")
     _out_file(a.trace, "--trace")
     _set_backend(a.backend)
-    rep, _, _, batch, sizes = profile_mlp(a.dataset, a.hidden, a.activation, a.batch_size,
-                                          a.optimizer, a.lr, a.seed, a.warmup, a.repeats,
-                                          trace=a.trace)
-    print(f"dlprimer profile: {a.dataset}, MLP {sizes} {a.activation}, batch {len(batch[1])}, "
+    lr = a.lr if a.lr is not None else default_lr(a.model, a.optimizer)
+    with _autocast(a.autocast):
+        rep, w, batch = profile_workload(a.model, a.batch_size, a.optimizer, lr, a.seed, a.warmup,
+                                         a.repeats, dataset=a.dataset, hidden=a.hidden,
+                                         activation=a.activation, trace=a.trace)
+    data = "text corpus" if a.model == "gpt" else a.dataset or "digits"
+    print(f"dlprimer profile: {data}, {w.describe}, batch {len(batch[1])}, "
           f"{a.optimizer}, warmup {a.warmup}, repeats {a.repeats}", file=out)
     print(rep.table(), file=out)
+    if a.autocast:
+        from .profiler import format_precision_memory, memory_by_precision
+        opt = make_optimizer(a.optimizer, w.model.parameters(), lr)
+        rep.memory_by_precision = memory_by_precision(w.model, w.loss_fn, batch, opt,
+                                                      ("float32", a.autocast))
+        print("\n" + format_precision_memory(rep.memory_by_precision), file=out)
     if a.json:
+        d = rep.to_dict()
+        d["memory_by_precision"] = getattr(rep, "memory_by_precision", None)
         with open(a.json, "w") as f:
-            json.dump(_clean(rep.to_dict()), f, indent=1)
+            json.dump(_clean(d), f, indent=1)
     if a.trace:
         print(f"trace: {a.trace} (open in https://ui.perfetto.dev or chrome://tracing)", file=out)
     return rep
+
+
+def _autocast(dtype):
+    """``dp.autocast(dtype)`` for --autocast, or nothing; an unsupported dtype is exit 2."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    from .amp import autocast
+    try:
+        return autocast(dtype)
+    except ValueError as e:
+        raise UsageError(f"--autocast: {e}") from None
 
 
 def cmd_estimate(a, out=sys.stdout):
@@ -549,6 +591,7 @@ def cmd_claims(a, out=sys.stdout):
     fp = fingerprint(b)
     try:
         claims = check_claims(b, size=a.size, only=a.only,
+                              models=None if a.model == "all" else (a.model,),
                               progress=lambda k: print(f"measuring {k} ...", file=sys.stderr,
                                                        flush=True))
     except ValueError as e:
@@ -557,7 +600,7 @@ def cmd_claims(a, out=sys.stdout):
         raise
     fp = finish(fp)
     print(f"The chapter's claims, re-measured on backend {b.name} "
-          f"({a.size} workloads):\n", file=out)
+          f"({a.size} workloads, model {a.model}):\n", file=out)
     print(format_claims(claims, fingerprint=fp), file=out, end="")
     if a.json:
         with open(a.json, "w") as f:

@@ -71,6 +71,26 @@ class CharCorpus:
             win = data[start[:, None] + offs]
             yield win[:, :-1], win[:, 1:]
 
+    def windows(self, split: str, block_size: int, stride: int | None = None):
+        """A :class:`TensorDataset` of every ``stride``-th window of ``split`` (default
+        stride: ``block_size // 4``): inputs (M, block_size) and next-character targets
+        (M, block_size), int64 -- the fixed data set a DataLoader (and so ``fit``, with
+        its checkpoints and epochs) iterates, where :meth:`batches` samples endlessly."""
+        from .dataset import TensorDataset
+        data = self._split(split)
+        for name, v in (("block_size", block_size), ("stride", stride)):
+            if v is None and name == "stride":
+                continue
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"windows: {name} must be a positive int, got {v!r}")
+        if block_size + 1 > len(data):
+            raise ValueError(f"windows: block_size {block_size} needs more than the {len(data)} "
+                             f"characters of the {split} split")
+        stride = stride or max(1, block_size // 4)
+        start = np.arange(0, len(data) - block_size, stride)
+        win = data[start[:, None] + np.arange(block_size + 1)]
+        return TensorDataset(np.ascontiguousarray(win[:, :-1]), np.ascontiguousarray(win[:, 1:]))
+
     def _split(self, split):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")

@@ -16,6 +16,7 @@ from ..autograd import observe
 from ..checkpoint import is_recomputing
 from ..tensor import Tensor
 from .counters import BackwardTimer, FlopCounter, LayerScope
+from .layer_types import forward_steps_by_type, group_by_type
 from .memory import measure_step_memory
 from .ops import ForwardTimer, add_forward, op_rows
 from .peaks import machine_peaks
@@ -319,13 +320,19 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
     if mem is not None:
         mem["timeline"] = timeline
     inputs = batch[0]
+    from ..amp import autocast_dtype
+    amp = autocast_dtype()
     meta = {"backend": backend.name, "warmup": warmup, "repeats": repeats, "fusion": fusion_enabled(),
+            "autocast": None if amp is None else str(getattr(amp, "name", amp)),
             "inputs_shape": tuple(inputs.shape) if isinstance(inputs, Tensor) else None,
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
             "layers": names, "fingerprint": finish(fp)}
     if trace is not None:
         write_trace(trace, recorder, timeline["samples"] if timeline else None, meta)
-    return Report(rows, total, ops, mem, meta, roofline={"peaks": fp["peaks"], "ops": roof})
+    rep = Report(rows, total, ops, mem, meta, roofline={"peaks": fp["peaks"], "ops": roof})
+    rep.layer_types = group_by_type(forward_steps_by_type(s.key_fwd, repeats), s.key_bwd, counter,
+                                    repeats)
+    return rep
 
 
 def _recorded_step(step, layers, batch, memory):

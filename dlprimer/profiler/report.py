@@ -83,10 +83,12 @@ class Report:
         self.memory = memory
         self.meta = meta
         self.roofline = roofline
+        self.layer_types = []   # per layer type rows (:mod:`.layer_types`)
 
     def to_dict(self) -> dict:
         return {"meta": self.meta, "layers": self.layers, "total": self.total, "ops": self.ops,
-                "memory": self.memory, "roofline": self.roofline}
+                "memory": self.memory, "roofline": self.roofline,
+                "layer_types": self.layer_types}
 
     def __repr__(self):
         t = self.total
@@ -99,7 +101,9 @@ class Report:
         ops, then memory (measured split beside the analytic estimate)."""
         m = self.meta
         lines = [f"dlprimer profile  backend={m['backend']}  fusion={'on' if m['fusion'] else 'off'}  "
-                 f"warmup={m['warmup']}  repeats={m['repeats']}  (times: median [95% interval])"]
+                 f"warmup={m['warmup']}  repeats={m['repeats']}"
+                 + (f"  autocast={m['autocast']}" if m.get("autocast") else "")
+                 + "  (times: median [95% interval])"]
         if m.get("fingerprint"):
             from ..measure import describe
             lines.append(f"environment: {describe(m['fingerprint'])}")
@@ -139,6 +143,8 @@ class Report:
             for o in self.ops[:top_ops]:
                 lines.append(f"  {o['layer'][:20]:<21}{o['op'][:18]:<19}{fmt_time(o['backward']):>10}"
                              f"{o['share'] * 100:>8.1f}%  {fmt_flops(o['bwd_flops'])}")
+        from .layer_types import format_layer_types
+        lines += format_layer_types(self.layer_types)
         lines += roofline_lines(self.roofline)
         mem = self.memory
         if mem:
