@@ -141,13 +141,19 @@ def _model_args(p, hidden_default="128,128", batch_default=64):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_models
     p = _Parser(prog="dlprimer", description="Train, profile and measure the systems side of "
                 "deep learning (the chapter's numbers, re-measured on this machine).")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    for add in (_add_primer, _add_train, _add_profile, _add_estimate, _add_claims, _add_report,
+                _add_bench, _add_doctor):
+        add(sub)
+    return p
+
+
+def _add_primer(sub):
     s = sub.add_parser("primer", help="the main job: train on digits, profile, check the claims, "
                        "write the report", description="Train an MLP on the digits, profile one "
                        "step, re-measure the chapter's claims and write an HTML report.")
@@ -160,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "steadier) [default: quick]")
     s.add_argument("--no-claims", action="store_true", help="skip the claims (faster)")
 
-    s = sub.add_parser("train", help="train an MLP on a data set",
-                       description="Train an MLP, logging every metric to LOG_DIR/metrics.jsonl "
+
+def _add_train(sub):
+    s = sub.add_parser("train", help="train a model (--model mlp|cnn|gpt) on a data set",
+                       description="Train a model, logging every metric to LOG_DIR/metrics.jsonl "
                        "(and TensorBoard), checkpointing atomically.")
     _common(s)
     _model_args(s)
@@ -195,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .distributed import cli as dist_cli
     dist_cli.add_arguments(s)
 
+
+def _add_profile(sub):
+    from . import cli_models
     s = sub.add_parser("profile", help="time, FLOPs and memory of one training step, per layer",
                        description="Profile forward, backward and optimizer step: per-layer times, "
                        "the backward/forward time and FLOP ratios, and the memory split.")
@@ -207,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write one step as a Chrome trace (open in ui.perfetto.dev or chrome://tracing)")
     cli_models.add_autocast_argument(s)
 
+
+def _add_estimate(sub):
     s = sub.add_parser("estimate", help="analytic parameters, FLOPs and memory of a training step",
                        description="Estimate on paper: weights, gradients, optimizer state, "
                        "activations and FLOPs. Give --params for a model of that many "
@@ -222,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     s.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_claims(sub):
+    from . import cli_models
     s = sub.add_parser("claims", help="re-measure the chapter's quantitative claims",
                        description="Each quantitative claim of the chapter, re-measured here and "
                        "printed as claimed / measured / why they differ.")
@@ -235,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_models.add_claims_model_argument(s)
     s.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
 
+
+def _add_report(sub):
     s = sub.add_parser("report", help="write the HTML report (plots as PNG)",
                        description="Write an HTML page with PNG plots: loss and accuracy curves, "
                        "activations and their derivatives, per-layer forward/backward time, the "
@@ -248,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", choices=("tiny", "quick"), default="quick",
                    help="workloads for what is measured [default: quick]")
 
+
+def _add_bench(sub):
     s = sub.add_parser("bench", help="run the benchmark suite and print its table of ratios",
                        description="Run benchmarks/ with pytest-benchmark and print dlprimer's "
                        "time ratios against each peer and bound; raw results go to JSON.")
@@ -255,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import build_parser as bench_arguments
     bench_arguments(s)
 
+
+def _add_doctor(sub):
     s = sub.add_parser("doctor", help="versions, the GPU, thread pools, kernel compiles and a "
                        "self-test of every fused op",
                        description="Check what dlprimer runs on here (dlprimer/doctor.py); exit "
@@ -263,7 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--full", action="store_true",
                    help="also compile for every CI architecture and run the GPU benchmark summary")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
-    return p
 
 
 def _version():
