@@ -1,7 +1,6 @@
 """Convolution, pooling and flattening layers over NCHW images, and a small CNN."""
 from __future__ import annotations
 
-import math
 
 from .. import _dtype
 from ..ops.conv import _pair, avg_pool2d, conv2d, max_pool2d
@@ -40,10 +39,8 @@ class Conv2d(Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
-            init.uniform_(self.bias, -bound, bound)
+        init.default_layer_init_(self.weight, self.bias,
+                                 self.in_channels * self.kernel_size[0] * self.kernel_size[1])
 
     def forward(self, x):
         return conv2d(x, self.weight, self.bias, self.stride, self.padding)

@@ -13,7 +13,8 @@ from ..autograd import no_grad
 from ..tensor import Tensor
 
 __all__ = ["calculate_gain", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-           "xavier_normal_", "uniform_", "normal_", "zeros_", "ones_", "constant_"]
+           "xavier_normal_", "uniform_", "normal_", "zeros_", "ones_", "constant_",
+           "default_layer_init_"]
 
 
 def _check(t, fn):
@@ -129,3 +130,13 @@ def xavier_normal_(t, gain: float = 1.0):
     _check(t, "xavier_normal_")
     fan_in, fan_out = _fans(t, "xavier_normal_")
     return normal_(t, 0.0, gain * math.sqrt(2.0 / max(fan_in + fan_out, 1)))
+
+
+def default_layer_init_(weight, bias, fan_in: int):
+    """PyTorch's default initialisation of Linear and Conv layers: Kaiming-uniform weights
+    with a = sqrt(5) (so U(-1/sqrt(fan_in), 1/sqrt(fan_in))) and the bias uniform in the
+    same bound (``bias`` may be None; a layer with no inputs gets a zero bias)."""
+    kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        uniform_(bias, -bound, bound)

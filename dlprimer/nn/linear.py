@@ -1,8 +1,6 @@
 """Linear (fully connected) layer and Identity."""
 from __future__ import annotations
 
-import math
-
 from .. import _dtype
 from ..tensor import empty
 from . import functional as F
@@ -41,10 +39,7 @@ class Linear(Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
-            init.uniform_(self.bias, -bound, bound)
+        init.default_layer_init_(self.weight, self.bias, self.in_features)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
