@@ -82,15 +82,27 @@ def test_installed_wheel_finds_its_kernels(wheel, tmp_path):
     assert found == "True" and read == "True"
 
 
+def _installed_dlprimer(cwd):
+    """Where this environment's own dlprimer imports from (outside any checkout), or None."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-c", "import dlprimer; print(dlprimer.__file__)"],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return run.stdout.strip() if run.returncode == 0 else None
+
+
 def test_editable_install_finds_its_kernels(tmp_path):
     """pip install -e: setuptools' editable finder maps dlprimer.kernels to <repo>/kernels;
     the backend finds the sources beside the package."""
     src = _source_tree(tmp_path)
     prefix = tmp_path / "prefix"
+    before = _installed_dlprimer(tmp_path)
+    # --ignore-installed: without it pip uninstalls the environment's own dlprimer (the
+    # one running these tests) before installing into ``prefix``
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(src),
-                           "--no-deps", "--no-build-isolation", "--no-index", "--prefix",
-                           str(prefix)], capture_output=True, text=True, timeout=300)
+                           "--no-deps", "--no-build-isolation", "--no-index", "--ignore-installed",
+                           "--prefix", str(prefix)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _installed_dlprimer(tmp_path) == before, "the install into a prefix touched this environment"
     (site,) = prefix.glob("lib/python*/site-packages")
     # the environment may hold its own editable install (CI does): drop its finder and
     # install the one pip wrote into ``prefix``, loaded from its file
