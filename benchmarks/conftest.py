@@ -68,7 +68,6 @@ def torch_cpu():
 def pytest_benchmark_update_machine_info(config, machine_info):
     """The machine facts the table is read against, with the environment fingerprint
     (load average at the start of the session and now, at its end)."""
-    from dlprimer.measure import finish
     machine_info["dlprimer_bench"] = {
         "quick": QUICK,
         "blas_threads": blas_threads(),

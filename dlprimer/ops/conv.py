@@ -116,7 +116,7 @@ class Conv2d(Function):
         return gx, gw, gb
 
     def flops(self):
-        sx, sw_ = self.in_shapes[0], self.in_shapes[1]
+        sw_ = self.in_shapes[1]
         n, o, oh, ow = self.out_shape
         k = prod(sw_[1:])
         has_b = len(self.in_shapes) > 2 and self.in_shapes[2] != ()

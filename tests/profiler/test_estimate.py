@@ -3,7 +3,7 @@ import pytest
 
 import dlprimer as dp
 from dlprimer.profiler import bytes_per_param, bytes_per_param_table, state_arrays
-from _toy_modules import Dropout, Linear, ReLU, Seq, Tanh
+from _toy_modules import Dropout, Linear, Seq, Tanh
 
 
 def test_small_mlp_bytes_and_flops_by_hand():

@@ -1,7 +1,6 @@
 """dp.estimate for the layers beyond the MLP: its FLOPs equal the profiler's counts
 from the Functions, and its saved-activation bytes the measured ones (float32 and
 under autocast)."""
-import numpy as np
 import pytest
 
 import dlprimer as dp

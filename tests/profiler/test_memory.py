@@ -1,6 +1,5 @@
 """The CPU memory meter and the profiler's memory split."""
 import numpy as np
-import pytest
 
 import dlprimer as dp
 from dlprimer.profiler.memory import buffer_bytes, optimizer_state_bytes

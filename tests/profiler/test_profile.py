@@ -1,7 +1,6 @@
 """profile(), compare_fusion() and checkpoint_tradeoff() on real nn models."""
 import json
 
-import numpy as np
 import pytest
 
 import dlprimer as dp

@@ -1,7 +1,6 @@
 """The recorded step: Chrome trace export, memory timeline, per-op forward rows."""
 import json
 
-import numpy as np
 import pytest
 
 import dlprimer as dp

@@ -8,19 +8,6 @@ pytest.importorskip("matplotlib")
 from dlprimer.report import plots  # noqa: E402
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures the plot functions save, instead of (as well as) the PNG."""
-    figs = []
-    real = plots._save
-
-    def keep(fig, path):
-        figs.append(fig)
-        return real(fig, path)
-    monkeypatch.setattr(plots, "_save", keep)
-    return figs
-
-
 def _stats(rng, scale):
     med = scale * rng.uniform(0.5, 2)
     return {"median": med, "q1": med * 0.8, "q3": med * 1.3, "min": med * 0.7, "max": med * 2, "n": 20}

@@ -7,21 +7,9 @@ import pytest
 pytest.importorskip("matplotlib")
 import dlprimer as dp  # noqa: E402
 from dlprimer.measure.records import to_json  # noqa: E402
-from dlprimer.report import build_report, plots, step_plots  # noqa: E402
+from dlprimer.report import build_report, step_plots  # noqa: E402
 from dlprimer.report.step_sections import measure_timelines  # noqa: E402
 from dlprimer.workloads import profile_mlp  # noqa: E402
-
-
-@pytest.fixture
-def drawn(monkeypatch):
-    figs = []
-    real = plots._save
-
-    def keep(fig, path):
-        figs.append(fig)
-        return real(fig, path)
-    monkeypatch.setattr(step_plots, "_save", keep)
-    return figs
 
 
 def test_roofline_plot_draws_the_roofs_and_every_op(drawn, tmp_path, rng):
