@@ -130,7 +130,7 @@ def test_writes_to_unsaved_inputs_and_fresh_forwards_are_allowed(backend, rng):
     assert dp.gradcheck(f, (w, x))
     np.testing.assert_allclose(
         w.grad.numpy(), (1 - np.tanh(w.numpy() ** 2 * x.numpy()) ** 2) * 2 * w.numpy() * x.numpy(),
-        rtol=1e-10)
+        rtol=1e-10, atol=1e-12)   # 1 - tanh^2 cancels where tanh is near 1: absolute, not relative
 
 
 def test_a_training_step_in_the_usual_order_is_untouched(backend, rng):
