@@ -6,14 +6,8 @@ import json
 import pytest
 
 from dlprimer import cli
-from dlprimer.cli import build_parser, main
-
-
-def _exit_code(args):
-    try:
-        return main(args)
-    except SystemExit as e:
-        return e.code
+from dlprimer.cli import build_parser
+from _cli import exit_code
 
 
 @pytest.mark.parametrize("args, words", [
@@ -26,7 +20,7 @@ def _exit_code(args):
     (["claims", "--model", "rnn"], "invalid choice: 'rnn'"),
 ])
 def test_model_option_errors_are_one_line(capsys, args, words):
-    assert _exit_code(args + ["--backend", "cpu"]) == 2
+    assert exit_code(args + ["--backend", "cpu"]) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from dlprimer.cli import main
+from _cli import exit_code
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ["train", "--dataset", "iris", "--hidden", "8", "--no-progress", "--backend", "cpu"]
@@ -20,13 +21,6 @@ def _run(*args, cwd, module="dlprimer"):
                           capture_output=True, text=True, timeout=300)
 
 
-def _exit_code(args):
-    try:
-        return main(args)
-    except SystemExit as e:
-        return e.code
-
-
 @pytest.mark.parametrize("args, words", [
     (["train", "--hidden", "128,,64"], "'128,,64': empty entry"),
     (["train", "--hidden", "128,"], "'128,': empty entry"),
@@ -34,14 +28,14 @@ def _exit_code(args):
     (TRAIN + ["--resume", "--checkpoint-dir", "no/such/dir"], "nothing to resume"),
 ])
 def test_bad_train_inputs_one_line_exit_2(args, words, capsys):
-    assert _exit_code(args) == 2
+    assert exit_code(args) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 def test_profile_json_unwritable_fails_before_profiling(capsys):
-    assert _exit_code(["profile", "--json", "/proc/dlprimer-x.json", "--dataset", "iris"]) == 2
+    assert exit_code(["profile", "--json", "/proc/dlprimer-x.json", "--dataset", "iris"]) == 2
     out = capsys.readouterr()
     assert "cannot be written" in out.err and out.out == ""  # nothing was profiled
 

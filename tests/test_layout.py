@@ -82,11 +82,17 @@ def test_installed_wheel_finds_its_kernels(wheel, tmp_path):
     assert found == "True" and read == "True"
 
 
+def _python_outside(code, *args, cwd):
+    """``python -c CODE ARGS`` in ``cwd`` without PYTHONPATH: dlprimer imports as this
+    environment installed it, not from the checkout the tests run in."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
 def _installed_dlprimer(cwd):
     """Where this environment's own dlprimer imports from (outside any checkout), or None."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    run = subprocess.run([sys.executable, "-c", "import dlprimer; print(dlprimer.__file__)"],
-                         cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    run = _python_outside("import dlprimer; print(dlprimer.__file__)", cwd=cwd)
     return run.stdout.strip() if run.returncode == 0 else None
 
 
@@ -115,9 +121,7 @@ def test_editable_install_finds_its_kernels(tmp_path):
             "import dlprimer; "
             "from dlprimer.backend import _kernels as k; print(dlprimer.__file__); "
             "print(k.KERNEL_DIR); print(all(k.source_path(f).is_file() for f in k.FAMILIES))")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    run = subprocess.run([sys.executable, "-c", code, str(finder)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+    run = _python_outside(code, finder, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     package, kernels, found = run.stdout.split()
     assert Path(package) == src / "dlprimer" / "__init__.py"
@@ -188,9 +192,7 @@ def test_every_module_loads_from_this_tree(tmp_path):
             "dlprimer.ckpt, dlprimer.utils, dlprimer.unfused, dlprimer.report, dlprimer.train; "
             "print('\\n'.join(f'{n} {getattr(m, \"__file__\", None)}' for n, m in "
             "sorted(sys.modules.items()) if n.split('.')[0] == 'dlprimer'))")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = _python_outside(code, ROOT, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = [ln.split(" ", 1) for ln in proc.stdout.splitlines()]
     outside = [(n, f) for n, f in rows if f != "None" and not f.startswith(str(PACKAGE))]
