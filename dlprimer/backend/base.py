@@ -85,9 +85,16 @@ class Backend:
     host_memory: bool = False
     #: the low-precision dtypes ``dp.autocast`` may use on this backend.
     autocast_dtypes: tuple = ("float16", "bfloat16")
-    #: whether the fused ReLU accepts float16/bfloat16 arrays (max(x, 0) is exact in any
-    #: precision, so under autocast a half input then stays half, and so does what it saves).
-    half_relu: bool = False
+    #: the fused ops (``relu``, ``leaky_relu``, ``elu``, ``gelu``, ``silu``, ``sigmoid``,
+    #: ``tanh``, ``cross_entropy``) that take float16/bfloat16 arrays and compute in float32
+    #: inside, rounding once into a half output (the loss of ``cross_entropy`` is float32).
+    #: Under autocast a half input to one of them stays half, and so does what it saves.
+    half_fused: frozenset = frozenset()
+
+    @property
+    def half_relu(self) -> bool:
+        """Whether the fused ReLU accepts float16/bfloat16 arrays (``"relu" in half_fused``)."""
+        return "relu" in self.half_fused
     #: True when work is queued asynchronously (a GPU), so reading a device value into
     #: Python waits for the whole queue: checks in a training step are then deferred.
     device_queue: bool = False

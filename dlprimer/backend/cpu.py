@@ -11,7 +11,9 @@ import tracemalloc
 import numpy as np
 import scipy.special
 
+from . import half as _half
 from .base import Backend, MemoryMeter
+from .half import float32_inside
 
 
 def _axpy(a, x, y, tmp):
@@ -80,7 +82,10 @@ class CPUBackend(Backend):
     name = "cpu"
     xp = np
     host_memory = True
-    half_relu = True      # NumPy's maximum runs on float16 and ml_dtypes' bfloat16
+    #: fused ops that take float16 / bfloat16 arrays with float32 math inside
+    #: (backend/half.py); ReLU is exact in any precision and runs on half arrays as is.
+    half_fused = frozenset({"relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh",
+                            "cross_entropy"})
 
     def __init__(self):
         super().__init__()
@@ -152,13 +157,12 @@ class CPUBackend(Backend):
             np.multiply(gb, m, out=o)
         return self._chain(k, np.empty_like(gy), (y, gy), scratch=(np.bool_,))
 
+    @float32_inside(1)
     def sigmoid_forward(self, x):
-        """1 / (1 + e^-x) by SciPy's expit, stable for |x| of 1e4 (no overflow).
-        expit has no float16 loop, so half precision is computed in float32."""
-        if x.dtype == np.float16:
-            return scipy.special.expit(x.astype(np.float32)).astype(np.float16)
+        """1 / (1 + e^-x) by SciPy's expit, stable for |x| of 1e4 (no overflow)."""
         return scipy.special.expit(x)
 
+    @float32_inside(2)
     def sigmoid_backward(self, y, gy):
         # gy * y * (1 - y)
         gx = np.subtract(1, y, out=np.empty_like(y))
@@ -166,9 +170,11 @@ class CPUBackend(Backend):
         np.multiply(gx, gy, out=gx)
         return gx
 
+    @float32_inside(1)
     def tanh_forward(self, x):
         return np.tanh(x)
 
+    @float32_inside(2)
     def tanh_backward(self, y, gy):
         # gy * (1 - y^2)
         gx = np.multiply(y, y, out=np.empty_like(y))
@@ -208,6 +214,7 @@ class CPUBackend(Backend):
             dt = np.dtype(np.float32)
         return np.empty(x.shape, dtype=dt)
 
+    @float32_inside(1)
     def leaky_relu_forward(self, x, negative_slope):
         out = self._out_like(x)
         pick = np.maximum if negative_slope <= 1 else np.minimum
@@ -217,6 +224,7 @@ class CPUBackend(Backend):
             pick(o, xb, out=o)  # max(a x, x) == leaky_relu(x) for a <= 1, min for a > 1
         return self._chain(k, out, (x,), slope=negative_slope)
 
+    @float32_inside(2)
     def leaky_relu_backward(self, x, gy, negative_slope):
         gx = self._out_like(gy)
 
@@ -226,6 +234,7 @@ class CPUBackend(Backend):
             np.copyto(o, gb, where=m)
         return self._chain(k, gx, (x, gy), (np.bool_,), slope=negative_slope)
 
+    @float32_inside(1)
     def elu_forward(self, x, alpha):
         out = self._out_like(x)
 
@@ -237,6 +246,7 @@ class CPUBackend(Backend):
             np.copyto(o, xb, where=m)
         return self._chain(k, out, (x,), (np.bool_,), alpha=alpha)
 
+    @float32_inside(2)
     def elu_backward(self, x, gy, alpha):
         # d/dx = 1 for x > 0, alpha e^x otherwise (alpha at 0, as PyTorch)
         gx = self._out_like(gy)
@@ -309,16 +319,19 @@ class CPUBackend(Backend):
         if approximate not in ("none", "tanh"):
             raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
 
+    @float32_inside(1)
     def gelu_forward(self, x, approximate="none"):
         self._check_approximate(approximate)
         return self._chain(self._gelu_kernel, self._out_like(x), (x,), approximate=approximate)
 
+    @float32_inside(2)
     def gelu_backward(self, x, gy, approximate="none"):
         self._check_approximate(approximate)
         gx = self._out_like(gy)
         return self._chain(self._gelu_grad_kernel, gx, (x, gy), (gx.dtype,),
                            approximate=approximate)
 
+    @float32_inside(1)
     def silu_forward(self, x):
         out = self._out_like(x)
 
@@ -327,6 +340,7 @@ class CPUBackend(Backend):
             np.multiply(o, xb, out=o)
         return self._chain(k, out, (x,))
 
+    @float32_inside(2)
     def silu_backward(self, x, gy):
         # d/dx x s(x) = s (1 + x (1 - s))
         gx = self._out_like(gy)
@@ -376,6 +390,22 @@ class CPUBackend(Backend):
             self._gelu_grad_kernel(o2[s:e], zb, g2[s:e], t[:e - s], approximate)
         gb = o2.sum(axis=0).astype(b.dtype, copy=False)
         return gx, gb
+
+    def fused_classifier_forward(self, logits, target, label_smoothing=0.0):
+        """The generic fused classifier; half logits run in float32 row blocks
+        (backend/half.py) and give a float32 loss and float32 stats."""
+        if _half.is_half(logits):
+            return _half.classifier_forward(super().fused_classifier_forward, logits, target,
+                                            label_smoothing)
+        return super().fused_classifier_forward(logits, target, label_smoothing)
+
+    def fused_classifier_backward(self, logits, stats, target, gy, label_smoothing=0.0,
+                                  inplace=False):
+        if _half.is_half(logits):
+            return _half.classifier_backward(super().fused_classifier_backward, logits, stats,
+                                             target, gy, label_smoothing, inplace)
+        return super().fused_classifier_backward(logits, stats, target, gy, label_smoothing,
+                                                 inplace)
 
     def dropout_keep(self, shape, p, key):
         n = 1

@@ -21,6 +21,7 @@ from ..ops.linear import Linear
 from ..ops.loss import (REDUCTIONS, BCEWithLogits, CrossEntropy, FocalLoss, HuberLoss, L1Loss,
                         MSELoss)
 from ..ops.norm import BatchNorm, LayerNorm
+from ..backend.unfused import fusion_enabled
 from ..tensor import Tensor, tensor
 
 __all__ = [
@@ -41,13 +42,17 @@ def _tensor(x, fn, name="input"):
         raise TypeError(f"{fn}: {name} must be a Tensor, got {type(x).__name__} ({e})") from None
 
 
-def _float(x, fn, name="input", amp=True):
+def _float(x, fn, name="input", amp=True, fused=None):
     """``x`` as a floating-point Tensor; under ``dp.autocast`` a half-precision ``x``
-    is cast up to float32 (``amp=False`` leaves it: the low-precision ops)."""
+    is cast up to float32 (``amp=False`` leaves it: the low-precision ops), unless
+    ``fused`` names a fused op the backend runs on half inputs with float32 math
+    inside (``backend.half_fused``): then ``x`` stays half, and so does what it saves."""
     x = _tensor(x, fn, name)
     if not _dtype.is_float(x.dtype):
         raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {x.dtype}")
-    return _amp.cast_float32(x) if amp else x
+    if not amp or (fused in x.backend.half_fused and fusion_enabled()):
+        return x
+    return _amp.cast_float32(x)
 
 
 def _number(v, fn, name, lo=None, hi=None, lo_open=False):
@@ -64,13 +69,12 @@ def _number(v, fn, name, lo=None, hi=None, lo_open=False):
 # -- activations -------------------------------------------------------------------------
 def relu(x):
     """max(x, 0); the gradient at 0 is 0."""
-    x = _tensor(x, "relu")
-    return ReLU.apply(x if x.backend.half_relu else _amp.cast_float32(x))
+    return ReLU.apply(_float(x, "relu", fused="relu"))
 
 
 def leaky_relu(x, negative_slope=0.01):
     """x for x > 0, negative_slope * x otherwise (the chapter's max(a x, x))."""
-    return LeakyReLU.apply(_float(x, "leaky_relu"),
+    return LeakyReLU.apply(_float(x, "leaky_relu", fused="leaky_relu"),
                            negative_slope=_number(negative_slope, "leaky_relu", "negative_slope"))
 
 
@@ -82,7 +86,7 @@ def _approx(approximate, fn):
 
 def gelu(x, approximate="none"):
     """x Phi(x) with the exact erf form, or the tanh approximation (``approximate="tanh"``)."""
-    return GELU.apply(_float(x, "gelu"), approximate=_approx(approximate, "gelu"))
+    return GELU.apply(_float(x, "gelu", fused="gelu"), approximate=_approx(approximate, "gelu"))
 
 
 def bias_gelu(x, bias, approximate="none"):
@@ -96,21 +100,21 @@ def bias_gelu(x, bias, approximate="none"):
 
 def silu(x):
     """x sigma(x) (Swish)."""
-    return SiLU.apply(_float(x, "silu"))
+    return SiLU.apply(_float(x, "silu", fused="silu"))
 
 
 def sigmoid(x):
     """1 / (1 + e^-x), stable for inputs of +-1e4."""
-    return Sigmoid.apply(_float(x, "sigmoid"))
+    return Sigmoid.apply(_float(x, "sigmoid", fused="sigmoid"))
 
 
 def tanh(x):
-    return Tanh.apply(_float(x, "tanh"))
+    return Tanh.apply(_float(x, "tanh", fused="tanh"))
 
 
 def elu(x, alpha=1.0):
     """x for x > 0, alpha (e^x - 1) otherwise."""
-    return ELU.apply(_float(x, "elu"), alpha=_number(alpha, "elu", "alpha"))
+    return ELU.apply(_float(x, "elu", fused="elu"), alpha=_number(alpha, "elu", "alpha"))
 
 
 def _axis(x, axis, fn):
@@ -238,9 +242,9 @@ def _reduction(reduction, fn):
     return reduction
 
 
-def _class_target(logits, target, fn):
+def _class_target(logits, target, fn, fused=None):
     """Validate (N, C) float logits and (N,) integer targets in [0, C); return the target array."""
-    logits = _float(logits, fn, "logits")
+    logits = _float(logits, fn, "logits", fused=fused)
     if logits.ndim != 2:
         raise ValueError(f"{fn}: logits must have shape (N, C), got {logits.shape}")
     n, c = logits.shape
@@ -290,7 +294,7 @@ def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean"):
     targets smoothed to (1 - eps) onehot + eps / C. One fused Function: its backward
     is (softmax - smoothed onehot), never a division by a probability.
     """
-    logits, t = _class_target(logits, target, "cross_entropy")
+    logits, t = _class_target(logits, target, "cross_entropy", fused="cross_entropy")
     eps = _number(label_smoothing, "cross_entropy", "label_smoothing", 0.0, 1.0)
     return CrossEntropy.apply(logits, t, label_smoothing=eps,
                               reduction=_reduction(reduction, "cross_entropy"))

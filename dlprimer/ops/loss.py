@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from .. import autograd
+from .. import _dtype, autograd
 from ..autograd import Function
 from ..backend.unfused import fusion_enabled
 from ._util import prod
@@ -62,7 +62,8 @@ class CrossEntropy(_Loss):
     def forward(self, logits, target, label_smoothing=0.0, reduction="mean"):
         be = self.backend
         self.label_smoothing = label_smoothing
-        self.fused = be.fused_classifier and fusion_enabled()
+        half = _dtype.is_half(logits.dtype)  # half logits: float32 math, float32 loss
+        self.fused = (be.fused_classifier or half) and fusion_enabled()
         if self.fused:  # the fused classifier: saves (N, 2) row stats, not N x C probabilities
             loss, stats = be.fused_classifier_forward(logits, target, label_smoothing)
             self.save(logits, stats, target)
