@@ -1,7 +1,10 @@
 // Elementwise activation kernels: forward and backward of ReLU, Leaky ReLU, ELU,
 // GELU (erf and tanh), SiLU, sigmoid and tanh, and the fused bias + GELU.
-// Instantiated for float and double; the math is in activations.cuh.
+// Instantiated for float and double; the elementwise ones also for __half and
+// __nv_bfloat16 storage with float math inside (half.cuh: load with to_acc, compute in
+// acc_t<T>, round once on the store). The math is in activations.cuh.
 #include "activations.cuh"
+#include "half.cuh"
 #include "reduce.cuh"
 
 #include "vector.cuh"
@@ -11,7 +14,8 @@
 #define DLP_TID ((long long)blockIdx.x * blockDim.x + threadIdx.x)
 #define DLP_STRIDE ((long long)blockDim.x * gridDim.x)
 #define DLP_UNARY_BODY(EXPR)                                                              \
-    DLP_PACKED_LOOP(T, n, head, DLP_TID, DLP_STRIDE, { const T xi = x[i]; y[i] = EXPR; }, { \
+    DLP_PACKED_LOOP(T, n, head, DLP_TID, DLP_STRIDE,                                      \
+                    { const dlp::acc_t<T> xi = dlp::to_acc(x[i]); y[i] = dlp::from_acc<T>(EXPR); }, { \
         const dlp::Pack<T> xv = dlp::load_pack(x + i);                                  \
         dlp::Pack<T> yv;                                                                \
         _Pragma("unroll") for (int j = 0; j < dlp::Pack<T>::size; ++j) {                \
@@ -22,7 +26,9 @@
     })
 #define DLP_BINARY_BODY(EXPR)                                                             \
     DLP_PACKED_LOOP(T, n, head, DLP_TID, DLP_STRIDE,                                      \
-                    { const T xi = x[i]; const T gi = gy[i]; gx[i] = EXPR; }, {           \
+                    { const dlp::acc_t<T> xi = dlp::to_acc(x[i]);                         \
+                      const dlp::acc_t<T> gi = dlp::to_acc(gy[i]);                        \
+                      gx[i] = dlp::from_acc<T>(EXPR); }, {                                \
         const dlp::Pack<T> xv = dlp::load_pack(x + i);                                  \
         const dlp::Pack<T> gv = dlp::load_pack(gy + i);                                 \
         dlp::Pack<T> ov;                                                                \
@@ -42,7 +48,7 @@
 #define DLP_UNARY_P(NAME, EXPR)                                                           \
     template <typename T>                                                                \
     __global__ void NAME(const T* __restrict__ x, T* __restrict__ y, long long n,        \
-                         long long head, T a) {                                          \
+                         long long head, dlp::acc_t<T> a) {                              \
         DLP_UNARY_BODY(EXPR)                                                             \
     }
 #define DLP_BINARY(NAME, EXPR)                                                            \
@@ -54,7 +60,8 @@
 #define DLP_BINARY_P(NAME, EXPR)                                                          \
     template <typename T>                                                                \
     __global__ void NAME(const T* __restrict__ x, const T* __restrict__ gy,              \
-                         T* __restrict__ gx, long long n, long long head, T a) {         \
+                         T* __restrict__ gx, long long n, long long head,                \
+                         dlp::acc_t<T> a) {                                              \
         DLP_BINARY_BODY(EXPR)                                                            \
     }
 

@@ -38,6 +38,8 @@ except FileNotFoundError:  # reported when a kernel is read, not at import
 
 #: C++ type of each supported array dtype.
 CTYPES = {"float32": "float", "float64": "double"}
+#: C++ storage type of each half-precision dtype (kernels/half.cuh: float math inside).
+HALF_CTYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
 
 #: family (file stem) -> kernels; True: a template over CTYPES, False: extern "C".
 FAMILIES: dict[str, dict[str, bool]] = {
@@ -58,6 +60,15 @@ FAMILIES: dict[str, dict[str, bool]] = {
         "lars_apply")},
     "reductions": {"norm_pow_sum": True, "norm_max_abs": True, "nonfinite_flag": True,
                    "clip_scale": True},
+}
+
+#: family -> the template kernels also instantiated for HALF_CTYPES: the elementwise
+#: activations and the fused classifier (half logits, float32 loss and stats). The
+#: optimizers stay float32 (float32 master weights); bias_gelu and the probabilities-
+#: saving softmax_cross_entropy kernels have no half variant.
+HALF_KERNELS: dict[str, tuple[str, ...]] = {
+    "activations": tuple(k for k in FAMILIES["activations"] if not k.startswith("bias_gelu")),
+    "softmax_cross_entropy": ("fused_classifier_forward", "fused_classifier_backward"),
 }
 
 #: the architectures CI compiles every kernel for (Ampere, Hopper)
@@ -88,11 +99,29 @@ def kernel_name(family: str, kernel: str, ctype: str | None = None) -> str:
     return kernel
 
 
+def ctypes_of(family: str, kernel: str) -> list[str]:
+    """The C types a template kernel is instantiated for: CTYPES, plus HALF_CTYPES
+    for the kernels in HALF_KERNELS."""
+    half = kernel in HALF_KERNELS.get(family, ())
+    return list(CTYPES.values()) + (list(HALF_CTYPES.values()) if half else [])
+
+
+def ctype(family: str, kernel: str, dtype) -> str:
+    """The C type of ``kernel`` for a NumPy dtype name; ValueError naming the dtypes it
+    is instantiated for otherwise."""
+    name = getattr(dtype, "name", dtype)
+    c = CTYPES.get(name) or HALF_CTYPES.get(name)
+    if c is None or c not in ctypes_of(family, kernel):
+        valid = [k for k, v in {**CTYPES, **HALF_CTYPES}.items() if v in ctypes_of(family, kernel)]
+        raise ValueError(f"kernel {kernel!r} has no {name} variant; it takes {', '.join(valid)}")
+    return c
+
+
 def name_expressions(family: str) -> list[str]:
     names = []
     for kernel, templated in FAMILIES[family].items():
         if templated:
-            names.extend(kernel_name(family, kernel, c) for c in CTYPES.values())
+            names.extend(kernel_name(family, kernel, c) for c in ctypes_of(family, kernel))
         else:
             names.append(kernel)
     return names

@@ -18,6 +18,7 @@ import cupy as cp
 import cupyx
 import numpy as np
 
+from .. import _dtype
 from . import _kernels
 from .base import Backend, MemoryMeter, Timer
 
@@ -25,6 +26,14 @@ _BLOCK = 256
 #: fused update methods whose kernels read the skip flag (found_inf) themselves
 _FLAGGED_UPDATES = ("sgd_update", "adam_update", "lamb_update", "lars_update")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: float16 / bfloat16: the activations and the fused classifier take them, float math inside
+_HALF_DTYPES = _dtype.HALF
+
+
+def _acc(dtype):
+    """The NumPy type a kernel over ``dtype`` computes in (kernels/half.cuh's acc_t):
+    float32 for float16 / bfloat16, the dtype itself otherwise."""
+    return np.float32 if np.dtype(dtype) in _HALF_DTYPES else np.dtype(dtype).type
 
 
 class CUDATimer(Timer):
@@ -103,6 +112,9 @@ class CUDABackend(Backend):
     name = "cuda"
     xp = cp
     device_queue = True
+    #: half-precision kernels (kernels/half.cuh): float16 / bfloat16 in and out, float math
+    half_fused = frozenset({"relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh",
+                            "cross_entropy"})
 
     def __init__(self):
         super().__init__()
@@ -188,7 +200,7 @@ class CUDABackend(Backend):
         key = (family, kernel, None if dtype is None else np.dtype(dtype))
         fn = self._functions.get(key)
         if fn is None:
-            ctype = None if dtype is None else _kernels.CTYPES[np.dtype(dtype).name]
+            ctype = None if dtype is None else _kernels.ctype(family, kernel, np.dtype(dtype))
             try:
                 fn = self._module(family).get_function(
                     _kernels.kernel_name(family, kernel, ctype))
@@ -254,18 +266,19 @@ class CUDABackend(Backend):
         seed, counter = key
         return np.uint64(int(seed) % 2**64), np.uint64(int(counter) % 2**64)
 
-    def _arrays(self, op, *named, same_shape=True):
+    def _arrays(self, op, *named, same_shape=True, half=False):
         """Check (name, array) pairs: CuPy arrays of one float dtype (and one shape);
-        returns them C-contiguous."""
+        returns them C-contiguous. ``half``: float16 / bfloat16 are accepted too."""
+        dtypes = _FLOAT_DTYPES + (_HALF_DTYPES if half else ())
         out = []
         first = None
         for name, a in named:
             if not isinstance(a, cp.ndarray):
                 raise TypeError(f"{op}: {name} must be a CuPy array on the GPU, got "
                                 f"{type(a).__module__}.{type(a).__name__}")
-            if a.dtype not in _FLOAT_DTYPES:
-                raise TypeError(f"{op}: the CUDA kernels take float32 or float64; {name} is "
-                                f"{a.dtype}")
+            if a.dtype not in dtypes:
+                raise TypeError(f"{op}: the CUDA kernels take "
+                                f"{', '.join(d.name for d in dtypes)}; {name} is {a.dtype}")
             if first is None:
                 first = (name, a)
             elif a.dtype != first[1].dtype:
@@ -278,18 +291,21 @@ class CUDABackend(Backend):
         return out
 
     def _unary(self, kernel, op, x, *scalars):
-        (x,) = self._arrays(op, ("x", x))
+        (x,) = self._arrays(op, ("x", x), half=True)
         y = self._empty_like(x)
-        T = x.dtype.type
+        T = _acc(x.dtype)
         head, per = self._packed(x.size, x, y)
         self._launch(self._fn("activations", kernel, x.dtype), x.size,
                      (x, y, np.int64(x.size), head, *(T(s) for s in scalars)), per_thread=per)
         return y
 
     def _binary(self, kernel, op, first_name, a, gy, *scalars):
-        a, gy = self._arrays(op, (first_name, a), ("gy", gy))
+        if isinstance(a, cp.ndarray) and isinstance(gy, cp.ndarray) and a.dtype != gy.dtype \
+                and a.dtype in _HALF_DTYPES:
+            gy = gy.astype(a.dtype)  # a half input's gradient is half
+        a, gy = self._arrays(op, (first_name, a), ("gy", gy), half=True)
         gx = self._empty_like(a)
-        T = a.dtype.type
+        T = _acc(a.dtype)
         head, per = self._packed(a.size, a, gy, gx)
         self._launch(self._fn("activations", kernel, a.dtype), a.size,
                      (a, gy, gx, np.int64(a.size), head, *(T(s) for s in scalars)),
@@ -420,8 +436,8 @@ class CUDABackend(Backend):
         return keep
 
     # -- fused losses -----------------------------------------------------------------------
-    def _sce_args(self, op, logits_or_probs, name, target, label_smoothing):
-        (x,) = self._arrays(op, (name, logits_or_probs))
+    def _sce_args(self, op, logits_or_probs, name, target, label_smoothing, half=False):
+        (x,) = self._arrays(op, (name, logits_or_probs), half=half)
         if x.ndim != 2 or x.shape[1] < 1:
             raise ValueError(f"{op}: {name} must be (N, C) with C >= 1, got shape {x.shape}")
         if not isinstance(target, cp.ndarray):
@@ -482,11 +498,11 @@ class CUDABackend(Backend):
         row loss and stats (N, 2) = (max, log sum e^(x - max)); a target outside [0, C)
         gives a NaN loss, no host read."""
         x, t, eps = self._sce_args("fused_classifier_forward", logits, "logits", target,
-                                   label_smoothing)
+                                   label_smoothing, half=True)
         rows, c = x.shape
-        T = x.dtype.type
-        loss = cp.empty(rows, x.dtype)
-        stats = cp.empty((rows, 2), x.dtype)
+        T = _acc(x.dtype)       # half logits: float32 loss and stats
+        loss = cp.empty(rows, T)
+        stats = cp.empty((rows, 2), T)
         fn = self._fn("softmax_cross_entropy", "fused_classifier_forward", x.dtype)
         block = self._row_launch(c)
         grid = min(rows, self._blocks_per_sm(fn, block) * self._sm_count) if rows else 0
@@ -497,19 +513,19 @@ class CUDABackend(Backend):
     def fused_classifier_backward(self, logits, stats, target, gy, label_smoothing=0.0,
                                   inplace=False):
         x, t, eps = self._sce_args("fused_classifier_backward", logits, "logits", target,
-                                   label_smoothing)
+                                   label_smoothing, half=True)
         rows, c = x.shape
         if isinstance(gy, cp.ndarray) and gy.ndim == 0:
             gy = cp.broadcast_to(gy, (rows,))
         stats, gy = self._arrays("fused_classifier_backward", ("stats", stats), ("gy", gy),
                                  same_shape=False)
-        if stats.shape != (rows, 2) or gy.shape != (rows,) or gy.dtype != x.dtype:
+        T = _acc(x.dtype)
+        if stats.shape != (rows, 2) or gy.shape != (rows,) or gy.dtype != T:
             raise ValueError(f"fused_classifier_backward: stats must be ({rows}, 2) and gy "
-                             f"({rows},), both {x.dtype}; got stats {stats.dtype} {stats.shape}, "
-                             f"gy {gy.dtype} {gy.shape}")
+                             f"({rows},), both {np.dtype(T)}; got stats {stats.dtype} "
+                             f"{stats.shape}, gy {gy.dtype} {gy.shape}")
         inplace = inplace and logits.flags.c_contiguous  # then x is logits' own memory
         gx = x if inplace else cp.empty_like(x)
-        T = x.dtype.type
         fn = self._fn("softmax_cross_entropy", "fused_classifier_backward", x.dtype)
         block = self._row_launch(c)
         grid = min(rows, self._blocks_per_sm(fn, block) * self._sm_count) if rows else 0

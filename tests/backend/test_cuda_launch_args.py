@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from .cuda_testing import nvrtc_compiled
+from dlprimer import _dtype as dp_dtype
 from dlprimer.backend import _kernels
 
 pytest.importorskip("cupy", reason="CuPy is not installed (install the kernels-check extra)")
@@ -23,7 +24,16 @@ pytest.importorskip("cupy", reason="CuPy is not installed (install the kernels-c
 SCALARS = {"float": np.float32, "double": np.float64, "long long": np.int64,
            "unsigned long long": np.uint64, "int": np.int32}
 POINTEES = {"float": np.float32, "double": np.float64, "long long": np.int64, "bool": np.bool_,
-            "int": np.int32}
+            "int": np.int32, "__half": np.float16, "__nv_bfloat16": dp_dtype.bfloat16}
+
+
+def _resolve(ctype):
+    """A demangled parameter type with kernels/half.cuh's ``dlp::Acc<T>::type`` (the
+    math type: float for the half types, T otherwise) resolved."""
+    m = re.fullmatch(r"dlp::Acc<(.+)>::type", ctype)
+    if m is None:
+        return ctype
+    return "float" if m.group(1) in _kernels.HALF_CTYPES.values() else m.group(1)
 
 
 def _nvrtc_or_skip():
@@ -54,7 +64,7 @@ def signatures():
             parsed = []
             for p in params.split(", "):
                 ptr = p.endswith("*")
-                base = p.rstrip("*").replace("const", "").strip()
+                base = _resolve(p.rstrip("*").replace("const", "").strip())
                 parsed.append((base, ptr, "const" in p))
             sigs[name] = parsed
     return sigs
@@ -194,6 +204,38 @@ def test_every_launch_matches_its_kernel(fake, dtype):
                                      if t else None)
                 for f, ks in _kernels.FAMILIES.items() for k, t in ks.items()}
     assert expected - launched == set(), "kernels never launched by the backend"
+
+
+@pytest.mark.parametrize("dtype", [np.float16, dp_dtype.bfloat16], ids=["float16", "bfloat16"])
+def test_half_launches_match_their_kernels(fake, dtype):
+    """The half variants (kernels/half.cuh): half arrays in and out, float scalars; the
+    fused classifier gives a float32 loss and stats and takes a float32 gy. Every half
+    instantiation is launched by some backend method."""
+    rng = np.random.default_rng()
+    x = rng.normal(size=(6, 50)).astype(np.float32).astype(dtype)
+    gy = np.ones_like(x)
+    for name, args in (("relu", ()), ("leaky_relu", (0.1,)), ("elu", (1.0,)), ("silu", ()),
+                       ("sigmoid", ()), ("tanh", ()), ("gelu", ())):
+        y = getattr(fake, f"{name}_forward")(x, *args)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        assert getattr(fake, f"{name}_backward")(x, gy, *args).dtype == x.dtype
+    fake.gelu_forward(x, approximate="tanh")
+    fake.gelu_backward(x, gy.astype(np.float32), approximate="tanh")   # a float32 gy is cast
+    t = np.array([1, 0, 3, 2, 1, 0], np.int64)
+    loss, stats = fake.fused_classifier_forward(x, t, 0.1)
+    assert loss.dtype == stats.dtype == np.float32
+    g = fake.fused_classifier_backward(x, stats, t, np.ones(6, np.float32), 0.1)
+    assert g.dtype == x.dtype and g.shape == x.shape
+    with pytest.raises(TypeError, match=f"gy is {np.dtype(dtype).name}"):
+        fake.fused_classifier_backward(x, stats, t, np.ones(6, dtype))   # gy: the float32 loss's
+    with pytest.raises(TypeError, match="float32, float64; param is"):
+        fake.sgd_update(x.reshape(-1), x.reshape(-1), None, 0.1)        # optimizers: float32
+    with pytest.raises(TypeError, match="float16"):
+        fake.bias_gelu_forward(x, x[0])                                   # no half variant
+    c = _kernels.HALF_CTYPES[np.dtype(dtype).name]
+    expected = {_kernels.kernel_name(f, k, c) for f, ks in _kernels.HALF_KERNELS.items()
+                for k in ks}
+    assert expected - set(fake.launches.calls) == set(), "half kernels never launched"
 
 
 def test_empty_arrays_launch_nothing(fake):
