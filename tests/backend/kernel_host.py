@@ -86,6 +86,16 @@ class HostMath:
                 fn = getattr(lib, f"{name}_{sfx}")
                 fn.argtypes = argtypes
                 fn.restype = f64 if name == "norm" else None
+        for sfx in ("f16", "bf16"):
+            for name, argtypes in {
+                    "to_float": [p, p, i64], "from_float": [p, p, i64],
+                    "act_fwd": [ctypes.c_int, p, p, i64, f32],
+                    "act_bwd": [ctypes.c_int, p, p, p, i64, f32],
+                    "classifier_fwd": [p, p, i64, i64, f32, f32, p, p],
+                    "classifier_bwd": [p, p, p, p, p, i64, i64, f32, f32]}.items():
+                fn = getattr(lib, f"{name}_{sfx}")
+                fn.argtypes = argtypes
+                fn.restype = None
         lib.splitmix64_hash_all.argtypes = [u64, u64, p, i64]
         lib.counter_uniform_all.argtypes = [u64, u64, p, i64]
         lib.dropout_keep_all.argtypes = [u64, u64, f32, p, i64]
@@ -97,7 +107,53 @@ class HostMath:
         lib.quiet_nan_f32.restype = f32
 
     def _fn(self, name, dtype):
-        return getattr(self.lib, f"{name}_{'f32' if np.dtype(dtype) == np.float32 else 'f64'}")
+        sfx = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
+        return getattr(self.lib, f"{name}_{sfx[np.dtype(dtype).name]}")
+
+    # -- half precision (kernels/half.cuh) ---------------------------------------------------
+    def to_float(self, h):
+        """The float each half value loads as (to_acc)."""
+        h = self._arr(h)
+        out = np.empty(h.shape, np.float32)
+        self._fn("to_float", h.dtype)(_ptr(h), _ptr(out), h.size)
+        return out
+
+    def from_float(self, x, dtype):
+        """float32 values rounded to ``dtype`` as the kernels' store does (from_acc)."""
+        x = self._arr(x, np.float32)
+        out = np.empty(x.shape, dtype)
+        self._fn("from_float", dtype)(_ptr(x), _ptr(out), x.size)
+        return out
+
+    def act_forward_half(self, name, x, a=0.0):
+        x = self._arr(x)
+        y = np.empty_like(x)
+        self._fn("act_fwd", x.dtype)(ACTS.index(name), _ptr(x), _ptr(y), x.size, a)
+        return y
+
+    def act_backward_half(self, name, xy, gy, a=0.0):
+        xy, gy = self._arr(xy), self._arr(gy, xy.dtype)
+        gx = np.empty_like(xy)
+        self._fn("act_bwd", xy.dtype)(ACTS.index(name), _ptr(xy), _ptr(gy), _ptr(gx), xy.size, a)
+        return gx
+
+    def classifier_forward_half(self, logits, target, label_smoothing=0.0):
+        x, t = self._arr(logits), self._arr(target, np.int64)
+        rows, c = x.shape
+        loss, stats = np.empty(rows, np.float32), np.empty((rows, 2), np.float32)
+        self._fn("classifier_fwd", x.dtype)(_ptr(x), _ptr(t), rows, c, 1.0 - label_smoothing,
+                                            label_smoothing, _ptr(loss), _ptr(stats))
+        return loss, stats
+
+    def classifier_backward_half(self, logits, stats, target, gy, label_smoothing=0.0):
+        x = self._arr(logits)
+        st, t = self._arr(stats, np.float32), self._arr(target, np.int64)
+        gy = self._arr(gy, np.float32)
+        rows, c = x.shape
+        gx = np.empty_like(x)
+        self._fn("classifier_bwd", x.dtype)(_ptr(x), _ptr(st), _ptr(t), _ptr(gy), _ptr(gx), rows,
+                                            c, 1.0 - label_smoothing, label_smoothing / c)
+        return gx
 
     @staticmethod
     def _arr(a, dtype=None):

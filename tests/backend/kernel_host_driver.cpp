@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "activations.cuh"
+#include "half.cuh"
 #include "optimizers.cuh"
 #include "random.cuh"
 #include "reductions.cuh"
@@ -307,3 +308,62 @@ extern "C" double clip_coef(double total, double ord, double max_norm) {
 extern "C" int is_finite_f32(float x) { return dlp::is_finite(x) ? 1 : 0; }
 extern "C" double quiet_nan_f64(void) { return dlp::quiet_nan<double>(); }
 extern "C" float quiet_nan_f32(void) { return dlp::quiet_nan<float>(); }
+
+// -- half precision (half.cuh): load as float, the same float math, one rounding ----------
+template <typename H>
+static void act_fwd_half(int op, const H* x, H* y, i64 n, float a) {
+    for (i64 i = 0; i < n; ++i) y[i] = dlp::from_acc<H>(act1<float>(op, dlp::to_acc(x[i]), a));
+}
+template <typename H>
+static void act_bwd_half(int op, const H* xy, const H* gy, H* gx, i64 n, float a) {
+    for (i64 i = 0; i < n; ++i)
+        gx[i] = dlp::from_acc<H>(act1_bwd<float>(op, dlp::to_acc(xy[i]), dlp::to_acc(gy[i]), a));
+}
+// The kernel reads each logit as float (to_acc): here a row is converted, then the float
+// row function runs on it, as the block-parallel kernel runs the same formulas.
+template <typename H>
+static void classifier_fwd_half(const H* x, const i64* target, i64 rows, i64 c, float ome,
+                                float eps, float* loss, float* stats) {
+    float* row = (float*)malloc(sizeof(float) * (c > 0 ? c : 1));
+    for (i64 r = 0; r < rows; ++r) {
+        for (i64 j = 0; j < c; ++j) row[j] = dlp::to_acc(x[r * c + j]);
+        dlp::classifier_row_forward(row, c, target[r], ome, eps, loss + r, stats + 2 * r);
+    }
+    free(row);
+}
+template <typename H>
+static void classifier_bwd_half(const H* x, const float* stats, const i64* target,
+                                const float* gy, H* gx, i64 rows, i64 c, float ome, float eoc) {
+    for (i64 r = 0; r < rows; ++r)
+        for (i64 j = 0; j < c; ++j)
+            gx[r * c + j] = dlp::from_acc<H>(dlp::classifier_grad(
+                dlp::to_acc(x[r * c + j]), stats[2 * r], stats[2 * r + 1], target[r] == j, ome,
+                eoc, gy[r]));
+}
+
+#define DLP_EXPORT_HALF(H, SFX)                                                                  \
+    extern "C" {                                                                                 \
+    void to_float_##SFX(const H* x, float* y, i64 n) {                                           \
+        for (i64 i = 0; i < n; ++i) y[i] = dlp::to_acc(x[i]);                                    \
+    }                                                                                            \
+    void from_float_##SFX(const float* x, H* y, i64 n) {                                         \
+        for (i64 i = 0; i < n; ++i) y[i] = dlp::from_acc<H>(x[i]);                               \
+    }                                                                                            \
+    void act_fwd_##SFX(int op, const H* x, H* y, i64 n, float a) {                               \
+        act_fwd_half<H>(op, x, y, n, a);                                                         \
+    }                                                                                            \
+    void act_bwd_##SFX(int op, const H* xy, const H* gy, H* gx, i64 n, float a) {                \
+        act_bwd_half<H>(op, xy, gy, gx, n, a);                                                   \
+    }                                                                                            \
+    void classifier_fwd_##SFX(const H* x, const i64* t, i64 rows, i64 c, float ome, float eps,   \
+                              float* loss, float* stats) {                                       \
+        classifier_fwd_half<H>(x, t, rows, c, ome, eps, loss, stats);                            \
+    }                                                                                            \
+    void classifier_bwd_##SFX(const H* x, const float* st, const i64* t, const float* gy, H* gx, \
+                              i64 rows, i64 c, float ome, float eoc) {                           \
+        classifier_bwd_half<H>(x, st, t, gy, gx, rows, c, ome, eoc);                             \
+    }                                                                                            \
+    }
+
+DLP_EXPORT_HALF(dlp::f16, f16)
+DLP_EXPORT_HALF(dlp::bf16, bf16)

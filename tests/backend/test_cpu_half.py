@@ -214,7 +214,9 @@ def test_half_cross_entropy_float32_loss_half_gradient(be, dtype, eps, rng):
     assert np.all(np.abs(loss - ref_loss) <= 1e-5 * np.abs(ref_loss) + 2e-7 * scale)
     gy = rng.standard_normal(n).astype(np.float32)
     g = be.fused_classifier_backward(x, stats, t, gy, eps)
-    assert_half_close(g, ref_g * gy[:, None].astype(np.float64), dtype, "ce backward")
+    # float32's error in p - q (p, q <= 1) where they cancel: ~1 float32 ulp of 1, times gy
+    atol = 3e-7 * np.abs(gy)[:, None]
+    assert_half_close(g, ref_g * gy[:, None].astype(np.float64), dtype, "ce backward", atol)
     inplace = x.copy()
     out = be.fused_classifier_backward(inplace, stats, t, gy, eps, inplace=True)
     assert out is inplace and np.array_equal(out.view(np.uint16), g.view(np.uint16))
@@ -247,7 +249,7 @@ def test_autocast_cross_entropy_saves_half_logits_and_returns_half_gradient(dtyp
     loss.backward()
     assert logits.grad.dtype == logits.dtype
     _, ref = ce_reference(logits.numpy(), t, 0.05)
-    assert_half_close(logits.grad.numpy(), ref / 64, logits.dtype, "grad", atol=1e-9)
+    assert_half_close(logits.grad.numpy(), ref / 64, logits.dtype, "grad", atol=3e-7 / 64)
 
 
 @pytest.mark.parametrize("name", ["gelu", "silu", "relu", "leaky_relu", "elu", "sigmoid", "tanh"])
@@ -311,4 +313,4 @@ def test_bfloat16_cross_entropy_matches_torch_autocast(rng):
     loss.backward()
     np.testing.assert_allclose(float(loss.item()), float(lt.item()), rtol=1e-5)
     assert_half_close(mine.grad.numpy(), xt.grad.float().numpy().astype(np.float64),
-                      dp.bfloat16, "grad")
+                      dp.bfloat16, "grad", atol=3e-7 / 50)
