@@ -5,19 +5,23 @@ matrix products -- ``F.linear``, ``dp.matmul`` / ``@``, ``F.conv2d`` and
 ``F.scaled_dot_product_attention`` -- cast their floating-point inputs to the low
 precision (a differentiable cast: the gradient is cast back, so float32
 parameters receive float32 gradients and stay the master weights) and compute
-with float32 accumulation inside. Everything that goes through
-``dlprimer.nn.functional`` otherwise -- softmax, losses, normalisation,
-activations, dropout -- casts a half-precision input up to float32 first, so
-those run in float32; ReLU, exact in any precision, keeps a half input half
-where the backend's fused ReLU takes one (``backend.half_relu``).
+with float32 accumulation inside. The fused ops the backend runs on half inputs
+(``backend.half_fused``: ReLU, Leaky ReLU, ELU, GELU, SiLU, sigmoid, tanh and the
+softmax cross-entropy, on the CPU and in the CUDA kernels) take a half input as it
+is, compute in float32 inside and round once into a half output, so what they save
+for backward stays half; the cross-entropy returns a float32 loss (as PyTorch's
+autocast does) and a half gradient for its half logits. Everything else that goes
+through ``dlprimer.nn.functional`` -- softmax, the other losses, normalisation,
+dropout, bias_gelu -- casts a half-precision input up to float32 first and runs in
+float32 (so does everything inside ``dp.fusion(False)``).
 
 Memory: parameters, gradients and optimizer state stay float32 (16 bytes per
 parameter with Adam, as without autocast); each product keeps a half copy of
 its weight for backward (2 more bytes per parameter during the step, as in
-PyTorch) and half copies of its input. The saved activations shrink only where
-they outweigh the weights: measured on the CPU, bfloat16 autocast keeps 0.55x
-the float32 activation bytes of the SmallCNN at batch 256 and 0.75x of a
-512-1024-1024-10 MLP at batch 2048, but 1.6x of that MLP at batch 256.
+PyTorch) and half copies of its input, unless that input is already half and
+saved (an activation's half output). Measured on the CPU with bfloat16 autocast
+(``dp.profiler.memory_by_precision``): a 64-1024-1024-10 GELU MLP at batch 1438 saves
+0.60x the float32 activation bytes (0.85x when GELU and the loss ran in float32).
 
 float16's range ends at 65504 and its smallest normal is 6e-5, so small
 gradients underflow to zero; :class:`GradScaler` multiplies the loss by a large
@@ -50,7 +54,9 @@ def _resolve(dtype, backend):
 @contextlib.contextmanager
 def autocast(dtype="float16", enabled: bool = True, backend=None):
     """Run linear, matmul, conv2d and attention in ``dtype`` (float16 or bfloat16),
-    with float32 accumulation; softmax, losses, norms and activations in float32.
+    with float32 accumulation; the backend's half-input fused ops (activations, the
+    cross-entropy: ``backend.half_fused``) on half inputs with float32 math inside;
+    softmax, the other losses and norms in float32.
 
     ``backend``: the backend whose support is checked (default: the current one).
     ``enabled=False`` leaves precision alone (handy for A/B runs). Blocks nest; the

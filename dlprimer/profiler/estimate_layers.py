@@ -9,9 +9,12 @@ constants the profiler reads), so the two agree; a test checks it.
 Saved bytes follow what the Functions keep. With ``lo`` the training dtype's
 itemsize and ``hi`` = max(lo, 4): outputs of the matrix products (and under autocast
 the half copies of their inputs and weights) take ``lo`` bytes per element;
-normalisation, activations, softmax probabilities and losses run in float32 under
-autocast and take ``hi``. Per GPT block of N tokens, width E, H heads, length T:
-(6 hi + 10 lo) N E + 2 N hi + B H T^2 hi -- the attention probabilities are the one
+normalisation and softmax probabilities run in float32 under autocast and take ``hi``;
+activations and the cross-entropy take ``lo`` where the backend's fused op runs on half
+inputs (``backend.half_fused``: float32 math inside, half saved; the cross-entropy then
+keeps its half logits and two float32 numbers per row) and ``hi`` otherwise. Per GPT
+block of N tokens, width E, H heads, length T, with GELU on half inputs:
+(2 hi + 14 lo) N E + 2 N hi + B H T^2 hi -- the attention probabilities are the one
 term quadratic in T, the reason long contexts need memory-efficient attention.
 """
 from __future__ import annotations
@@ -47,14 +50,13 @@ def image_rows(model, shape, lo, half):
     """Rows for an (N, C, H, W) batch through the model's leaf layers in order.
 
     Under autocast (``half``) a product saves a half copy of its input unless that
-    buffer is already half and saved (a ReLU output on a backend whose ReLU takes
-    half inputs, ``backend.half_relu``); pooling and the other activations run in
-    float32."""
+    buffer is already half and saved (an activation output on a backend whose fused
+    activation takes half inputs, ``backend.half_fused``); pooling runs in float32."""
     if len(shape) != 4:
         raise ValueError(f"estimate: an image model needs an input shape (N, C, H, W), got {shape}")
     from ..backend import get_backend
     hi = max(lo, 4)
-    half_relu = half and get_backend().half_relu
+    half_ops = get_backend().half_fused if half else frozenset()
     n, feat = shape[0], tuple(shape[1:])
     rows, grad_in = [], False
     buf_saved, buf_low = True, False        # the batch: counted as inputs, float32
@@ -91,7 +93,7 @@ def image_rows(model, shape, lo, half):
             feat, grad_in, buf_saved, buf_low = (o,), True, False, half
         elif name in _ACT:
             fn = _ACT[name]
-            low = buf_low and name == "relu" and half_relu
+            low = buf_low and name in half_ops
             rows.append(_row(name, fn.fwd_flops_per_elem * size, fn.bwd_flops_per_elem * size,
                              size * (lo if low else hi)))
             buf_saved, buf_low = name != "gelu", low   # GELU keeps its input, the others their output
@@ -103,9 +105,16 @@ def image_rows(model, shape, lo, half):
     if len(feat) != 1:
         raise ValueError(f"estimate: the image model ends in shape {feat}, not (classes,)")
     classes = feat[0]
-    rows.append(_row("loss", CrossEntropy.fwd_flops_per_elem * n * classes,
-                     CrossEntropy.bwd_flops_per_elem * n * classes, n * classes * hi))
+    rows.append(_loss_row(n, classes, lo, hi, buf_low and "cross_entropy" in half_ops))
     return rows
+
+
+def _loss_row(n, classes, lo, hi, half_logits):
+    """The cross-entropy: float32 probabilities (N x C), or on half logits the logits
+    themselves and (max, log-sum) per row in float32."""
+    saved = n * classes * lo + 2 * n * 4 if half_logits else n * classes * hi
+    return _row("loss", CrossEntropy.fwd_flops_per_elem * n * classes,
+                CrossEntropy.bwd_flops_per_elem * n * classes, saved)
 
 
 # -- the GPT ---------------------------------------------------------------------------------
@@ -114,6 +123,9 @@ def gpt_rows(model, shape, lo, half):
     if len(shape) != 2:
         raise ValueError(f"estimate: a GPT needs an input shape (B, T) of token ids, got {shape}")
     hi = max(lo, 4)
+    from ..backend import get_backend
+    half_ops = get_backend().half_fused if half else frozenset()
+    act = lo if "gelu" in half_ops else hi       # the GELU's saved input
     B, T = shape
     N, V = B * T, model.vocab_size
     blocks = list(model.blocks)
@@ -136,10 +148,9 @@ def gpt_rows(model, shape, lo, half):
         rows.append(_row(f"block{i}.ln_2", ln_f * N * E, ln_b * N * E, N * E * hi + N * hi))
         rows.append(_row(f"block{i}.mlp", 16 * N * E * E + 5 * N * E + GELU.fwd_flops_per_elem * 4 * N * E,
                          32 * N * E * E + 5 * N * E + GELU.bwd_flops_per_elem * 4 * N * E,
-                         N * E * lo + 4 * N * E * hi + 4 * N * E * lo + (8 * E * E * lo if half else 0)))
+                         N * E * lo + 4 * N * E * act + 4 * N * E * lo + (8 * E * E * lo if half else 0)))
     rows.append(_row("ln_f", ln_f * N * E, ln_b * N * E, N * E * hi + N * hi))
     rows.append(_row(f"lm_head({E}, {V})", 2 * N * E * V, 4 * N * E * V,
                      N * E * lo + (E * V * lo if half else 0)))
-    rows.append(_row("loss", CrossEntropy.fwd_flops_per_elem * N * V,
-                     CrossEntropy.bwd_flops_per_elem * N * V, N * V * hi))
+    rows.append(_loss_row(N, V, lo, hi, half and "cross_entropy" in half_ops))
     return rows
