@@ -170,3 +170,33 @@ def test_bfloat16_dtype(backend, rng):
     assert x.grad.dtype == dp.float32
     with pytest.raises(ValueError, match="bfloat16"):
         dp.tensor(a, dtype="bfloat8")
+
+
+def _saved_activation_bytes(model, loss_fn, batch, monkeypatch, half_fused):
+    from dlprimer.profiler import memory_by_precision
+    monkeypatch.setattr(dp.get_backend(), "half_fused", half_fused)
+    rows = memory_by_precision(model, loss_fn, batch, None, ("float32", "bfloat16"))
+    return {r["dtype"]: r["split"]["activations"] for r in rows}
+
+
+@pytest.mark.parametrize("arch", ["mlp", "gpt"])
+def test_half_fused_ops_shrink_the_saved_activations_under_autocast(arch, monkeypatch, rng):
+    """Measured with the allocator: with GELU and the cross-entropy on half inputs
+    (backend.half_fused) the bytes saved for backward under bfloat16 autocast fall below
+    what they are when those ops cast to float32 first (ReLU alone half: the old rule)."""
+    from dlprimer.workloads import token_loss
+    if arch == "mlp":
+        model = nn.MLP([32, 256, 256, 10], activation="gelu")
+        batch = (dp.tensor(rng.standard_normal((512, 32)).astype(np.float32)),
+                 dp.tensor(rng.integers(0, 10, 512)))
+        loss_fn = F.cross_entropy
+    else:
+        model = nn.GPT(30, block_size=16, n_layer=1, n_head=2, n_embd=32)
+        batch = (dp.tensor(rng.integers(0, 30, (16, 16))), dp.tensor(rng.integers(0, 30, (16, 16))))
+        loss_fn = token_loss(30)
+    full = dp.get_backend().half_fused
+    assert {"gelu", "cross_entropy"} <= full
+    old = _saved_activation_bytes(model, loss_fn, batch, monkeypatch, frozenset({"relu"}))
+    new = _saved_activation_bytes(model, loss_fn, batch, monkeypatch, full)
+    assert new["float32"] == pytest.approx(old["float32"], rel=0.02)   # float32: unchanged
+    assert new["bfloat16"] < 0.9 * old["bfloat16"], (old, new)
