@@ -50,9 +50,12 @@ def _float(x, fn, name="input", amp=True, fused=None):
     x = _tensor(x, fn, name)
     if not _dtype.is_float(x.dtype):
         raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {x.dtype}")
-    if not amp or (fused in x.backend.half_fused and fusion_enabled()):
-        return x
-    return _amp.cast_float32(x)
+    return x if not amp or _keeps_half(x, fused) else _amp.cast_float32(x)
+
+
+def _keeps_half(x, fused):
+    """Whether the fused op ``fused`` runs on ``x``'s backend with half inputs as they are."""
+    return fused in x.backend.half_fused and fusion_enabled()
 
 
 def _number(v, fn, name, lo=None, hi=None, lo_open=False):
@@ -69,7 +72,8 @@ def _number(v, fn, name, lo=None, hi=None, lo_open=False):
 # -- activations -------------------------------------------------------------------------
 def relu(x):
     """max(x, 0); the gradient at 0 is 0."""
-    return ReLU.apply(_float(x, "relu", fused="relu"))
+    x = _tensor(x, "relu")
+    return ReLU.apply(x if _keeps_half(x, "relu") else _amp.cast_float32(x))
 
 
 def leaky_relu(x, negative_slope=0.01):
