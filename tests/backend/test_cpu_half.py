@@ -21,6 +21,9 @@ from dlprimer.backend import half
 from dlprimer.backend.cpu import CPUBackend
 
 HALVES = (np.dtype(np.float16), dp.bfloat16)
+# the edge values (NaN, inf, +-1e4) make NumPy warn inside the ops and the references
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
+                                        "ignore:overflow encountered:RuntimeWarning")
 EDGES = np.array([1e4, -1e4, 0.0, -0.0, np.nan, np.inf, -np.inf, 3.0, -3.0], np.float64)
 
 

@@ -20,6 +20,9 @@ from .test_cpu_half import (EDGES, F32_ATOL, assert_half_close, ce_reference, dr
 from dlprimer.backend.cpu import CPUBackend
 
 HALVES = (np.dtype(np.float16), dp.bfloat16)
+# the edge values (NaN, inf, +-1e4) make NumPy warn inside the ops and the references
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
+                                        "ignore:overflow encountered:RuntimeWarning")
 IDS = ["float16", "bfloat16"]
 FROM_OUTPUT = ("relu", "sigmoid", "tanh")
 PARAM = {"leaky_relu": 0.01, "elu": 1.0}
