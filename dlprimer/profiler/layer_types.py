@@ -88,22 +88,34 @@ def group_by_type(fwd_steps, key_bwd, counter, repeats) -> list[dict]:
     return rows
 
 
+#: Column heads of the per-type rows, in the text table and the HTML report alike.
+COLUMNS = ("layer type", "forward", "backward", "bwd/fwd time [95%]", "fwd FLOPs", "bwd FLOPs",
+           "bwd/fwd FLOPs", "share")
+
+
+def row_cells(r) -> tuple:
+    """One per-type row (as :func:`group_by_type` makes it, or read back from a
+    profile's JSON) as the strings of :data:`COLUMNS`: the one formatting behind the
+    text table and the HTML report, so both show the same numbers."""
+    from .report import fmt_flops, fmt_time
+    ci = r.get("time_ratio_ci95")
+    tr = "-" if r.get("time_ratio") is None else f"{r['time_ratio']:.2f} [{ci[0]:.2f}-{ci[1]:.2f}]"
+    fr = "-" if r.get("flop_ratio") is None else f"{r['flop_ratio']:.2f}"
+    return (r["type"], fmt_time(r["forward"]["median"]), fmt_time(r["backward"]["median"]), tr,
+            fmt_flops(r["fwd_flops"]), fmt_flops(r["bwd_flops"]), fr, f"{r['share'] * 100:.1f}%")
+
+
+_WIDTHS = (16, 11, 11, 22, 11, 11, 15, 8)
+
+
 def format_layer_types(rows) -> list[str]:
     """The per-type rows as text lines for :meth:`Report.table`."""
-    from .report import fmt_flops, fmt_time
     if not rows:
         return []
-    lines = ["", f"per layer type (ops' self time, forward and backward)"
-             f"{'forward':>11}{'backward':>11}{'bwd/fwd t [95%]':>22}{'bwd/fwd F':>10}"
-             f"{'share':>7}"]
+    head = "  " + "".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                          for i, (c, w) in enumerate(zip(COLUMNS, _WIDTHS)))
+    lines = ["", "per layer type (ops' self time, forward and backward; FLOPs counted)", head]
     for r in rows:
-        ci = r["time_ratio_ci95"]
-        tr = "-" if r["time_ratio"] is None else f"{r['time_ratio']:.2f} [{ci[0]:.2f}-{ci[1]:.2f}]"
-        fr = "-" if r["flop_ratio"] is None else f"{r['flop_ratio']:.2f}"
-        lines.append(f"  {r['type']:<51}{fmt_time(r['forward']['median']):>11}"
-                     f"{fmt_time(r['backward']['median']):>11}{tr:>22}{fr:>10}"
-                     f"{r['share'] * 100:>6.1f}%")
-    flops = [(r["type"], fmt_flops(r["fwd_flops"] + r["bwd_flops"])) for r in rows if r["fwd_flops"]]
-    if flops:
-        lines.append("  FLOPs (fwd+bwd): " + ", ".join(f"{t} {f}" for t, f in flops))
+        lines.append("  " + "".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                                    for i, (c, w) in enumerate(zip(row_cells(r), _WIDTHS))))
     return lines
