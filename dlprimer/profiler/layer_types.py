@@ -12,6 +12,12 @@ Forward time per op is the :class:`~.ops.ForwardTimer`'s self time of each node 
 same per-op records the op table and the roofline read), backward time per op the
 :class:`~.counters.BackwardTimer`'s: one measurement behind every per-op, per-layer and
 per-type figure of a profile.
+
+The last row, ``framework``, is what runs outside every op: the step's forward less
+the ops' forward self times (the modules' Python, ``Function.apply``'s bookkeeping,
+creating Tensors) and its backward less theirs (the engine: ordering nodes, adding
+gradients, freeing saved arrays). In a small model it is the largest row, and the
+reason a whole step's bwd/fwd ratio sits near 1 while its FLOP ratio is 2.
 """
 from __future__ import annotations
 
@@ -32,7 +38,9 @@ LAYER_TYPES = {
     "cast": ("Cast",),
 }
 _TYPE_OF = {op: t for t, ops in LAYER_TYPES.items() for op in ops}
-ORDER = tuple(LAYER_TYPES) + ("other",)
+#: The row of what runs outside every op: the step's time less the ops' self times.
+FRAMEWORK = "framework"
+ORDER = tuple(LAYER_TYPES) + ("other", FRAMEWORK)
 
 
 def layer_type(op_name: str) -> str:
@@ -51,13 +59,26 @@ def forward_steps_by_type(key_fwd, repeats) -> list[dict]:
     return [dict(d) for d in steps]
 
 
-def group_by_type(fwd_steps, key_bwd, counter, repeats) -> list[dict]:
+def _framework(fwd_total, bwd_total, f_all, bwd, repeats):
+    """Per step: the step's forward and backward less the ops' self times (>= 0)."""
+    n = min(repeats, len(fwd_total), len(bwd_total))
+    if not n:
+        return None, None
+    ft, bt = list(fwd_total)[-n:], list(bwd_total)[-n:]
+    fw = [max(0.0, ft[i] - sum(v[-n:][i] for v in f_all.values())) for i in range(n)]
+    bw = [max(0.0, bt[i] - sum(v[-n:][i] for v in bwd.values())) for i in range(n)]
+    return fw, bw
+
+
+def group_by_type(fwd_steps, key_bwd, counter, repeats, fwd_total=(), bwd_total=()) -> list[dict]:
     """Rows per layer type, in :data:`ORDER`: forward and backward time records, the
     backward/forward time ratio (median of per-step ratios, with its interval), the
     FLOPs and their ratio, and each type's share of the step's forward + backward time.
 
     ``fwd_steps``: :func:`forward_steps_by_type`; ``key_bwd``: (layer, op) -> backward
-    seconds per step; ``counter``: the :class:`~.counters.FlopCounter` of one step."""
+    seconds per step; ``counter``: the :class:`~.counters.FlopCounter` of one step;
+    ``fwd_total`` / ``bwd_total``: the step's forward and backward seconds per step
+    (given, the :data:`FRAMEWORK` row is what they hold beyond the ops)."""
     from .report import _ratio, paired_ratio, stats
     fwd_steps = fwd_steps[-repeats:]
     bwd = defaultdict(lambda: [0.0] * repeats)
@@ -72,13 +93,17 @@ def group_by_type(fwd_steps, key_bwd, counter, repeats) -> list[dict]:
         flops[layer_type(op)][1] += v
     seen = set(bwd) | set(flops) | {t for s in fwd_steps for t in s}
     f_all = {t: [s.get(t, 0.0) for s in fwd_steps] for t in seen}
+    fw, bw = _framework(fwd_total, bwd_total, f_all, dict(bwd), repeats)
+    if fw is not None:
+        seen.add(FRAMEWORK)
+        f_all[FRAMEWORK], bwd[FRAMEWORK] = fw, bw
     total = sum(stats(f_all[t])["median"] + stats(bwd[t] if t in bwd else [])["median"]
                 for t in seen) or 1.0
     rows = []
     for t in (t for t in ORDER if t in seen):
         f, b = stats(f_all[t]), stats(bwd[t] if t in bwd else [])
         tr = paired_ratio(bwd[t], f_all[t]) if t in bwd else None
-        ff, bf = flops[t]
+        ff, bf = flops[t] if t in flops else (0, 0)
         rows.append({"type": t, "ops": sorted({op for (_, op) in counter.fwd if layer_type(op) == t}),
                      "forward": f, "backward": b,
                      "time_ratio": tr["median"] if tr else None,
