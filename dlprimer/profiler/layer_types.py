@@ -103,6 +103,9 @@ def group_by_type(fwd_steps, key_bwd, counter, repeats, fwd_total=(), bwd_total=
     for t in (t for t in ORDER if t in seen):
         f, b = stats(f_all[t]), stats(bwd[t] if t in bwd else [])
         tr = paired_ratio(bwd[t], f_all[t]) if t in bwd else None
+        if t == FRAMEWORK and tr is None and f["median"] > 0:
+            # a difference of two timings can be 0 in a step: the ratio of the medians
+            tr = {"median": b["median"] / f["median"], "ci95": None}
         ff, bf = flops[t] if t in flops else (0, 0)
         rows.append({"type": t, "ops": sorted({op for (_, op) in counter.fwd if layer_type(op) == t}),
                      "forward": f, "backward": b,
@@ -124,7 +127,8 @@ def row_cells(r) -> tuple:
     text table and the HTML report, so both show the same numbers."""
     from .report import fmt_flops, fmt_time
     ci = r.get("time_ratio_ci95")
-    tr = "-" if r.get("time_ratio") is None else f"{r['time_ratio']:.2f} [{ci[0]:.2f}-{ci[1]:.2f}]"
+    tr = "-" if r.get("time_ratio") is None else f"{r['time_ratio']:.2f}" + (
+        f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else " (of medians)")
     fr = "-" if r.get("flop_ratio") is None else f"{r['flop_ratio']:.2f}"
     return (r["type"], fmt_time(r["forward"]["median"]), fmt_time(r["backward"]["median"]), tr,
             fmt_flops(r["fwd_flops"]), fmt_flops(r["bwd_flops"]), fr, f"{r['share'] * 100:.1f}%")
