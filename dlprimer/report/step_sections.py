@@ -33,8 +33,9 @@ def layer_types_section(page, prof):
         "over the timed steps), the backward/forward time ratio (median of per-step ratios, "
         "95% interval) beside the counted FLOPs and their ratio, and each type's share of "
         "the ops' time. The chapter's 2x is a statement about matrix products: linear and "
-        "convolution rows are where to look for it. Module Python and the autograd engine "
-        "run outside every op, so the types' times add up to less than the step's.</p>"
+        "convolution rows are where to look for it. The last row, framework, is the step's "
+        "time outside every op: the modules' Python and the recording of nodes in forward, "
+        "the autograd engine in backward.</p>"
         f"<table class='layer-types'><tr>{head}</tr>{trs}</table>")
 
 
