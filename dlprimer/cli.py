@@ -216,6 +216,9 @@ def _add_profile(sub):
     s.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
     s.add_argument("--trace", metavar="PATH", default=None,
                    help="write one step as a Chrome trace (open in ui.perfetto.dev or chrome://tracing)")
+    s.add_argument("--html", metavar="DIR", default=None,
+                   help="also write DIR/profile.json and the HTML report of this profile "
+                        "(DIR/index.html: per layer and per layer type, roofline, memory)")
     cli_models.add_autocast_argument(s)
 
 
@@ -529,7 +532,8 @@ def cmd_profile(a, out=sys.stdout):
     _check_model(a)
     _out_file(a.json, "--json")
     _out_file(a.trace, "--trace")
-    _set_backend(a.backend)
+    _out_dir(a.html, "--html")
+    b = _set_backend(a.backend)
     lr = a.lr if a.lr is not None else default_lr(a.model, a.optimizer)
     with _autocast(a.autocast):
         rep, w, batch = profile_workload(a.model, a.batch_size, a.optimizer, lr, a.seed, a.warmup,
@@ -545,11 +549,15 @@ def cmd_profile(a, out=sys.stdout):
         rep.memory_by_precision = memory_by_precision(w.model, w.loss_fn, batch, opt,
                                                       ("float32", a.autocast))
         print("\n" + format_precision_memory(rep.memory_by_precision), file=out)
-    if a.json:
-        d = rep.to_dict()
-        d["memory_by_precision"] = getattr(rep, "memory_by_precision", None)
-        with open(a.json, "w") as f:
-            json.dump(_clean(d), f, indent=1)
+    d = rep.to_dict()
+    d["memory_by_precision"] = getattr(rep, "memory_by_precision", None)
+    for path in (a.json, a.html and os.path.join(a.html, "profile.json")):
+        if path:
+            with open(path, "w") as f:
+                json.dump(_clean(d), f, indent=1)
+    if a.html:
+        from .report import build_report
+        print(f"report: {build_report(a.html, out_dir=a.html, measure=False, backend=b)}", file=out)
     if a.trace:
         print(f"trace: {a.trace} (open in https://ui.perfetto.dev or chrome://tracing)", file=out)
     return rep

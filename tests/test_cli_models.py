@@ -66,7 +66,8 @@ def test_profile_gpt_prints_layer_types_and_autocast_memory(tmp_path):
     path = tmp_path / "p.json"
     a = build_parser().parse_args(["profile", "--model", "gpt", "--batch-size", "4", "--repeats", "3",
                                    "--warmup", "1", "--autocast", "bfloat16", "--json", str(path),
-                                   "--backend", "cpu", "--threads", "1"])
+                                   "--html", str(tmp_path / "html"), "--backend", "cpu",
+                                   "--threads", "1"])
     out = io.StringIO()
     cli.cmd_profile(a, out=out)
     text = out.getvalue()
@@ -78,3 +79,13 @@ def test_profile_gpt_prints_layer_types_and_autocast_memory(tmp_path):
     rows = {r["dtype"]: r for r in d["memory_by_precision"]}
     assert set(rows) == {"float32", "bfloat16"}
     assert rows["float32"]["state_per_param"] == pytest.approx(16.0, abs=0.01)  # Adam
+    # --html: the report shows the per-type rows with the text's and the JSON's numbers
+    from dlprimer.profiler.layer_types import row_cells
+    from report.test_layer_rows import html_layer_rows
+    page = (tmp_path / "html" / "index.html").read_text()
+    assert f"report: {tmp_path / 'html' / 'index.html'}" in text
+    shown = html_layer_rows(page)
+    assert shown == [list(row_cells(r)) for r in d["layer_types"]]
+    assert json.loads((tmp_path / "html" / "profile.json").read_text())["layer_types"] == d["layer_types"]
+    for cells in shown:
+        assert any(line.split() == " ".join(cells).split() for line in text.splitlines())

@@ -356,16 +356,26 @@ class Backend:
             return ValueError(f"{fn}: target class {bad} is out of range for {c} classes "
                               f"(valid: 0..{c - 1}){times}")
 
+        self.check_range(target, num_classes, ("class_target", fn, num_classes), error)
+
+    def check_range(self, values, n, key, make_error):
+        """Integers ``values`` in [0, n), or the exception ``make_error(count, first_bad)``.
+
+        Eager (CPU, or the debug switch): :meth:`class_range`, one host read, raised here.
+        Deferred (a device backend): the test is recorded as a device flag under ``key``
+        and raised by ``dp.check_deferred()``, so a step reads nothing back (class
+        targets, embedding indices)."""
+        if values.size == 0:
+            return
         if not self.defers_checks:
-            lo, hi = self.class_range(target)
-            if lo < 0 or hi >= num_classes:
-                raise error(1, lo if lo < 0 else hi)
+            lo, hi = self.class_range(values)
+            if lo < 0 or hi >= n:
+                raise make_error(1, lo if lo < 0 else hi)
             return
         xp = self.xp
-        lo, hi = target.min(), target.max()
+        lo, hi = values.min(), values.max()
         bad_lo = lo < 0
-        self.deferred.record(("class_target", fn, num_classes), bad_lo | (hi >= num_classes),
-                             xp.where(bad_lo, lo, hi), error)
+        self.deferred.record(key, bad_lo | (hi >= n), xp.where(bad_lo, lo, hi), make_error)
 
     def nonfinite_flag(self, arrays):
         """A 0-d int32 device array: 1 when any of ``arrays`` holds NaN or inf, else 0.

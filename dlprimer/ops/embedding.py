@@ -39,7 +39,8 @@ def embedding(idx, weight):
     more than once accumulate, as in PyTorch's ``F.embedding``.
 
     Raises TypeError for float indices and IndexError naming the index and V when
-    an index is out of range.
+    an index is out of range (on a device backend at ``dp.check_deferred()``, as a
+    loss's bad class target: the check reads nothing back inside a step).
     """
     if not isinstance(weight, Tensor) or not _dtype.is_float(weight.dtype):
         raise TypeError(f"embedding: weight must be a floating-point Tensor, got "
@@ -59,10 +60,12 @@ def embedding(idx, weight):
         raise RuntimeError(f"embedding: indices are on backend {idx.backend.name!r}, the weight on "
                            f"{weight.backend.name!r}; move one with .to()")
     v = weight.shape[0]
-    if idx.size:
-        xp = weight.backend.xp
-        lo, hi = (int(a) for a in weight.backend.to_numpy(xp.stack([idx.data.min(), idx.data.max()])))
-        if lo < 0 or hi >= v:
-            raise IndexError(f"embedding: index {lo if lo < 0 else hi} is out of range for a table "
-                             f"of {v} rows (weight shape {weight.shape}; valid: 0..{v - 1})")
+
+    def error(count, bad, shape=weight.shape):
+        times = "" if count == 1 else f" ({count} batches had a bad index)"
+        return IndexError(f"embedding: index {bad} is out of range for a table of {shape[0]} rows "
+                          f"(weight shape {shape}; valid: 0..{shape[0] - 1}){times}")
+    # on a device the range check is a flag read at logging time (dp.check_deferred()),
+    # not a host read per step; CuPy's gather wraps an out-of-range index meanwhile
+    weight.backend.check_range(idx.data, v, ("embedding", v), error)
     return Embedding.apply(idx, weight)

@@ -12,6 +12,12 @@ Forward time per op is the :class:`~.ops.ForwardTimer`'s self time of each node 
 same per-op records the op table and the roofline read), backward time per op the
 :class:`~.counters.BackwardTimer`'s: one measurement behind every per-op, per-layer and
 per-type figure of a profile.
+
+The last row, ``framework``, is what runs outside every op: the step's forward less
+the ops' forward self times (the modules' Python, ``Function.apply``'s bookkeeping,
+creating Tensors) and its backward less theirs (the engine: ordering nodes, adding
+gradients, freeing saved arrays). In a small model it is the largest row, and the
+reason a whole step's bwd/fwd ratio sits near 1 while its FLOP ratio is 2.
 """
 from __future__ import annotations
 
@@ -32,7 +38,9 @@ LAYER_TYPES = {
     "cast": ("Cast",),
 }
 _TYPE_OF = {op: t for t, ops in LAYER_TYPES.items() for op in ops}
-ORDER = tuple(LAYER_TYPES) + ("other",)
+#: The row of what runs outside every op: the step's time less the ops' self times.
+FRAMEWORK = "framework"
+ORDER = tuple(LAYER_TYPES) + ("other", FRAMEWORK)
 
 
 def layer_type(op_name: str) -> str:
@@ -51,13 +59,26 @@ def forward_steps_by_type(key_fwd, repeats) -> list[dict]:
     return [dict(d) for d in steps]
 
 
-def group_by_type(fwd_steps, key_bwd, counter, repeats) -> list[dict]:
+def _framework(fwd_total, bwd_total, f_all, bwd, repeats):
+    """Per step: the step's forward and backward less the ops' self times (>= 0)."""
+    n = min(repeats, len(fwd_total), len(bwd_total))
+    if not n:
+        return None, None
+    ft, bt = list(fwd_total)[-n:], list(bwd_total)[-n:]
+    fw = [max(0.0, ft[i] - sum(v[-n:][i] for v in f_all.values())) for i in range(n)]
+    bw = [max(0.0, bt[i] - sum(v[-n:][i] for v in bwd.values())) for i in range(n)]
+    return fw, bw
+
+
+def group_by_type(fwd_steps, key_bwd, counter, repeats, fwd_total=(), bwd_total=()) -> list[dict]:
     """Rows per layer type, in :data:`ORDER`: forward and backward time records, the
     backward/forward time ratio (median of per-step ratios, with its interval), the
     FLOPs and their ratio, and each type's share of the step's forward + backward time.
 
     ``fwd_steps``: :func:`forward_steps_by_type`; ``key_bwd``: (layer, op) -> backward
-    seconds per step; ``counter``: the :class:`~.counters.FlopCounter` of one step."""
+    seconds per step; ``counter``: the :class:`~.counters.FlopCounter` of one step;
+    ``fwd_total`` / ``bwd_total``: the step's forward and backward seconds per step
+    (given, the :data:`FRAMEWORK` row is what they hold beyond the ops)."""
     from .report import _ratio, paired_ratio, stats
     fwd_steps = fwd_steps[-repeats:]
     bwd = defaultdict(lambda: [0.0] * repeats)
@@ -72,13 +93,20 @@ def group_by_type(fwd_steps, key_bwd, counter, repeats) -> list[dict]:
         flops[layer_type(op)][1] += v
     seen = set(bwd) | set(flops) | {t for s in fwd_steps for t in s}
     f_all = {t: [s.get(t, 0.0) for s in fwd_steps] for t in seen}
+    fw, bw = _framework(fwd_total, bwd_total, f_all, dict(bwd), repeats)
+    if fw is not None:
+        seen.add(FRAMEWORK)
+        f_all[FRAMEWORK], bwd[FRAMEWORK] = fw, bw
     total = sum(stats(f_all[t])["median"] + stats(bwd[t] if t in bwd else [])["median"]
                 for t in seen) or 1.0
     rows = []
     for t in (t for t in ORDER if t in seen):
         f, b = stats(f_all[t]), stats(bwd[t] if t in bwd else [])
         tr = paired_ratio(bwd[t], f_all[t]) if t in bwd else None
-        ff, bf = flops[t]
+        if t == FRAMEWORK and tr is None and f["median"] > 0:
+            # a difference of two timings can be 0 in a step: the ratio of the medians
+            tr = {"median": b["median"] / f["median"], "ci95": None}
+        ff, bf = flops[t] if t in flops else (0, 0)
         rows.append({"type": t, "ops": sorted({op for (_, op) in counter.fwd if layer_type(op) == t}),
                      "forward": f, "backward": b,
                      "time_ratio": tr["median"] if tr else None,
@@ -88,22 +116,35 @@ def group_by_type(fwd_steps, key_bwd, counter, repeats) -> list[dict]:
     return rows
 
 
+#: Column heads of the per-type rows, in the text table and the HTML report alike.
+COLUMNS = ("layer type", "forward", "backward", "bwd/fwd time [95%]", "fwd FLOPs", "bwd FLOPs",
+           "bwd/fwd FLOPs", "share")
+
+
+def row_cells(r) -> tuple:
+    """One per-type row (as :func:`group_by_type` makes it, or read back from a
+    profile's JSON) as the strings of :data:`COLUMNS`: the one formatting behind the
+    text table and the HTML report, so both show the same numbers."""
+    from .report import fmt_flops, fmt_time
+    ci = r.get("time_ratio_ci95")
+    tr = "-" if r.get("time_ratio") is None else f"{r['time_ratio']:.2f}" + (
+        f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else " (of medians)")
+    fr = "-" if r.get("flop_ratio") is None else f"{r['flop_ratio']:.2f}"
+    return (r["type"], fmt_time(r["forward"]["median"]), fmt_time(r["backward"]["median"]), tr,
+            fmt_flops(r["fwd_flops"]), fmt_flops(r["bwd_flops"]), fr, f"{r['share'] * 100:.1f}%")
+
+
+_WIDTHS = (16, 11, 11, 22, 11, 11, 15, 8)
+
+
 def format_layer_types(rows) -> list[str]:
     """The per-type rows as text lines for :meth:`Report.table`."""
-    from .report import fmt_flops, fmt_time
     if not rows:
         return []
-    lines = ["", f"per layer type (ops' self time, forward and backward)"
-             f"{'forward':>11}{'backward':>11}{'bwd/fwd t [95%]':>22}{'bwd/fwd F':>10}"
-             f"{'share':>7}"]
+    head = "  " + "".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                          for i, (c, w) in enumerate(zip(COLUMNS, _WIDTHS)))
+    lines = ["", "per layer type (ops' self time, forward and backward; FLOPs counted)", head]
     for r in rows:
-        ci = r["time_ratio_ci95"]
-        tr = "-" if r["time_ratio"] is None else f"{r['time_ratio']:.2f} [{ci[0]:.2f}-{ci[1]:.2f}]"
-        fr = "-" if r["flop_ratio"] is None else f"{r['flop_ratio']:.2f}"
-        lines.append(f"  {r['type']:<51}{fmt_time(r['forward']['median']):>11}"
-                     f"{fmt_time(r['backward']['median']):>11}{tr:>22}{fr:>10}"
-                     f"{r['share'] * 100:>6.1f}%")
-    flops = [(r["type"], fmt_flops(r["fwd_flops"] + r["bwd_flops"])) for r in rows if r["fwd_flops"]]
-    if flops:
-        lines.append("  FLOPs (fwd+bwd): " + ", ".join(f"{t} {f}" for t, f in flops))
+        lines.append("  " + "".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                                    for i, (c, w) in enumerate(zip(row_cells(r), _WIDTHS))))
     return lines

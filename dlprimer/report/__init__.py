@@ -263,6 +263,7 @@ def build_report(run, out_dir=None, measure: bool = True, backend=None, seed: in
                                     if os.path.isdir(run) else None)
     if prof:
         _profile_section(page, prof, claims)
+        step_sections.layer_types_section(page, prof)
         step_sections.roofline_section(page, prof)
     _memory_section(page, prof, b, seed, size, measure)
     step_sections.timeline_section(page, prof, seed, size, measure)

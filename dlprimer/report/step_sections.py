@@ -1,4 +1,5 @@
-"""The report's sections on one step: the roofline and memory over time.
+"""The report's sections on one step: time and FLOPs per layer type, the roofline and
+memory over time.
 
 Both read measurement records: the profile's ``roofline`` (peaks and op rows) and the
 memory timelines of one plain and one checkpointed step of the same MLP (measured here
@@ -13,6 +14,29 @@ from . import step_plots
 
 def _fmt(v, f=".2f"):
     return "-" if v is None else format(v, f)
+
+
+def layer_types_section(page, prof):
+    """The profile's per-layer-type rows (``layer_types``), formatted by the same
+    :func:`dlprimer.profiler.layer_types.row_cells` as ``dlprimer profile``'s text."""
+    from ..profiler.layer_types import COLUMNS, row_cells
+    rows = (prof or {}).get("layer_types") or []
+    if not rows:
+        return
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row_cells(r)) + "</tr>"
+                  for r in rows)
+    page.add(
+        "<h2>Forward and backward, per layer type</h2><p>Every autograd op of the step booked "
+        "to its layer type (attention, convolution, linear, normalisation, activation, "
+        "embedding, pooling, loss, other): the ops' own forward and backward time (medians "
+        "over the timed steps), the backward/forward time ratio (median of per-step ratios, "
+        "95% interval) beside the counted FLOPs and their ratio, and each type's share of "
+        "the ops' time. The chapter's 2x is a statement about matrix products: linear and "
+        "convolution rows are where to look for it. The last row, framework, is the step's "
+        "time outside every op: the modules' Python and the recording of nodes in forward, "
+        "the autograd engine in backward.</p>"
+        f"<table class='layer-types'><tr>{head}</tr>{trs}</table>")
 
 
 def roofline_section(page, prof):

@@ -250,3 +250,26 @@ def test_new_ops_state_flops(backend):
     fwd, bwd = got["ScaledDotProductAttention"]
     assert (fwd, bwd) == (2 * 50 * 16 + 5 * 50, 4 * 50 * 16 + 4 * 50)   # 2x less the softmax
     assert got["MaxPool2d"][0] > 0 and got["AvgPool2d"][0] > 0 and got["Embedding"] == (0, 12)
+
+
+# -- linear over stacked inputs -----------------------------------------------------------------
+@pytest.mark.parametrize("xs", [(3, 5, 4), (2, 3, 2, 4), (4,)])
+def test_linear_stacked_and_strided_inputs_gradcheck(backend, rng, xs):
+    # the forward multiplies (..., in) as one (M, in) product; a transposed (strided)
+    # input and a 1-D one must give the same gradients
+    x = _t(rng.standard_normal(xs), backend)
+    w, b = _t(rng.standard_normal((6, 4)), backend), _t(rng.standard_normal(6), backend)
+    assert dp.gradcheck(lambda x, w, b: F.linear(x, w, b), (x, w, b))
+    if len(xs) == 3:
+        xt = _t(rng.standard_normal((xs[1], xs[0], xs[2])), backend)
+        assert dp.gradcheck(lambda x, w, b: F.linear(x.transpose(1, 0, 2), w, b), (xt, w, b))
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_linear_stacked_matches_torch(backend, rng, dtype):
+    x, w, b = rng.standard_normal((5, 7, 8)), rng.standard_normal((3, 8)), rng.standard_normal(3)
+    _compare(lambda x, w, b: F.linear(x, w, b), TF.linear, [x, w, b], backend, dtype, rng)
+    xt = rng.standard_normal((7, 5, 8))
+    _compare(lambda x, w, b: F.linear(x.transpose(1, 0, 2), w, b),
+             lambda x, w, b: TF.linear(x.transpose(0, 1), w, b), [xt, w, b], backend, dtype, rng)

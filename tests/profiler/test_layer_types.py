@@ -38,12 +38,15 @@ def test_gpt_profile_has_every_transformer_layer_type(backend, rng):
     assert sum(r["bwd_flops"] for r in rows.values()) == rep.total["bwd_flops"]
     assert rows["linear"]["flop_ratio"] == pytest.approx(2.0, rel=0.05)
     assert rows["embedding"]["fwd_flops"] == 0 and rows["embedding"]["bwd_flops"] > 0
+    fw = rows.pop("framework")     # outside every op: module Python, recording, the engine
+    assert fw["fwd_flops"] == fw["bwd_flops"] == 0 and fw["ops"] == []
+    assert fw["forward"]["n"] == 4 and fw["forward"]["min"] >= 0 and fw["backward"]["min"] >= 0
     for r in rows.values():
         assert r["forward"]["n"] == 4 and r["forward"]["median"] > 0
         if r["time_ratio"] is not None:
             lo, hi = r["time_ratio_ci95"]
             assert 0 < lo <= r["time_ratio"] <= hi
-    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
+    assert sum(r["share"] for r in rows.values()) + fw["share"] == pytest.approx(1.0)
     # per-type forward times are a partition of (at most) the forward
     fwd_types = sum(r["forward"]["median"] for r in rows.values())
     assert fwd_types <= 1.5 * rep.total["forward"]["max"]

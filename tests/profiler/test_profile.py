@@ -1,5 +1,6 @@
 """profile(), compare_fusion() and checkpoint_tradeoff() on real nn models."""
 import json
+import time
 
 import pytest
 
@@ -54,6 +55,29 @@ def test_profile_with_adam_reports_everything(rng):
     for word in ("0:Linear", "total", "optimizer step", "bwd/fwd", "costliest backward ops", "peak of the step"):
         assert word in text
     assert "bwd/fwd time" in repr(rep)
+
+
+def test_totals_exclude_the_per_op_observers_own_work(rng, monkeypatch):
+    # the per-op observers (FLOP and byte counts, op timers) run inside the forward
+    # pass: an expensive one must lengthen neither the step's totals nor any op's self
+    # time, or the whole-step bwd/fwd ratio is biased low (a small GPT: 0.7 for 1.0)
+    net, x, y = _setup(rng, sizes=(8, 16, 4), B=4)
+    slow = 0.004
+    seen = []
+
+    def costly(self, node, _orig=dp.profiler.FlopCounter.on_forward):
+        seen.append(node.name)
+        time.sleep(slow)
+        return _orig(self, node)
+    monkeypatch.setattr(dp.profiler.FlopCounter, "on_forward", costly)
+    rep = dp.profiler.profile(net, F.cross_entropy, (x, y), warmup=1, repeats=3, memory=False,
+                              roofline=False)
+    per_step = len(seen) / 3
+    assert per_step >= 4                       # Linear, ReLU, Linear, the loss at least
+    assert rep.total["forward"]["median"] < slow * per_step / 2
+    for r in rep.layer_types:
+        assert r["forward"]["median"] < slow
+    assert rep.total["fwd_flops"] > 0          # the counts still come from the observed steps
 
 
 def test_profile_restores_the_model(rng):
