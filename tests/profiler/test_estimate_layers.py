@@ -14,8 +14,10 @@ def _gpt_loss(vocab):
 
 def _cases(rng):
     cnn = nn.SmallCNN(channels=(8, 16), hidden=32)
-    x = dp.tensor(rng.standard_normal((64, 1, 8, 8)).astype("float32"))
-    y = dp.tensor(rng.integers(0, 10, 64))
+    # batch 256: the few KiB of small allocations the estimate does not name (and their
+    # run-to-run wobble of ~5 KiB) stay well under 3% of the activations
+    x = dp.tensor(rng.standard_normal((256, 1, 8, 8)).astype("float32"))
+    y = dp.tensor(rng.integers(0, 10, 256))
     gpt = nn.GPT(23, block_size=32, n_layer=2, n_head=4, n_embd=64)
     idx = dp.tensor(rng.integers(0, 23, (8, 32)))
     return [("cnn", cnn, F.cross_entropy, x, y), ("gpt", gpt, _gpt_loss(23), idx, idx)]
