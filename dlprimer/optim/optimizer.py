@@ -29,6 +29,9 @@ import numpy as np
 from ..tensor import Tensor
 
 
+_SMALL_RUN = 1 << 14  # gradient elements up to which the finite test skips the BLAS dot
+
+
 class NonFiniteGradientError(RuntimeError):
     """A gradient holds NaN or inf; ``step()`` refused to write it into the weights."""
 
@@ -66,6 +69,7 @@ class Arena:
         self.dtype = self.params[0].dtype
         sizes = [int(p.size) for p in self.params]
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        self._offsets = self.offsets.tolist()  # Python ints: slice() runs at every step
         self.numel = int(self.offsets[-1])
         xp = backend.xp
         self.data = xp.empty(self.numel, dtype=self.dtype)
@@ -92,7 +96,8 @@ class Arena:
 
     def slice(self, i0, i1=None):
         """Arena index range (start, stop) of parameters ``i0`` up to ``i1`` (exclusive)."""
-        return int(self.offsets[i0]), int(self.offsets[i0 + 1 if i1 is None else i1])
+        o = self._offsets
+        return o[i0], o[i0 + 1 if i1 is None else i1]
 
     def state_array(self, name):
         """The group's 1-D state array ``name`` (zeros when first asked for)."""
@@ -147,6 +152,11 @@ class Arena:
     def runs(self, present, key=None):
         """Maximal runs (i0, i1) of consecutive parameters that hold a gradient and
         share ``key[i]`` (e.g. the step count): each run is one fused update."""
+        n = len(present)
+        if key is not None:
+            key = key.tolist() if hasattr(key, "tolist") else list(key)
+        if n and all(present) and (key is None or key.count(key[0]) == n):
+            return [(0, n)]  # the usual step: every parameter, one fused call
         out = []
         i0 = None
         for i, has in enumerate(present):
@@ -383,15 +393,21 @@ class Optimizer:
         """Index of the first parameter with a NaN/inf gradient, or None. One dot
         product g.g per run (NaN and inf propagate through it; BLAS reads memory at
         about 3x the speed of a pairwise sum); only a non-finite result is searched
-        (an overflow of huge finite values only costs that search)."""
+        (an overflow of huge finite values only costs that search). A run of at most
+        ``_SMALL_RUN`` elements takes ``isfinite(g).all()``, which needs no errstate
+        (entering one costs more than the whole test of a small model's gradients)."""
         xp = arena.backend.xp
         for i0, i1 in runs:
             s, e = arena.slice(i0, i1)
             g = arena.grad[s:e]
-            with np.errstate(over="ignore", invalid="ignore"):
-                gg = float(xp.dot(g, g))
-            if math.isfinite(gg):
-                continue
+            if e - s <= _SMALL_RUN:  # isfinite warns of nothing: no errstate to enter
+                if bool(xp.isfinite(g).all()):
+                    continue
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    gg = float(xp.dot(g, g))
+                if math.isfinite(gg):
+                    continue
             for i in range(i0, i1):
                 if not bool(xp.isfinite(arena.grad_views[i]).all()):
                     return i
