@@ -93,9 +93,10 @@ class Tensor:
         return self._backend.to_numpy(self.data)
 
     def item(self):
-        if self.size != 1:
-            raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
-        return self.numpy().reshape(()).item()
+        d = self.data
+        if d.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, this one has shape {d.shape}")
+        return self._backend.to_numpy(d).item()  # .item() of a 1-element array of any shape
 
     def tolist(self):
         return self.numpy().tolist()

@@ -32,6 +32,27 @@ from ..tensor import Tensor
 _SMALL_RUN = 1 << 14  # gradient elements up to which the finite test skips the BLAS dot
 
 
+_PLAIN = frozenset((float, int, bool, str, type(None)))
+
+
+def _hyper_key(group):
+    """A group's hyperparameters as a tuple, to validate them again only when one changed
+    (a scheduler's ``group["lr"] = x``); None, and so checked at every step, when one is
+    not a plain immutable Python value (an array could change in place unseen)."""
+    vals = []
+    for k, v in group.items():
+        if k == "params":
+            continue
+        t = type(v)
+        if t is tuple:
+            if not all(type(e) in _PLAIN for e in v):
+                return None
+        elif t not in _PLAIN:
+            return None
+        vals.append((k, v))
+    return tuple(vals)
+
+
 class NonFiniteGradientError(RuntimeError):
     """A gradient holds NaN or inf; ``step()`` refused to write it into the weights."""
 
@@ -90,6 +111,7 @@ class Arena:
             self.grad_views.append(gview)
         self.state: dict = {}
         self.counts = np.zeros(len(self.params), dtype=np.int64)
+        self.validated = None  # the hyperparameters last validated (Optimizer.step)
 
     def __len__(self):
         return len(self.params)
@@ -328,7 +350,10 @@ class Optimizer:
         a device backend, where that is decided on the device."""
         plans = []
         for gi, (group, arena) in enumerate(zip(self.param_groups, self._arenas)):
-            self._validate(group, f" (param_groups[{gi}])")
+            key = _hyper_key(group)
+            if key is None or key != arena.validated:
+                self._validate(group, f" (param_groups[{gi}])")
+                arena.validated = key
             present = arena.sync()
             plans.append((group, arena, arena.runs(present, self._run_key(arena, group))))
         if self._backend.defers_checks:
@@ -351,10 +376,11 @@ class Optimizer:
             for name in self._state_names(group):
                 arena.state_array(name)
             cls = type(self).__name__
+            params, names = arena.params, arena.names
             for i0, i1 in runs:
                 self._update(arena, group, i0, i1)
                 for i in range(i0, i1):
-                    arena.params[i]._bump_version(("{}.step() on parameter {}", cls, arena.names[i]))
+                    params[i]._bump_version(("{}.step() on parameter {}", cls, names[i]))
 
     def _step_on_device(self, plans):
         """The step with its non-finite check and skip decision on the device: one flag
