@@ -426,13 +426,13 @@ def _run_backward(node0, grad, retain_graph):
             if observers:
                 _notify(observers, "on_backward_begin", n)
             gxs = n.backward(gy)
-            if gxs.__class__ is not tuple:
+            if not isinstance(gxs, tuple):
                 gxs = (gxs,)
             if observers:
                 _notify(observers, "on_backward_end", n)
             if anomaly:
                 _check_finite(n, gxs)
-        del gy
+        del gy  # the incoming gradient is dead once the node has run
         if not retain_graph:
             n._release()
         for e, g in zip(edges, gxs):
