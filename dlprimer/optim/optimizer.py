@@ -28,11 +28,8 @@ import numpy as np
 
 from ..tensor import Tensor
 
-
 _SMALL_RUN = 1 << 14  # gradient elements up to which the finite test skips the BLAS dot
-
-
-_PLAIN = frozenset((float, int, bool, str, type(None)))
+_PLAIN = frozenset((float, int, bool, str, type(None)))  # immutable hyperparameter types
 
 
 def _hyper_key(group):
