@@ -363,22 +363,29 @@ retaining_graph = False
 def run_backward(root, grad, retain_graph: bool = False):
     """Backpropagate ``grad`` (an array shaped like ``root``) from Tensor ``root``."""
     global retaining_graph
-    prev, retaining_graph = retaining_graph, bool(retain_graph)
-    try:
-        _run_backward(root, grad, retain_graph)
-    finally:
-        retaining_graph = prev
-
-
-def _run_backward(root, grad, retain_graph):
     node0 = root._node
     if node0 is None:
         root._accumulate_grad(grad)
         return
-    deps: dict = {node0: 0}
+    retain = bool(retain_graph)
+    if retain is retaining_graph:  # the usual case: no flag to set and restore
+        _run_backward(node0, grad, retain)
+        return
+    prev, retaining_graph = retaining_graph, retain
+    try:
+        _run_backward(node0, grad, retain)
+    finally:
+        retaining_graph = prev
+
+
+def _consumers(node0):
+    """Per node reachable from ``node0``: how many recorded nodes consume its output
+    (leaves and constants are not nodes). Raises if a node's graph was freed."""
+    deps = {node0: 0}
     stack = [node0]
+    pop, push, get = stack.pop, stack.append, deps.get
     while stack:
-        n = stack.pop()
+        n = pop()
         if n._freed:
             raise RuntimeError(
                 f"trying to backward through the graph a second time (the saved arrays of "
@@ -386,15 +393,22 @@ def _run_backward(root, grad, retain_graph):
         for e in n.next_edges:
             if e is None or isinstance(e, Tensor):
                 continue
-            c = deps.get(e)
+            c = get(e)
             if c is None:
                 deps[e] = 1
-                stack.append(e)
+                push(e)
             else:
                 deps[e] = c + 1
+    return deps
+
+
+def _run_backward(node0, grad, retain_graph):
+    """Process the nodes in a reverse topological order: a node runs once every node that
+    consumes its output has passed its gradient on (Kahn's algorithm on the counts)."""
+    deps = _consumers(node0)
     grads = {node0: grad}
     ready = [node0]
-    observers = list(_observers)
+    observers = list(_observers) if _observers else None
     anomaly = _anomaly_enabled
     clock = _write_clock
     recent = None
@@ -410,20 +424,15 @@ def _run_backward(root, grad, retain_graph):
                     recent = _RecentWrites()
                 recent.check(n)
             if observers:
-                for o in observers:
-                    f = getattr(o, "on_backward_begin", None)
-                    if f is not None:
-                        f(n)
+                _notify(observers, "on_backward_begin", n)
             gxs = n.backward(gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
             if observers:
-                for o in observers:
-                    f = getattr(o, "on_backward_end", None)
-                    if f is not None:
-                        f(n)
+                _notify(observers, "on_backward_end", n)
             if anomaly:
                 _check_finite(n, gxs)
+        del gy  # the incoming gradient is dead once the node has run
         if not retain_graph:
             n._release()
         for e, g in zip(edges, gxs):
@@ -440,6 +449,13 @@ def _run_backward(root, grad, retain_graph):
             deps[e] = c
             if c == 0:
                 ready.append(e)
+
+
+def _notify(observers, what, node):
+    for o in observers:
+        f = getattr(o, what, None)
+        if f is not None:
+            f(node)
 
 
 from .tensor import Tensor  # noqa: E402  (tensor.py imports autograd only lazily)

@@ -93,9 +93,10 @@ class Tensor:
         return self._backend.to_numpy(self.data)
 
     def item(self):
-        if self.size != 1:
-            raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
-        return self.numpy().reshape(()).item()
+        d = self.data
+        if d.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, this one has shape {d.shape}")
+        return self._backend.to_numpy(d).item()  # .item() of a 1-element array of any shape
 
     def tolist(self):
         return self.numpy().tolist()
@@ -153,21 +154,21 @@ class Tensor:
     # -- autograd ---------------------------------------------------------------------
     def backward(self, grad=None, retain_graph: bool = False):
         """Accumulate d(self)/d(leaf) * grad into every leaf's ``.grad``."""
-        from .autograd import run_backward
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad "
                                "and has no grad_fn")
         if grad is None:
-            if self.size != 1:
+            d = self.data
+            if d.size != 1:
                 raise RuntimeError(
-                    f"backward() of a non-scalar tensor (shape {self.shape}) needs a gradient "
+                    f"backward() of a non-scalar tensor (shape {d.shape}) needs a gradient "
                     "argument of the same shape")
-            g = self._backend.xp.ones(self.shape, dtype=self.dtype)
+            g = self._backend.xp.ones(d.shape, d.dtype)
         else:
             g = grad.data if isinstance(grad, Tensor) else self._backend.asarray(grad, dtype=self.dtype)
             if g.shape != self.shape:
                 raise RuntimeError(f"backward(): gradient of shape {g.shape} for a tensor of shape {self.shape}")
-        run_backward(self, g, retain_graph=retain_graph)
+        _autograd.run_backward(self, g, retain_graph)
 
     # An optimizer's flat arena may hand a leaf the view its gradient should live in;
     # the first gradient after ``grad = None`` is then copied there (no allocation).

@@ -195,9 +195,14 @@ class CPUBackend(Backend):
     def _chain(self, kernel, out, ins, scratch=(), **params):
         """Run ``kernel(out_blk, *in_blks, *scratch_blks, **params)`` over flat blocks.
 
-        ``ins`` must already have ``out``'s shape; ``scratch`` lists scratch dtypes.
+        ``ins`` must already have ``out``'s shape; ``scratch`` lists scratch dtypes. An
+        array of one block or less runs as one call on the whole arrays (no flattening,
+        no slicing: the loop's set-up would cost more than the ufuncs themselves).
         """
         n = out.size
+        if 0 < n <= self._BLOCK:
+            kernel(out, *ins, *[np.empty(out.shape, dtype=d) for d in scratch], **params)
+            return out
         flat_out = out.reshape(-1)
         flat_ins = [np.ascontiguousarray(a).reshape(-1) for a in ins]
         size = min(n, self._BLOCK)

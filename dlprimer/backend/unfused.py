@@ -146,7 +146,7 @@ def softmax_cross_entropy_backward(b, probs, target, gy, label_smoothing=0.0):
     onehot = (xp.arange(c).reshape(1, c) == target.reshape(n, 1)).astype(probs.dtype)
     if label_smoothing:
         onehot = onehot * (1 - label_smoothing) + label_smoothing / c
-    return (probs - onehot) * gy.reshape(n, 1)
+    return (probs - onehot) * (gy.reshape(n, 1) if gy.ndim else gy)
 
 
 # -- optimizer updates (in place on param and state, like the fused ones) --------------

@@ -6,6 +6,7 @@ what is wrong, then applies one autograd Function from :mod:`dlprimer.ops`.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -47,9 +48,11 @@ def _float(x, fn, name="input", amp=True, fused=None):
     is cast up to float32 (``amp=False`` leaves it: the low-precision ops), unless
     ``fused`` names a fused op the backend runs on half inputs with float32 math
     inside (``backend.half_fused``): then ``x`` stays half, and so does what it saves."""
-    x = _tensor(x, fn, name)
-    if not _dtype.is_float(x.dtype):
-        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {x.dtype}")
+    if not isinstance(x, Tensor):
+        x = _tensor(x, fn, name)
+    dt = x.data.dtype
+    if dt.kind != "f" and not _dtype.is_float(dt):
+        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {dt}")
     return x if not amp or _keeps_half(x, fused) else _amp.cast_float32(x)
 
 
@@ -62,7 +65,7 @@ def _number(v, fn, name, lo=None, hi=None, lo_open=False):
     if not isinstance(v, numbers.Real) or isinstance(v, bool):
         raise ValueError(f"{fn}: {name} must be a number, got {v!r}")
     v = float(v)
-    if not np.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or (
+    if not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or (
             hi is not None and v > hi):
         rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]"
         raise ValueError(f"{fn}: {name} must be in {rng}, got {v}")
@@ -144,17 +147,18 @@ def linear(x, weight, bias=None):
     """x W^T + b with ``weight`` of shape (out, in), ``bias`` (out,)."""
     x = _float(x, "linear", amp=False)
     weight = _float(weight, "linear", "weight", amp=False)
-    if weight.ndim != 2:
+    ws, xs = weight.data.shape, x.data.shape
+    if len(ws) != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), "
-                         f"got shape {weight.shape}")
-    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape "
-                         f"{weight.shape}: the input's last axis must be {weight.shape[1]}")
+                         f"got shape {ws}")
+    if not xs or xs[-1] != ws[1]:
+        raise ValueError(f"linear: input of shape {xs} does not match weight of shape "
+                         f"{ws}: the input's last axis must be {ws[1]}")
     if bias is not None:
         bias = _float(bias, "linear", "bias", amp=False)
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"linear: bias of shape {bias.shape} does not match weight of "
-                             f"shape {weight.shape}; expected ({weight.shape[0]},)")
+        if bias.data.shape != (ws[0],):
+            raise ValueError(f"linear: bias of shape {bias.data.shape} does not match weight "
+                             f"of shape {ws}; expected ({ws[0]},)")
     if _amp.autocast_dtype() is not None:
         x, weight, bias = _amp.cast_low(x), _amp.cast_low(weight), _amp.cast_low(bias)
     return Linear.apply(x, weight, bias)

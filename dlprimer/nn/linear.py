@@ -42,7 +42,8 @@ class Linear(Module):
         init.default_layer_init_(self.weight, self.bias, self.in_features)
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        p = self._parameters  # the registry itself: no __getattr__ per parameter per call
+        return F.linear(x, p["weight"], p["bias"])
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

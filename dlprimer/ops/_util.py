@@ -56,7 +56,7 @@ def mm(xp, a, b, out=None):
     """``a @ b``; half-precision operands (float16, bfloat16) are multiplied in float32
     and the float32 product is returned, as tensor cores accumulate in float32 (and
     NumPy has no fast half-precision matmul). The caller casts the result down."""
-    if (a.dtype.itemsize == 2 or b.dtype.itemsize == 2) and (
+    if (a.itemsize == 2 or b.itemsize == 2) and (
             _dtype.is_half(a.dtype) or _dtype.is_half(b.dtype)):
         return xp.matmul(a.astype(_dtype.float32), b.astype(_dtype.float32))
     return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)

@@ -39,12 +39,16 @@ class Linear(Function):
         nx, nw, nb = self.needs_input_grad
         xp = self.backend.xp
         out = gy.shape[-1]
-        g2 = gy.reshape(-1, out)
-        gx = mm(xp, g2, w).reshape(self.xshape) if nx else None
+        g2 = gy if gy.ndim == 2 else gy.reshape(-1, out)
+        gx = None
+        if nx:   # one (M, out) @ (out, in) gemm, whatever the leading dims
+            gx = mm(xp, g2, w)
+            gx = gx if gy.ndim == 2 else gx.reshape(self.xshape)
         gw = gb = None
         if nw:
-            x2 = x.reshape(-1, x.shape[-1])
-            buf = self.leaf_grad_out(1, (out, x2.shape[-1]), xp.result_type(gy, x))
+            x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+            dt = gy.dtype if gy.dtype == x.dtype else xp.result_type(gy, x)
+            buf = self.leaf_grad_out(1, (out, x2.shape[-1]), dt)
             gw = mm(xp, g2.T, x2, out=buf)
         if nb:
             buf = self.leaf_grad_out(2, (out,), gy.dtype)

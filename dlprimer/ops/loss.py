@@ -32,7 +32,6 @@ class _Loss(Function):
     def _reduce(self, loss, reduction):
         self.reduction = reduction
         self.n = loss.size
-        self.lshape = loss.shape
         if reduction == "none":
             return loss
         s = loss.sum()
@@ -41,11 +40,12 @@ class _Loss(Function):
         return self.backend.xp.asarray(s, dtype=loss.dtype)
 
     def _expand(self, gy):
-        """The gradient with respect to the per-element loss."""
-        if self.reduction == "none":
-            return gy
-        g = gy / self.n if self.reduction == "mean" else gy
-        return self.backend.xp.broadcast_to(g, self.lshape)
+        """The gradient with respect to the per-element loss, as an array that broadcasts
+        to the loss's shape: for ``mean`` and ``sum`` the 0-d gy (/ n), never a
+        broadcast view (NumPy's ``broadcast_to`` costs more than the small ops it feeds)."""
+        if self.reduction == "mean":
+            return gy / self.n
+        return gy
 
     def flops(self):
         n = prod(self.in_shapes[0]) if self.in_shapes else 0

@@ -28,6 +28,27 @@ import numpy as np
 
 from ..tensor import Tensor
 
+_SMALL_RUN = 1 << 14  # gradient elements up to which the finite test skips the BLAS dot
+_PLAIN = frozenset((float, int, bool, str, type(None)))  # immutable hyperparameter types
+
+
+def _hyper_key(group):
+    """A group's hyperparameters as a tuple, to validate them again only when one changed
+    (a scheduler's ``group["lr"] = x``); None, and so checked at every step, when one is
+    not a plain immutable Python value (an array could change in place unseen)."""
+    vals = []
+    for k, v in group.items():
+        if k == "params":
+            continue
+        t = type(v)
+        if t is tuple:
+            if not all(type(e) in _PLAIN for e in v):
+                return None
+        elif t not in _PLAIN:
+            return None
+        vals.append((k, v))
+    return tuple(vals)
+
 
 class NonFiniteGradientError(RuntimeError):
     """A gradient holds NaN or inf; ``step()`` refused to write it into the weights."""
@@ -66,6 +87,7 @@ class Arena:
         self.dtype = self.params[0].dtype
         sizes = [int(p.size) for p in self.params]
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        self._offsets = self.offsets.tolist()  # Python ints: slice() runs at every step
         self.numel = int(self.offsets[-1])
         xp = backend.xp
         self.data = xp.empty(self.numel, dtype=self.dtype)
@@ -86,13 +108,15 @@ class Arena:
             self.grad_views.append(gview)
         self.state: dict = {}
         self.counts = np.zeros(len(self.params), dtype=np.int64)
+        self.validated = None  # the hyperparameters last validated (Optimizer.step)
 
     def __len__(self):
         return len(self.params)
 
     def slice(self, i0, i1=None):
         """Arena index range (start, stop) of parameters ``i0`` up to ``i1`` (exclusive)."""
-        return int(self.offsets[i0]), int(self.offsets[i0 + 1 if i1 is None else i1])
+        o = self._offsets
+        return o[i0], o[i0 + 1 if i1 is None else i1]
 
     def state_array(self, name):
         """The group's 1-D state array ``name`` (zeros when first asked for)."""
@@ -147,6 +171,11 @@ class Arena:
     def runs(self, present, key=None):
         """Maximal runs (i0, i1) of consecutive parameters that hold a gradient and
         share ``key[i]`` (e.g. the step count): each run is one fused update."""
+        n = len(present)
+        if key is not None:
+            key = key.tolist() if hasattr(key, "tolist") else list(key)
+        if n and all(present) and (key is None or key.count(key[0]) == n):
+            return [(0, n)]  # the usual step: every parameter, one fused call
         out = []
         i0 = None
         for i, has in enumerate(present):
@@ -318,7 +347,10 @@ class Optimizer:
         a device backend, where that is decided on the device."""
         plans = []
         for gi, (group, arena) in enumerate(zip(self.param_groups, self._arenas)):
-            self._validate(group, f" (param_groups[{gi}])")
+            key = _hyper_key(group)
+            if key is None or key != arena.validated:
+                self._validate(group, f" (param_groups[{gi}])")
+                arena.validated = key
             present = arena.sync()
             plans.append((group, arena, arena.runs(present, self._run_key(arena, group))))
         if self._backend.defers_checks:
@@ -341,10 +373,11 @@ class Optimizer:
             for name in self._state_names(group):
                 arena.state_array(name)
             cls = type(self).__name__
+            params, names = arena.params, arena.names
             for i0, i1 in runs:
                 self._update(arena, group, i0, i1)
                 for i in range(i0, i1):
-                    arena.params[i]._bump_version(("{}.step() on parameter {}", cls, arena.names[i]))
+                    params[i]._bump_version(("{}.step() on parameter {}", cls, names[i]))
 
     def _step_on_device(self, plans):
         """The step with its non-finite check and skip decision on the device: one flag
@@ -383,15 +416,21 @@ class Optimizer:
         """Index of the first parameter with a NaN/inf gradient, or None. One dot
         product g.g per run (NaN and inf propagate through it; BLAS reads memory at
         about 3x the speed of a pairwise sum); only a non-finite result is searched
-        (an overflow of huge finite values only costs that search)."""
+        (an overflow of huge finite values only costs that search). A run of at most
+        ``_SMALL_RUN`` elements takes ``isfinite(g).all()``, which needs no errstate
+        (entering one costs more than the whole test of a small model's gradients)."""
         xp = arena.backend.xp
         for i0, i1 in runs:
             s, e = arena.slice(i0, i1)
             g = arena.grad[s:e]
-            with np.errstate(over="ignore", invalid="ignore"):
-                gg = float(xp.dot(g, g))
-            if math.isfinite(gg):
-                continue
+            if e - s <= _SMALL_RUN:  # isfinite warns of nothing: no errstate to enter
+                if bool(xp.isfinite(g).all()):
+                    continue
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    gg = float(xp.dot(g, g))
+                if math.isfinite(gg):
+                    continue
             for i in range(i0, i1):
                 if not bool(xp.isfinite(arena.grad_views[i]).all()):
                     return i

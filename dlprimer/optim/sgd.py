@@ -37,7 +37,8 @@ class SGD(Optimizer):
         return ("momentum_buffer",) if group["momentum"] else ()
 
     def _run_key(self, arena, group):
-        return arena.counts > 0
+        # whether a momentum buffer is initialised; without momentum nothing differs
+        return arena.counts > 0 if group["momentum"] else None
 
     def _update(self, arena, group, i0, i1):
         s, e = arena.slice(i0, i1)

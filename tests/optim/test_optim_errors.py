@@ -62,6 +62,35 @@ def test_bad_lr_set_later_is_caught_at_step():
     np.testing.assert_array_equal(p.numpy(), before)
 
 
+@pytest.mark.parametrize("cls", ALL)
+def test_bad_hyperparameter_set_after_good_steps_is_caught(cls):
+    """step() validates a group again whenever one of its values changed (it skips the
+    checks only while every value is the same plain Python value as last time)."""
+    p = _p(4)
+    opt = getattr(dp.optim, cls)([p], lr=0.01)
+    for _ in range(2):
+        p.grad = None
+        (p * p).sum().backward()
+        opt.step()
+    opt.param_groups[0]["lr"] = -float(np.random.default_rng().uniform(0.1, 1.0))
+    before = p.numpy().copy()
+    with pytest.raises(ValueError, match="learning rate"):
+        opt.step()
+    np.testing.assert_array_equal(p.numpy(), before)
+
+
+def test_hyperparameter_array_changed_in_place_is_caught():
+    """A NumPy value can change in place without a new assignment: it is checked at every step."""
+    p = _p(3)
+    lr = np.array(0.1)
+    opt = dp.optim.SGD([p], lr=lr)
+    (p * p).sum().backward()
+    opt.step()
+    lr[...] = np.nan
+    with pytest.raises(ValueError, match="learning rate"):
+        opt.step()
+
+
 def test_duplicate_parameter():
     p, q = _p(3), _p(2)
     with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[2\].*more than once"):

@@ -189,7 +189,8 @@ class JitCPUBackend(CPUBackend):
         if dt is None or probs.ndim != 2 or target.dtype.kind not in "iu":
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
         n, _ = probs.shape
-        g = np.ascontiguousarray(np.broadcast_to(np.asarray(gy, dtype=dt).reshape(-1), (n,)))
+        g = np.empty(n, dtype=dt)
+        g[...] = np.reshape(gy, -1)  # a 0-d gy (mean, sum) or one per row
         out = np.empty(probs.shape, dtype=dt)
         if call("softmax_xent_backward", np.ascontiguousarray(probs),
                 np.ascontiguousarray(target), g, out, dt.type(label_smoothing)) is NO:
