@@ -139,8 +139,7 @@ def gelu_tanh_backward(x, gy, out):
 @jit
 def silu_forward(x, out):
     for i in range(x.size):
-        v = np.float64(x[i])
-        out[i] = v * M.sigmoid(v)
+        out[i] = np.float64(x[i]) * M.sigmoid_of(x[i])
 
 
 @jit
@@ -148,14 +147,14 @@ def silu_backward(x, gy, out):
     """gy s (1 + x (1 - s)), s = sigmoid(x)."""
     for i in range(x.size):
         v = np.float64(x[i])
-        s = M.sigmoid(v)
+        s = M.sigmoid_of(x[i])
         out[i] = gy[i] * (s * (1.0 + v * (1.0 - s)))
 
 
 @jit
 def sigmoid_forward(x, out):
     for i in range(x.size):
-        out[i] = M.sigmoid(np.float64(x[i]))
+        out[i] = M.sigmoid_of(x[i])
 
 
 @jit

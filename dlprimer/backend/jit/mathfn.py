@@ -20,7 +20,7 @@ float32 arrays, and the kernels round once on the store.
 import numba
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931467056274414        # 20 significant bits: k * _LN2_HI is exact
@@ -163,3 +163,24 @@ def sigmoid(x):
     e = exp64(-abs(x), 0.0)
     r = 1.0 / (1.0 + e)
     return r if x >= 0 else (e * r if x == x else x)
+
+
+@jit
+def sigmoid32(x):
+    """:func:`sigmoid` to float32 accuracy (``exp_neg``), for float32 values held in float64."""
+    e = exp_neg(-abs(x))
+    r = 1.0 / (1.0 + e)
+    return r if x >= 0 else (e * r if x == x else x)
+
+
+def sigmoid_of(v):
+    """sigmoid(v) in float64 at the accuracy that v's own type needs: :func:`sigmoid32` for a
+    float32 element, :func:`sigmoid` otherwise (chosen when numba types the call)."""
+    raise NotImplementedError("only callable from numba-compiled code")
+
+
+@overload(sigmoid_of, jit_options=dict(error_model="numpy", fastmath={"contract"}))
+def _sigmoid_of(v):
+    if v == types.float32:
+        return lambda v: sigmoid32(numba.float64(v))
+    return lambda v: sigmoid(numba.float64(v))
