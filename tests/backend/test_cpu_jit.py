@@ -91,9 +91,19 @@ def test_softmax_cross_entropy_kernels_match_numpy_path(eps, dtype, rng):
     logits = (rng.standard_normal((50, 13)) * 5).astype(dtype)
     logits[0, :3] = [1e4, -1e4, 0.0]
     logits[1, :] = -1e4
+    # the kernel shifts by the row's first value and redoes a row whose sum does not fit:
+    logits[2, 0] = -1e4                 # e^z overflows float64
+    logits[3, :2] = [0.0, 100.0]        # e^100 overflows float32 only
+    logits[4, :2] = [-0.0, 1e-30]
+    logits[5, 5], logits[6, 2], logits[7, 0], logits[8, 0] = np.nan, np.inf, -np.inf, np.nan
+    logits[9, :] = -np.inf
+    logits[10, 7] = -np.inf
     target = rng.integers(0, 13, 50)
-    (loss, probs), (loss_r, probs_r) = (b.softmax_cross_entropy_forward(logits, target, eps)
-                                        for b in (fast, ref))
+    with np.errstate(invalid="ignore"):
+        (loss, probs), (loss_r, probs_r) = (b.softmax_cross_entropy_forward(logits, target, eps)
+                                            for b in (fast, ref))
+    assert np.isnan(loss_r[[5, 6, 8, 9]]).all() and not np.isnan(np.delete(loss_r, [5, 6, 8, 9])).any()
+    np.testing.assert_array_equal(np.isnan(loss), np.isnan(loss_r))
     _same(probs, probs_r, dtype)
     np.testing.assert_allclose(loss, loss_r, rtol=TOL[dtype]["rtol"], atol=1e-4 if dtype == "float32" else 1e-10)
     gy = rng.standard_normal(50).astype(dtype)

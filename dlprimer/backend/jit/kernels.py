@@ -261,21 +261,43 @@ def dropout(x, out, scale, one, threshold, seed, counter):
 
 
 # -- softmax cross-entropy ------------------------------------------------------------------
+@helper
+def _row_max(row):
+    """max of a row, NaN if the row holds one (a scalar loop: only the rare retry uses it)."""
+    m = row[0]
+    for j in range(row.size):
+        v = row[j]
+        m = v if (v > m or v != v) else m
+        if m != m:
+            break
+    return np.float64(m)
+
+
 @jit_sum
-def softmax_xent_forward(logits, mx, target, probs, loss, eps):
-    """Per row, with mx the row's max (NumPy's, SIMD and NaN-propagating): z = logits - mx,
-    log s = log sum e^z, loss = (1-eps)(log s - z_t) + eps (log s - mean z);
-    probs = e^z / s (what backward needs)."""
+def softmax_xent_forward(logits, shift, target, probs, loss, eps):
+    """Per row, with m = shift[r] (any value of the row, e.g. its first): z = logits - m,
+    s = sum e^z in float64, loss = (1-eps)(log s - z_t) + eps (log s - mean z),
+    probs = e^z / s (what backward needs). log-sum-exp does not depend on m; float64 holds
+    e^z for |z| < 709, and terms that underflow are < e^-708 of the largest. When s is not
+    a positive number that fits the dtype (e.g. a float32 z above 88, NaN or inf in the
+    row) the row is redone with m = its max (NaN-propagating), as the NumPy path computes it. One
+    pass for e^z and s, one for the scaling: no separate pass for the max."""
     n, c = logits.shape
+    big = np.float64(np.finfo(probs.dtype).max)    # every e^z (<= s) must fit in probs
     for r in range(n):
         row = logits[r]
         pr = probs[r]
-        m = np.float64(mx[r])
-        for j in range(c):
-            pr[j] = M.exp64(np.float64(row[j]) - m, 0.0)
+        m = np.float64(shift[r])
         s = 0.0
-        for j in range(c):
-            s += np.float64(pr[j])
+        for attempt in range(2):
+            s = 0.0
+            for j in range(c):
+                e = M.exp_as(row[j], np.float64(row[j]) - m)
+                pr[j] = e
+                s += e
+            if s > 0.0 and s <= big:
+                break
+            m = _row_max(row)
         log_s = math.log(s)
         z_t = np.float64(row[target[r]]) - m
         lr = log_s - z_t

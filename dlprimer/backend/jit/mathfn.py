@@ -67,10 +67,11 @@ def exp64(x, dx):
 
 
 @jit
-def exp_neg(x):
-    """e^x for x <= 0 to float32 accuracy (relative error < 3e-10), in float64: the same
-    reduction as :func:`exp64`, a degree-8 Taylor polynomial; 0 below -708.39, NaN kept."""
-    k = numba.float64(int(x * _LOG2E - 0.5))
+def exp32(x):
+    """e^x to float32 accuracy (relative error < 3e-10), in float64: the reduction of
+    :func:`exp64` and a degree-8 Taylor polynomial. 0 below -708.39, inf above 709.78,
+    NaN kept."""
+    k = numba.float64(int(x * _LOG2E + 0.5 if x >= 0 else x * _LOG2E - 0.5))
     r = (x - k * _LN2_HI) - k * _LN2_LO
     p = 2.48015873015873e-05
     p = p * r + 0.0001984126984126984
@@ -82,8 +83,10 @@ def exp_neg(x):
     p = p * r + 1.0
     p = p * r + 1.0
     kk = k if k > -1022.0 else -1022.0
+    kk = kk if kk < 1023.0 else 1023.0
     v = p * _f64_from_bits((numba.int64(kk) + 1023) << 52)
     v = v if x > -708.39 else 0.0
+    v = v if x < 709.78 else numba.float64(numba.float64(1e308) * 10.0)
     return v if x == x else x
 
 
@@ -145,7 +148,7 @@ def normal_pdf(a):
 def normal_pdf32(a):
     """phi(a) for an ``a`` that is a float32 value held in float64: a^2 is then exact
     (24-bit mantissa squared fits in 53 bits), so no split is needed."""
-    return exp_neg(-0.5 * (a * a)) * _INV_SQRT_2PI
+    return exp32(-0.5 * (a * a)) * _INV_SQRT_2PI
 
 
 @jit
@@ -167,8 +170,8 @@ def sigmoid(x):
 
 @jit
 def sigmoid32(x):
-    """:func:`sigmoid` to float32 accuracy (``exp_neg``), for float32 values held in float64."""
-    e = exp_neg(-abs(x))
+    """:func:`sigmoid` to float32 accuracy (:func:`exp32`), for float32 values held in float64."""
+    e = exp32(-abs(x))
     r = 1.0 / (1.0 + e)
     return r if x >= 0 else (e * r if x == x else x)
 
@@ -184,3 +187,16 @@ def _sigmoid_of(v):
     if v == types.float32:
         return lambda v: sigmoid32(numba.float64(v))
     return lambda v: sigmoid(numba.float64(v))
+
+
+def exp_as(like, x):
+    """e^x (x a float64) at the accuracy that the type of ``like`` needs: :func:`exp32` for a
+    float32 ``like``, :func:`exp64` otherwise (chosen when numba types the call)."""
+    raise NotImplementedError("only callable from numba-compiled code")
+
+
+@overload(exp_as, jit_options=dict(error_model="numpy", fastmath={"contract"}))
+def _exp_as(like, x):
+    if like == types.float32:
+        return lambda like, x: exp32(x)
+    return lambda like, x: exp64(x, 0.0)
