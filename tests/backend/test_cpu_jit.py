@@ -169,15 +169,54 @@ def _gelu64(x):
     return x * scipy.special.ndtr(x)
 
 
-def test_exact_gelu_float32_within_2_ulp_of_float64_reference(rng):
-    x = np.concatenate([np.linspace(-10, 10, 400001, dtype=np.float32),
-                        rng.uniform(-10, 10, 100000).astype(np.float32),
+def _ulps(got, want64):
+    """|got - want64| in float32 ulps of want64 rounded to float32 (subnormal ulps below)."""
+    want = want64.astype(np.float32)
+    ulp = np.maximum(np.spacing(np.abs(want)), np.spacing(np.float32(0))).astype(np.float64)
+    err = np.abs(got.astype(np.float64) - want) / ulp
+    return np.where(np.isnan(want) & np.isnan(got), 0.0, err)
+
+
+def test_exact_gelu_float32_within_1_ulp_of_float64_reference(rng):
+    """The issue asks for 2 ulp over [-10, 10]; the float32 path (degree-8 exp and degree-11
+    tail in float64) gives 1, also where GELU(x) is subnormal (x < -13.2)."""
+    x = np.concatenate([np.linspace(-15, 10, 2_500_001, dtype=np.float32),
+                        rng.uniform(-10, 10, 200_000).astype(np.float32),
                         np.float32([-13.5, -12.0, 3e38, -3e38, 1e-40, -1e-40, 1e-8, -1e-8])])
-    want = _gelu64(x.astype(np.float64)).astype(np.float32)
     got = fast.gelu_forward(x)
-    ulp = np.spacing(np.abs(want)).astype(np.float64)
-    err = np.abs(got.astype(np.float64) - want) / np.maximum(ulp, np.spacing(np.float32(0)))
-    assert err.max() <= 2, (x[err.argmax()], got[err.argmax()], want[err.argmax()])
+    err = _ulps(got, _gelu64(x.astype(np.float64)))
+    assert err.max() <= 1, (x[err.argmax()], got[err.argmax()], err.max())
+
+
+@pytest.mark.parametrize("op", ["silu", "sigmoid"])
+def test_float32_sigmoid_family_within_1_ulp_of_float64_reference(op, rng):
+    x = np.concatenate([np.linspace(-110, 90, 1_000_001, dtype=np.float32),
+                        rng.standard_normal(100_000).astype(np.float32) * 5,
+                        np.float32([0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, 3e38, -3e38])])
+    x64 = x.astype(np.float64)
+    want = scipy.special.expit(x64) * (x64 if op == "silu" else 1.0)
+    err = _ulps(getattr(fast, op + "_forward")(x), want)
+    assert err.max() <= 1, (x[err.argmax()], err.max())
+
+
+def test_exp32_relative_error_below_3e_10(rng):
+    """mathfn.exp32, the float32 paths' exp, over its whole range (and its edges)."""
+    import numba
+    from dlprimer.backend.jit import mathfn
+
+    @numba.njit
+    def run(x, out):
+        for i in range(x.size):
+            out[i] = mathfn.exp32(x[i])
+    x = np.concatenate([np.linspace(-708, 709, 400_001), rng.uniform(-20, 20, 100_000),
+                        [0.0, -0.0, 1e-300, -1e-300, 0.5 * math.log(2), -0.5 * math.log(2)]])
+    out = np.empty_like(x)
+    run(x, out)
+    assert np.max(np.abs(out / np.exp(x) - 1)) < 3e-10
+    edges = np.array([-708.5, -1e4, -np.inf, 709.8, 1e4, np.inf, np.nan])
+    out = np.empty_like(edges)
+    run(edges, out)
+    np.testing.assert_array_equal(out, [0, 0, 0, np.inf, np.inf, np.inf, np.nan])
 
 
 def test_exact_gelu_float64_within_1e_14_relative(rng):
