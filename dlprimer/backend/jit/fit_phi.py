@@ -34,7 +34,7 @@ def fit(degree, k=K, nodes=20001):
 
 
 if __name__ == "__main__":
-    for deg in (13, 22):
+    for deg in (11, 22):
         coef, err = fit(deg)
         print(f"# degree {deg}: max relative error of H {err:.2e}")
         print(f"H{deg} = {coef!r}")

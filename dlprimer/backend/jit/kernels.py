@@ -61,12 +61,21 @@ def elu_backward(x, gy, out, alpha):
 
 
 @helper
-def _phi(v, precise):
-    """(Phi(v), phi(v)) of the normal distribution, vectorisable; ``precise`` False is the
-    float32 path (v a float32 value: a^2 exact, degree-8 exp, degree-11 tail fit)."""
+def _phi(v):
+    """(Phi(v), phi(v)) of the normal distribution, vectorisable (float64)."""
     a = abs(v)
-    pdf = M.normal_pdf(a) if precise else M.normal_pdf32(a)
-    q = M.q_tail(a, pdf, precise)
+    pdf = M.normal_pdf(a)
+    q = M.q_tail(a, pdf)
+    return (q if v < 0 else 1.0 - q), pdf
+
+
+@helper
+def _phi32(v):
+    """:func:`_phi` for a float32 value v (held in float64): a^2 exact, degree-8 exp,
+    degree-11 tail fit. Two helpers, not a flag: numba types both arms of a flag."""
+    a = abs(v)
+    pdf = M.normal_pdf32(a)
+    q = M.q_tail32(a, pdf)
     return (q if v < 0 else 1.0 - q), pdf
 
 
@@ -98,14 +107,14 @@ def _gelu_tanh_grad(v):
 def gelu_erf_forward(x, out):
     for i in range(x.size):
         v = np.float64(x[i])
-        out[i] = v * _phi(v, False)[0]
+        out[i] = v * _phi32(v)[0]
 
 
 @jit
 def gelu_erf64_forward(x, out):
     for i in range(x.size):
         v = x[i]
-        out[i] = v * _phi(v, True)[0]
+        out[i] = v * _phi(v)[0]
 
 
 @jit
@@ -118,7 +127,7 @@ def gelu_tanh_forward(x, out):
 def gelu_erf_backward(x, gy, out):
     for i in range(x.size):
         v = np.float64(x[i])
-        cdf, pdf = _phi(v, False)
+        cdf, pdf = _phi32(v)
         out[i] = gy[i] * (cdf + v * pdf)
 
 
@@ -126,7 +135,7 @@ def gelu_erf_backward(x, gy, out):
 def gelu_erf64_backward(x, gy, out):
     for i in range(x.size):
         v = x[i]
-        cdf, pdf = _phi(v, True)
+        cdf, pdf = _phi(v)
         out[i] = gy[i] * (cdf + v * pdf)
 
 
@@ -183,7 +192,7 @@ def bias_gelu_erf_forward(x, b, out):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
             v = np.float64(x[r, j] + b[j])
-            out[r, j] = v * _phi(v, False)[0]
+            out[r, j] = v * _phi32(v)[0]
 
 
 @jit
@@ -191,7 +200,7 @@ def bias_gelu_erf64_forward(x, b, out):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
             v = x[r, j] + b[j]
-            out[r, j] = v * _phi(v, True)[0]
+            out[r, j] = v * _phi(v)[0]
 
 
 @jit
@@ -218,7 +227,7 @@ def bias_gelu_erf_backward(x, b, gy, out, gb):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
             v = np.float64(x[r, j] + b[j])
-            cdf, pdf = _phi(v, False)
+            cdf, pdf = _phi32(v)
             out[r, j] = gy[r, j] * (cdf + v * pdf)
     _column_sums(out, gb)
 
@@ -228,7 +237,7 @@ def bias_gelu_erf64_backward(x, b, gy, out, gb):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
             v = x[r, j] + b[j]
-            cdf, pdf = _phi(v, True)
+            cdf, pdf = _phi(v)
             out[r, j] = gy[r, j] * (cdf + v * pdf)
     _column_sums(out, gb)
 

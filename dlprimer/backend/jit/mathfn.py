@@ -16,8 +16,8 @@ degree-8 exp costs two thirds of the degree-12 one.
 ``q_tail``  Q(a) = Phi(-a) = 0.5 erfc(a / sqrt 2) for a >= 0, the normal tail that the exact
             GELU needs (chapter eq. for GELU: x Phi(x)), as phi(a) H(t) / (a + K),
             t = (a - K)/(a + K) with H a fitted polynomial (``fit_phi.py``): degree 11
-            (relative error of H 5.5e-9, float32 path, phi from ``normal_pdf32``) or 22
-            (3.1e-15, float64 path, phi from ``normal_pdf``). Relative error of Q: float32
+            (relative error of H 5.5e-9, float32 path: ``q_tail32``, phi from
+            ``normal_pdf32``) or 22 (3.1e-15, float64 path: ``q_tail``, ``normal_pdf``). Relative error of Q: float32
             path < 6e-9, so float32 GELU lands within 1 ulp of the float64 reference rounded
             to float32 (the issue asks for 2; tests/backend/test_cpu_jit.py checks a dense
             grid of [-15, 10] and the extremes); float64 path < 1e-14 for a <= 10 (H's error
@@ -165,12 +165,18 @@ def normal_pdf32(a):
 
 
 @jit
-def q_tail(a, pdf, precise):
-    """Phi(-a) for a = |x| given pdf = phi(a); ``precise`` picks the degree-22 fit (float64),
-    else the degree-11 one (float32)."""
+def q_tail(a, pdf):
+    """Phi(-a) for a = |x| given pdf = phi(a), degree-22 fit (float64)."""
     r = 1.0 / (a + _K)
-    t = (a - _K) * r
-    q = pdf * (_h22(t) if precise else _h11(t)) * r
+    q = pdf * _h22((a - _K) * r) * r
+    return q if a < 40.0 else (0.0 if a == a else a)
+
+
+@jit
+def q_tail32(a, pdf):
+    """:func:`q_tail` with the degree-11 fit (float32 values)."""
+    r = 1.0 / (a + _K)
+    q = pdf * _h11((a - _K) * r) * r
     return q if a < 40.0 else (0.0 if a == a else a)
 
 
