@@ -270,43 +270,28 @@ def dropout(x, out, scale, one, threshold, seed, counter):
 
 
 # -- softmax cross-entropy ------------------------------------------------------------------
-@helper
-def _row_max(row):
-    """max of a row, NaN if the row holds one (a scalar loop: only the rare retry uses it)."""
-    m = row[0]
-    for j in range(row.size):
-        v = row[j]
-        m = v if (v > m or v != v) else m
-        if m != m:
-            break
-    return np.float64(m)
-
-
 @jit_sum
 def softmax_xent_forward(logits, shift, target, probs, loss, eps):
-    """Per row, with m = shift[r] (any value of the row, e.g. its first): z = logits - m,
-    s = sum e^z in float64, loss = (1-eps)(log s - z_t) + eps (log s - mean z),
+    """Per row, with m = shift[r] (any value of the row; the backend passes its first):
+    z = logits - m, s = sum e^z in float64, loss = (1-eps)(log s - z_t) + eps (log s - mean z),
     probs = e^z / s (what backward needs). log-sum-exp does not depend on m; float64 holds
-    e^z for |z| < 709, and terms that underflow are < e^-708 of the largest. When s is not
-    a positive number that fits the dtype (e.g. a float32 z above 88, NaN or inf in the
-    row) the row is redone with m = its max (NaN-propagating), as the NumPy path computes it. One
-    pass for e^z and s, one for the scaling: no separate pass for the max."""
+    e^z for |z| < 709, and terms that underflow are < e^-708 of the largest. A row whose s
+    is not a positive number that fits the dtype (a float32 z above 88, a float64 z above
+    709, NaN or inf in the row) gets loss NaN and is counted: the caller redoes those rows
+    with m = the row's max, as the NumPy path computes it. Returns that count. One pass for
+    e^z and s, one for the scaling; no pass for the max."""
     n, c = logits.shape
     big = np.float64(np.finfo(probs.dtype).max)    # every e^z (<= s) must fit in probs
+    redo = 0
     for r in range(n):
         row = logits[r]
         pr = probs[r]
         m = np.float64(shift[r])
         s = 0.0
-        for attempt in range(2):
-            s = 0.0
-            for j in range(c):
-                e = M.exp_as(row[j], np.float64(row[j]) - m)
-                pr[j] = e
-                s += e
-            if s > 0.0 and s <= big:
-                break
-            m = _row_max(row)
+        for j in range(c):
+            e = M.exp_as(row[j], np.float64(row[j]) - m)
+            pr[j] = e
+            s += e
         log_s = math.log(s)
         z_t = np.float64(row[target[r]]) - m
         lr = log_s - z_t
@@ -315,10 +300,13 @@ def softmax_xent_forward(logits, shift, target, probs, loss, eps):
             for j in range(c):
                 zs += np.float64(row[j])
             lr = (1.0 - eps) * lr + eps * (log_s - (zs / c - m))
-        loss[r] = lr
+        ok = s > 0.0 and s <= big
+        loss[r] = lr if ok else math.nan
+        redo += 0 if ok else 1
         inv = 1.0 / s
         for j in range(c):
             pr[j] = pr[j] * inv
+    return redo
 
 
 @jit
