@@ -273,13 +273,14 @@ def dropout(x, out, scale, one, threshold, seed, counter):
 @jit_sum
 def softmax_xent_forward(logits, shift, target, probs, loss, eps):
     """Per row, with m = shift[r] (any value of the row; the backend passes its first):
-    z = logits - m, s = sum e^z in float64, loss = (1-eps)(log s - z_t) + eps (log s - mean z),
-    probs = e^z / s (what backward needs). log-sum-exp does not depend on m; float64 holds
-    e^z for |z| < 709, and terms that underflow are < e^-708 of the largest. A row whose s
+    z = logits - m, s = sum e^z (the stored values, summed in float64),
+    loss = (1-eps)(log s - z_t) + eps (log s - mean z), probs = e^z / s (what backward
+    needs). log-sum-exp does not depend on m, and terms that underflow are below the dtype's
+    resolution of the largest (>= 1). A row whose s
     is not a positive number that fits the dtype (a float32 z above 88, a float64 z above
     709, NaN or inf in the row) gets loss NaN and is counted: the caller redoes those rows
-    with m = the row's max, as the NumPy path computes it. Returns that count. One pass for
-    e^z and s, one for the scaling; no pass for the max."""
+    with m = the row's max, as the NumPy path computes it. Returns that count. Per row (in
+    L1): a pass for e^z, one for s, one for the scaling; no pass for the max."""
     n, c = logits.shape
     big = np.float64(np.finfo(probs.dtype).max)    # every e^z (<= s) must fit in probs
     redo = 0
@@ -287,11 +288,11 @@ def softmax_xent_forward(logits, shift, target, probs, loss, eps):
         row = logits[r]
         pr = probs[r]
         m = np.float64(shift[r])
+        for j in range(c):      # a map loop: vectorises wider than with the sum in it
+            pr[j] = M.exp_as(row[j], np.float64(row[j]) - m)
         s = 0.0
         for j in range(c):
-            e = M.exp_as(row[j], np.float64(row[j]) - m)
-            pr[j] = e
-            s += e
+            s += np.float64(pr[j])
         log_s = math.log(s)
         z_t = np.float64(row[target[r]]) - m
         lr = log_s - z_t

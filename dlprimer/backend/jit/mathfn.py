@@ -17,10 +17,11 @@ degree-8 exp costs two thirds of the degree-12 one.
             GELU needs (chapter eq. for GELU: x Phi(x)), as phi(a) H(t) / (a + K),
             t = (a - K)/(a + K) with H a fitted polynomial (``fit_phi.py``): degree 11
             (relative error of H 5.5e-9, float32 path: ``q_tail32``, phi from
-            ``normal_pdf32``) or 22 (3.1e-15, float64 path: ``q_tail``, ``normal_pdf``). Relative error of Q: float32
-            path < 6e-9, so float32 GELU lands within 1 ulp of the float64 reference rounded
-            to float32 (the issue asks for 2; tests/backend/test_cpu_jit.py checks a dense
-            grid of [-15, 10] and the extremes); float64 path < 1e-14 for a <= 10 (H's error
+            ``normal_pdf32``) or 22 (3.1e-15, float64 path: ``q_tail``, ``normal_pdf``).
+            Relative error of Q: float32 path < 6e-9, so float32 GELU lands within 1 ulp
+            of the float64 reference rounded to float32 (the issue asks for 2;
+            tests/backend/test_cpu_jit.py checks a dense grid of [-15, 10] and the
+            extremes); float64 path < 1e-14 for a <= 10 (H's error
             plus exp's, a^2/2 formed exactly by a Veltkamp split). Q is accurate in the far
             tail where 1 + erf(-a) cancels to 0.
 ``sigmoid`` 1 / (1 + e^-x) from e = exp(-|x|): never overflows, no cancellation;
