@@ -179,7 +179,7 @@ def _ulps(got, want64):
 
 
 def test_exact_gelu_float32_within_1_ulp_of_float64_reference(rng):
-    """The issue asks for 2 ulp over [-10, 10]; the float32 path (degree-8 exp and degree-11
+    """The issue asks for 2 ulp over [-10, 10]; the float32 path (degree-7 exp and degree-9
     tail in float64) gives 1, also where GELU(x) is subnormal (x < -13.2)."""
     x = np.concatenate([np.linspace(-15, 10, 2_500_001, dtype=np.float32),
                         rng.uniform(-10, 10, 200_000).astype(np.float32),
@@ -200,7 +200,7 @@ def test_float32_sigmoid_family_within_1_ulp_of_float64_reference(op, rng):
     assert err.max() <= 1, (x[err.argmax()], err.max())
 
 
-def test_exp32_relative_error_below_3e_10(rng):
+def test_exp32_relative_error_below_8e_9(rng):
     """mathfn.exp32, the float32 paths' exp, over its whole range (and its edges)."""
     import numba
     from dlprimer.backend.jit import mathfn
@@ -213,7 +213,7 @@ def test_exp32_relative_error_below_3e_10(rng):
                         [0.0, -0.0, 1e-300, -1e-300, 0.5 * math.log(2), -0.5 * math.log(2)]])
     out = np.empty_like(x)
     run(x, out)
-    assert np.max(np.abs(out / np.exp(x) - 1)) < 3e-10
+    assert np.max(np.abs(out / np.exp(x) - 1)) < 8e-9
     edges = np.array([-708.5, -1e4, -np.inf, 709.8, 1e4, np.inf, np.nan])
     out = np.empty_like(edges)
     run(edges, out)

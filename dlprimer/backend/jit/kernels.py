@@ -71,8 +71,8 @@ def _phi(v):
 
 @helper
 def _phi32(v):
-    """:func:`_phi` for a float32 value v (held in float64): a^2 exact, degree-8 exp,
-    degree-11 tail fit. Two helpers, not a flag: numba types both arms of a flag."""
+    """:func:`_phi` for a float32 value v (held in float64): a^2 exact, degree-7 exp,
+    degree-9 tail fit. Two helpers, not a flag: numba types both arms of a flag."""
     a = abs(v)
     pdf = M.normal_pdf32(a)
     q = M.q_tail32(a, pdf)
@@ -101,7 +101,7 @@ def _gelu_tanh_grad(v):
 # GELU(x) = x Phi(x) (the chapter's exact GELU), GELU'(x) = Phi(x) + x phi(x).
 # One kernel per variant, each a flat loop: a loop vectorises only when no branch is left in
 # it, and a run compiles only the variants it uses (numba's inlining makes each one cost
-# seconds). "erf" is the float32 fit of the normal tail (degree 11), "erf64" the float64 one
+# seconds). "erf" is the float32 fit of the normal tail (degree 9), "erf64" the float64 one
 # (degree 22), "tanh" the tanh form.
 @jit
 def gelu_erf_forward(x, out):
