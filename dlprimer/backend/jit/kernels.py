@@ -277,12 +277,11 @@ def softmax_xent_forward(logits, shift, target, probs, loss, eps):
     loss = (1-eps)(log s - z_t) + eps (log s - mean z), probs = e^z / s (what backward
     needs). log-sum-exp does not depend on m, and terms that underflow are below the dtype's
     resolution of the largest (>= 1). A row whose s
-    is not a positive number that fits the dtype (a float32 z above 88, a float64 z above
-    709, NaN or inf in the row) gets loss NaN and is counted: the caller redoes those rows
+    is not finite (an e^z that overflowed the dtype: a float32 z above 88, a float64 one
+    above 709; NaN or inf in the row) gets loss NaN and is counted: the caller redoes those rows
     with m = the row's max, as the NumPy path computes it. Returns that count. Per row (in
     L1): a pass for e^z, one for s, one for the scaling; no pass for the max."""
     n, c = logits.shape
-    big = np.float64(np.finfo(probs.dtype).max)    # every e^z (<= s) must fit in probs
     redo = 0
     for r in range(n):
         row = logits[r]
@@ -301,7 +300,7 @@ def softmax_xent_forward(logits, shift, target, probs, loss, eps):
             for j in range(c):
                 zs += np.float64(row[j])
             lr = (1.0 - eps) * lr + eps * (log_s - (zs / c - m))
-        ok = s > 0.0 and s <= big
+        ok = s > 0.0 and s < math.inf     # an e^z that overflowed its dtype is inf in s
         loss[r] = lr if ok else math.nan
         redo += 0 if ok else 1
         inv = 1.0 / s
