@@ -275,12 +275,12 @@ def softmax_xent_forward(logits, shift, target, probs, loss, eps):
     """Per row, with m = shift[r] (any value of the row; the backend passes its first):
     z = logits - m, s = sum e^z (the stored values, summed in float64),
     loss = (1-eps)(log s - z_t) + eps (log s - mean z), probs = e^z / s (what backward
-    needs). log-sum-exp does not depend on m, and terms that underflow are below the dtype's
-    resolution of the largest (>= 1). A row whose s
-    is not finite (an e^z that overflowed the dtype: a float32 z above 88, a float64 one
-    above 709; NaN or inf in the row) gets loss NaN and is counted: the caller redoes those rows
-    with m = the row's max, as the NumPy path computes it. Returns that count. Per row (in
-    L1): a pass for e^z, one for s, one for the scaling; no pass for the max."""
+    needs). log-sum-exp does not depend on m, and terms that underflow are below the
+    dtype's resolution of the largest (>= 1). A row whose s is not finite (an e^z that
+    overflowed the dtype: a float32 z above 88, a float64 one above 709; NaN or inf in the
+    row) gets loss NaN and is counted: the caller redoes those rows with m = the row's max,
+    as the NumPy path computes it. Returns that count. Per row (in L1): a pass for e^z, one
+    for s, one for the scaling; no pass over memory for the max."""
     n, c = logits.shape
     redo = 0
     for r in range(n):
