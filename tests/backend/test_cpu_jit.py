@@ -91,9 +91,20 @@ def test_softmax_cross_entropy_kernels_match_numpy_path(eps, dtype, rng):
     logits = (rng.standard_normal((50, 13)) * 5).astype(dtype)
     logits[0, :3] = [1e4, -1e4, 0.0]
     logits[1, :] = -1e4
+    # the kernel shifts by the row's first value and redoes a row whose sum does not fit:
+    logits[2, 0] = -1e4                 # e^z overflows float64
+    logits[3, :2] = [0.0, 100.0]        # e^100 overflows float32 only
+    logits[4, :2] = [-0.0, 1e-30]
+    logits[5, 5], logits[6, 2], logits[7, 0], logits[8, 0] = np.nan, np.inf, -np.inf, np.nan
+    logits[9, :] = -np.inf
+    logits[10, 7] = -np.inf
     target = rng.integers(0, 13, 50)
-    (loss, probs), (loss_r, probs_r) = (b.softmax_cross_entropy_forward(logits, target, eps)
-                                        for b in (fast, ref))
+    with np.errstate(invalid="ignore"):
+        (loss, probs), (loss_r, probs_r) = (b.softmax_cross_entropy_forward(logits, target, eps)
+                                            for b in (fast, ref))
+    nan_rows = [5, 6, 8, 9]
+    assert np.isnan(loss_r[nan_rows]).all() and not np.isnan(np.delete(loss_r, nan_rows)).any()
+    np.testing.assert_array_equal(np.isnan(loss), np.isnan(loss_r))
     _same(probs, probs_r, dtype)
     np.testing.assert_allclose(loss, loss_r, rtol=TOL[dtype]["rtol"], atol=1e-4 if dtype == "float32" else 1e-10)
     gy = rng.standard_normal(50).astype(dtype)
@@ -159,15 +170,54 @@ def _gelu64(x):
     return x * scipy.special.ndtr(x)
 
 
-def test_exact_gelu_float32_within_2_ulp_of_float64_reference(rng):
-    x = np.concatenate([np.linspace(-10, 10, 400001, dtype=np.float32),
-                        rng.uniform(-10, 10, 100000).astype(np.float32),
+def _ulps(got, want64):
+    """|got - want64| in float32 ulps of want64 rounded to float32 (subnormal ulps below)."""
+    want = want64.astype(np.float32)
+    ulp = np.maximum(np.spacing(np.abs(want)), np.spacing(np.float32(0))).astype(np.float64)
+    err = np.abs(got.astype(np.float64) - want) / ulp
+    return np.where(np.isnan(want) & np.isnan(got), 0.0, err)
+
+
+def test_exact_gelu_float32_within_1_ulp_of_float64_reference(rng):
+    """The issue asks for 2 ulp over [-10, 10]; the float32 path (degree-7 exp and degree-9
+    tail in float64) gives 1, also where GELU(x) is subnormal (x < -13.2)."""
+    x = np.concatenate([np.linspace(-15, 10, 2_500_001, dtype=np.float32),
+                        rng.uniform(-10, 10, 200_000).astype(np.float32),
                         np.float32([-13.5, -12.0, 3e38, -3e38, 1e-40, -1e-40, 1e-8, -1e-8])])
-    want = _gelu64(x.astype(np.float64)).astype(np.float32)
     got = fast.gelu_forward(x)
-    ulp = np.spacing(np.abs(want)).astype(np.float64)
-    err = np.abs(got.astype(np.float64) - want) / np.maximum(ulp, np.spacing(np.float32(0)))
-    assert err.max() <= 2, (x[err.argmax()], got[err.argmax()], want[err.argmax()])
+    err = _ulps(got, _gelu64(x.astype(np.float64)))
+    assert err.max() <= 1, (x[err.argmax()], got[err.argmax()], err.max())
+
+
+@pytest.mark.parametrize("op", ["silu", "sigmoid"])
+def test_float32_sigmoid_family_within_1_ulp_of_float64_reference(op, rng):
+    x = np.concatenate([np.linspace(-110, 90, 1_000_001, dtype=np.float32),
+                        rng.standard_normal(100_000).astype(np.float32) * 5,
+                        np.float32([0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, 3e38, -3e38])])
+    x64 = x.astype(np.float64)
+    want = scipy.special.expit(x64) * (x64 if op == "silu" else 1.0)
+    err = _ulps(getattr(fast, op + "_forward")(x), want)
+    assert err.max() <= 1, (x[err.argmax()], err.max())
+
+
+def test_exp32_relative_error_below_8e_9(rng):
+    """mathfn.exp32, the float32 paths' exp, over its whole range (and its edges)."""
+    import numba
+    from dlprimer.backend.jit import mathfn
+
+    @numba.njit
+    def run(x, out):
+        for i in range(x.size):
+            out[i] = mathfn.exp32(x[i])
+    x = np.concatenate([np.linspace(-708, 709, 400_001), rng.uniform(-20, 20, 100_000),
+                        [0.0, -0.0, 1e-300, -1e-300, 0.5 * math.log(2), -0.5 * math.log(2)]])
+    out = np.empty_like(x)
+    run(x, out)
+    assert np.max(np.abs(out / np.exp(x) - 1)) < 8e-9
+    edges = np.array([-708.5, -1e4, -np.inf, 709.8, 1e4, np.inf, np.nan])
+    out = np.empty_like(edges)
+    run(edges, out)
+    np.testing.assert_array_equal(out, [0, 0, 0, np.inf, np.inf, np.inf, np.nan])
 
 
 def test_exact_gelu_float64_within_1e_14_relative(rng):

@@ -179,9 +179,17 @@ class JitCPUBackend(CPUBackend):
         probs = np.empty(logits.shape, dtype=dt)
         loss = np.empty(n, dtype=dt)
         logits = np.ascontiguousarray(logits)
-        if call("softmax_xent_forward", logits, logits.max(axis=1),
-                np.ascontiguousarray(target), probs, loss, float(label_smoothing)) is NO:
+        target = np.ascontiguousarray(target)
+        eps = float(label_smoothing)
+        redo = call("softmax_xent_forward", logits, logits[:, 0].copy(), target, probs, loss, eps)
+        if redo is NO:
             return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
+        if redo:    # rows the first value could not shift (overflow, NaN, inf): by the max
+            rows = np.flatnonzero(np.isnan(loss))
+            sub = np.ascontiguousarray(logits[rows])
+            p, l = np.empty_like(sub), np.empty(len(rows), dtype=dt)
+            call("softmax_xent_forward", sub, sub.max(axis=1), target[rows], p, l, eps)
+            probs[rows], loss[rows] = p, l
         return loss, probs
 
     def softmax_cross_entropy_backward(self, probs, target, gy, label_smoothing=0.0):

@@ -61,11 +61,21 @@ def elu_backward(x, gy, out, alpha):
 
 
 @helper
-def _phi(v, precise):
-    """(Phi(v), phi(v)) of the normal distribution, vectorisable."""
+def _phi(v):
+    """(Phi(v), phi(v)) of the normal distribution, vectorisable (float64)."""
     a = abs(v)
     pdf = M.normal_pdf(a)
-    q = M.q_tail(a, pdf, precise)
+    q = M.q_tail(a, pdf)
+    return (q if v < 0 else 1.0 - q), pdf
+
+
+@helper
+def _phi32(v):
+    """:func:`_phi` for a float32 value v (held in float64): a^2 exact, degree-7 exp,
+    degree-9 tail fit. Two helpers, not a flag: numba types both arms of a flag."""
+    a = abs(v)
+    pdf = M.normal_pdf32(a)
+    q = M.q_tail32(a, pdf)
     return (q if v < 0 else 1.0 - q), pdf
 
 
@@ -91,20 +101,20 @@ def _gelu_tanh_grad(v):
 # GELU(x) = x Phi(x) (the chapter's exact GELU), GELU'(x) = Phi(x) + x phi(x).
 # One kernel per variant, each a flat loop: a loop vectorises only when no branch is left in
 # it, and a run compiles only the variants it uses (numba's inlining makes each one cost
-# seconds). "erf" is the float32 fit of the normal tail (degree 13), "erf64" the float64 one
+# seconds). "erf" is the float32 fit of the normal tail (degree 9), "erf64" the float64 one
 # (degree 22), "tanh" the tanh form.
 @jit
 def gelu_erf_forward(x, out):
     for i in range(x.size):
         v = np.float64(x[i])
-        out[i] = v * _phi(v, False)[0]
+        out[i] = v * _phi32(v)[0]
 
 
 @jit
 def gelu_erf64_forward(x, out):
     for i in range(x.size):
         v = x[i]
-        out[i] = v * _phi(v, True)[0]
+        out[i] = v * _phi(v)[0]
 
 
 @jit
@@ -117,7 +127,7 @@ def gelu_tanh_forward(x, out):
 def gelu_erf_backward(x, gy, out):
     for i in range(x.size):
         v = np.float64(x[i])
-        cdf, pdf = _phi(v, False)
+        cdf, pdf = _phi32(v)
         out[i] = gy[i] * (cdf + v * pdf)
 
 
@@ -125,7 +135,7 @@ def gelu_erf_backward(x, gy, out):
 def gelu_erf64_backward(x, gy, out):
     for i in range(x.size):
         v = x[i]
-        cdf, pdf = _phi(v, True)
+        cdf, pdf = _phi(v)
         out[i] = gy[i] * (cdf + v * pdf)
 
 
@@ -138,8 +148,7 @@ def gelu_tanh_backward(x, gy, out):
 @jit
 def silu_forward(x, out):
     for i in range(x.size):
-        v = np.float64(x[i])
-        out[i] = v * M.sigmoid(v)
+        out[i] = np.float64(x[i]) * M.sigmoid_of(x[i])
 
 
 @jit
@@ -147,14 +156,14 @@ def silu_backward(x, gy, out):
     """gy s (1 + x (1 - s)), s = sigmoid(x)."""
     for i in range(x.size):
         v = np.float64(x[i])
-        s = M.sigmoid(v)
+        s = M.sigmoid_of(x[i])
         out[i] = gy[i] * (s * (1.0 + v * (1.0 - s)))
 
 
 @jit
 def sigmoid_forward(x, out):
     for i in range(x.size):
-        out[i] = M.sigmoid(np.float64(x[i]))
+        out[i] = M.sigmoid_of(x[i])
 
 
 @jit
@@ -183,7 +192,7 @@ def bias_gelu_erf_forward(x, b, out):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
             v = np.float64(x[r, j] + b[j])
-            out[r, j] = v * _phi(v, False)[0]
+            out[r, j] = v * _phi32(v)[0]
 
 
 @jit
@@ -191,7 +200,7 @@ def bias_gelu_erf64_forward(x, b, out):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
             v = x[r, j] + b[j]
-            out[r, j] = v * _phi(v, True)[0]
+            out[r, j] = v * _phi(v)[0]
 
 
 @jit
@@ -218,7 +227,7 @@ def bias_gelu_erf_backward(x, b, gy, out, gb):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
             v = np.float64(x[r, j] + b[j])
-            cdf, pdf = _phi(v, False)
+            cdf, pdf = _phi32(v)
             out[r, j] = gy[r, j] * (cdf + v * pdf)
     _column_sums(out, gb)
 
@@ -228,7 +237,7 @@ def bias_gelu_erf64_backward(x, b, gy, out, gb):
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
             v = x[r, j] + b[j]
-            cdf, pdf = _phi(v, True)
+            cdf, pdf = _phi(v)
             out[r, j] = gy[r, j] * (cdf + v * pdf)
     _column_sums(out, gb)
 
@@ -262,17 +271,24 @@ def dropout(x, out, scale, one, threshold, seed, counter):
 
 # -- softmax cross-entropy ------------------------------------------------------------------
 @jit_sum
-def softmax_xent_forward(logits, mx, target, probs, loss, eps):
-    """Per row, with mx the row's max (NumPy's, SIMD and NaN-propagating): z = logits - mx,
-    log s = log sum e^z, loss = (1-eps)(log s - z_t) + eps (log s - mean z);
-    probs = e^z / s (what backward needs)."""
+def softmax_xent_forward(logits, shift, target, probs, loss, eps):
+    """Per row, with m = shift[r] (any value of the row; the backend passes its first):
+    z = logits - m, s = sum e^z (the stored values, summed in float64),
+    loss = (1-eps)(log s - z_t) + eps (log s - mean z), probs = e^z / s (what backward
+    needs). log-sum-exp does not depend on m, and terms that underflow are below the
+    dtype's resolution of the largest (>= 1). A row whose s is not finite (an e^z that
+    overflowed the dtype: a float32 z above 88, a float64 one above 709; NaN or inf in the
+    row) gets loss NaN and is counted: the caller redoes those rows with m = the row's max,
+    as the NumPy path computes it. Returns that count. Per row (in L1): a pass for e^z, one
+    for s, one for the scaling; no pass over memory for the max."""
     n, c = logits.shape
+    redo = 0
     for r in range(n):
         row = logits[r]
         pr = probs[r]
-        m = np.float64(mx[r])
-        for j in range(c):
-            pr[j] = M.exp64(np.float64(row[j]) - m, 0.0)
+        m = np.float64(shift[r])
+        for j in range(c):      # a map loop: vectorises wider than with the sum in it
+            pr[j] = M.exp_as(row[j], np.float64(row[j]) - m)
         s = 0.0
         for j in range(c):
             s += np.float64(pr[j])
@@ -284,10 +300,13 @@ def softmax_xent_forward(logits, mx, target, probs, loss, eps):
             for j in range(c):
                 zs += np.float64(row[j])
             lr = (1.0 - eps) * lr + eps * (log_s - (zs / c - m))
-        loss[r] = lr
+        ok = s > 0.0 and s < math.inf     # an e^z that overflowed its dtype is inf in s
+        loss[r] = lr if ok else math.nan
+        redo += 0 if ok else 1
         inv = 1.0 / s
         for j in range(c):
             pr[j] = pr[j] * inv
+    return redo
 
 
 @jit
