@@ -16,7 +16,7 @@ from . import mathfn as M
 
 jit = numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
 jit_sum = numba.njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
-helper = M.jit   # scalar helpers, inlined into the kernels' loops so that they vectorise
+helper = numba.njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
 
 
 # -- activations ----------------------------------------------------------------------
