@@ -40,6 +40,12 @@ def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
 
 
+def _targets(target):
+    """Class indices as C-contiguous intp (range-checked before): one signature per kernel
+    whatever integer type the caller used."""
+    return np.ascontiguousarray(target, dtype=np.intp)
+
+
 class JitCPUBackend(CPUBackend):
     """NumPy arrays, numba kernels for the fused ops (one pass each, one thread)."""
 
@@ -166,7 +172,7 @@ class JitCPUBackend(CPUBackend):
         threshold = math.ceil(float(np.float32(p)) * (1 << 24))
         out = np.empty(x.shape, dtype=dt)
         if call("dropout", _flat(x), out.reshape(-1), dt.type(1.0 / (1.0 - p)), dt.type(1),
-                threshold, seed % 2**64, counter % 2**64) is NO:
+                np.int64(threshold), np.uint64(seed % 2**64), np.uint64(counter % 2**64)) is NO:
             return super().dropout_forward(x, p, key)
         return out
 
@@ -179,8 +185,8 @@ class JitCPUBackend(CPUBackend):
         probs = np.empty(logits.shape, dtype=dt)
         loss = np.empty(n, dtype=dt)
         logits = np.ascontiguousarray(logits)
-        if call("softmax_xent_forward", logits, logits.max(axis=1),
-                np.ascontiguousarray(target), probs, loss, float(label_smoothing)) is NO:
+        if call("softmax_xent_forward", logits, logits.max(axis=1), _targets(target), probs,
+                loss, float(label_smoothing)) is NO:
             return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
         return loss, probs
 
@@ -189,10 +195,11 @@ class JitCPUBackend(CPUBackend):
         if dt is None or probs.ndim != 2 or target.dtype.kind not in "iu":
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
         n, _ = probs.shape
-        g = np.ascontiguousarray(np.broadcast_to(np.asarray(gy, dtype=dt).reshape(-1), (n,)))
+        g = np.empty(n, dtype=dt)       # writable: a read-only array is another signature
+        g[...] = np.asarray(gy, dtype=dt).reshape(-1)
         out = np.empty(probs.shape, dtype=dt)
-        if call("softmax_xent_backward", np.ascontiguousarray(probs),
-                np.ascontiguousarray(target), g, out, dt.type(label_smoothing)) is NO:
+        if call("softmax_xent_backward", np.ascontiguousarray(probs), _targets(target), g, out,
+                dt.type(label_smoothing)) is NO:
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
         return out
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from . import mathfn as M
 
-jit = numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
-jit_sum = numba.njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
-helper = numba.njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
+jit = numba.njit(cache=True, no_cfunc_wrapper=True, error_model="numpy", fastmath={"contract"})
+jit_sum = numba.njit(cache=True, no_cfunc_wrapper=True, error_model="numpy", fastmath={"contract", "reassoc"})
+helper = numba.njit(cache=True, no_cfunc_wrapper=True, inline="always", error_model="numpy", fastmath={"contract"})
 
 
 # -- activations ----------------------------------------------------------------------

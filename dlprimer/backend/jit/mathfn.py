@@ -29,7 +29,7 @@ _INV_SQRT_2PI = 0.3989422804014327
 _K = 3.5
 _SPLIT = 134217729.0                # 2^27 + 1, Veltkamp split of a float64
 
-jit = numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
+jit = numba.njit(cache=True, no_cfunc_wrapper=True, error_model="numpy", fastmath={"contract"})
 
 
 @intrinsic
