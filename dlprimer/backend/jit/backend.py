@@ -36,14 +36,23 @@ def _variant(x, approximate):
     return "erf64" if x.dtype == np.float64 else "erf"
 
 
+def _c(a):
+    """``a`` C-contiguous and writable: a read-only array (np.frombuffer, a memmap) would
+    type as another signature, so it is copied, as a non-contiguous one is."""
+    a = np.ascontiguousarray(a)
+    return a if a.flags.writeable else a.copy()
+
+
 def _flat(a):
-    return np.ascontiguousarray(a).reshape(-1)
+    return _c(a).reshape(-1)
 
 
 def _targets(target):
-    """Class indices as C-contiguous intp (range-checked before): one signature per kernel
-    whatever integer type the caller used."""
-    return np.ascontiguousarray(target, dtype=np.intp)
+    """Integer class indices as C-contiguous int64 where that holds every value (all integer
+    types but uint64): one signature per kernel whatever type the caller used."""
+    if target.dtype.kind == "u" and target.dtype.itemsize == 8:
+        return np.ascontiguousarray(target)
+    return np.ascontiguousarray(target, dtype=np.int64)
 
 
 class JitCPUBackend(CPUBackend):
@@ -140,7 +149,7 @@ class JitCPUBackend(CPUBackend):
         if _same_float(x, b, *others) is None:
             return None
         c = b.shape[0]
-        return [np.ascontiguousarray(a).reshape(-1, c) for a in (x, *others)]
+        return [_c(a).reshape(-1, c) for a in (x, *others)]
 
     def bias_gelu_forward(self, x, b, approximate="none"):
         self._check_approximate(approximate)
@@ -205,7 +214,7 @@ class JitCPUBackend(CPUBackend):
 
     def class_range(self, target):
         if target.size and target.dtype.kind in "iu" and target.ndim == 1:
-            r = call("int_range", np.ascontiguousarray(target))
+            r = call("int_range", _targets(target))
             if r is not NO:
                 return int(r[0]), int(r[1])
         return super().class_range(target)

@@ -14,9 +14,14 @@ import numpy as np
 
 from . import mathfn as M
 
-jit = numba.njit(cache=True, no_cfunc_wrapper=True, error_model="numpy", fastmath={"contract"})
-jit_sum = numba.njit(cache=True, no_cfunc_wrapper=True, error_model="numpy", fastmath={"contract", "reassoc"})
-helper = numba.njit(cache=True, no_cfunc_wrapper=True, inline="always", error_model="numpy", fastmath={"contract"})
+# Compile cost (issue 18): each kernel signature compiles once (~0.1-0.3 s) and is cached;
+# the cfunc wrapper is skipped (only first-class function values need it). ``helper``s are
+# inlined by numba (they are few and their loops must vectorise in each kernel); mathfn's
+# are compiled once and inlined by LLVM.
+_OPTS = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
+jit = numba.njit(**_OPTS, fastmath={"contract"})
+jit_sum = numba.njit(**_OPTS, fastmath={"contract", "reassoc"})
+helper = numba.njit(**_OPTS, inline="always", fastmath={"contract"})
 
 
 # -- activations ----------------------------------------------------------------------
