@@ -321,6 +321,8 @@ def test_summary_names_the_jit_switch_and_kernels_that_fell_back(monkeypatch):
     monkeypatch.setattr(jit, "_failed", {"silu_forward": "TypingError: no attribute"})
     assert jit.summary().endswith("; fell back to NumPy: silu_forward")
     assert jit.compile_stats()["failed"] == {"silu_forward": "TypingError: no attribute"}
+    monkeypatch.setattr(jit, "_untimed", ["AttributeError: no numba.core.event"])
+    assert jit.summary().startswith("JIT compile: not measured (AttributeError: no numba")
 
 
 def test_training_trajectory_is_the_same_with_the_jit_off(rng):

@@ -21,6 +21,7 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _kernels = None            # the kernels module once imported; False when numba is unusable
 _failed: dict[str, str] = {}
 _compiled: list[tuple[str, str, float]] = []   # (kernel, argument types, seconds) this process
+_untimed: list[str] = []   # why compiles cannot be timed here (a numba without its events)
 NO = object()              # call()'s answer when the caller must take the NumPy path
 
 
@@ -55,7 +56,6 @@ def _load():
             if where is not None:
                 numba_config.CACHE_DIR = where
             from . import kernels
-            _watch_compiles()
             _kernels = kernels
         except Exception as e:  # ImportError, or a numba/llvmlite that cannot run here
             _kernels = False
@@ -63,6 +63,11 @@ def _load():
                           "CPU ops run as NumPy ufunc chains (pip install 'dlprimer[jit]', "
                           "or DLPRIMER_JIT=0 to choose that path)", RuntimeWarning,
                           stacklevel=3)
+        else:
+            try:
+                _watch_compiles()
+            except Exception as e:   # a numba without compile events: kernels run, untimed
+                _untimed.append(f"{type(e).__name__}: {e}")
     return _kernels
 
 
@@ -135,7 +140,9 @@ def summary() -> str:
         return "JIT unavailable (numba not usable): the CPU ops ran as NumPy ufunc chains"
     st = compile_stats()
     n = len(st["compiled"])
-    if n:
+    if _untimed:
+        line = f"JIT compile: not measured ({_untimed[0]})"
+    elif n:
         line = (f"JIT compile: {st['compile_s']:.1f} s for {n} kernel signature"
                 f"{'s' if n != 1 else ''} (first run; cached for later runs in "
                 f"{st['cache_dir']})")
