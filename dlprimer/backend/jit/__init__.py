@@ -92,7 +92,6 @@ def failed() -> dict[str, str]:
     return dict(_failed)
 
 
-
 def _watch_compiles():
     """Time each compile of a kernel of this package (numba's ``numba:compile`` event; a
     helper compiled inside a kernel's compile counts in that kernel's time)."""
