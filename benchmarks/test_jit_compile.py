@@ -87,14 +87,14 @@ def test_first_run_minus_cached_run(benchmark):
                                              for ln in lines) if m]
     assert len(compile_s) == len(lines), lines          # every cold run compiled, and said so
     workload = "jit first run (quick: 1 kernel)" if QUICK else "jit first run (primer tiny)"
-    tag(benchmark, workload, "dlprimer", pairs=len(walls))
-    for name, xs in (("wall", walls), ("cpu", cpus), ("jit_compile", compile_s)):
+    tag(benchmark, workload, "dlprimer", pairs=len(walls), figures=[])
+    for label, xs in (("cold - cached wall", walls), ("cold - cached CPU", cpus),
+                      ("JIT compile (its own figure)", compile_s)):
         med, lo, hi = _median_interval(xs)
-        benchmark.extra_info[f"cold_minus_cached_{name}_s" if name != "jit_compile"
-                             else "jit_compile_s"] = dict(median=med, lo=lo, hi=hi,
-                                                          target=TARGET_S)
-        print(f"\n{workload}: {name:11s} {med:6.2f} s  [{lo:.2f}, {hi:.2f}]  "
-              f"target <= {TARGET_S} s (cold - cached; jit_compile: as the JIT reports it)")
+        benchmark.extra_info["figures"].append([f"jit first run: {label} s", med, "s"])
+        benchmark.extra_info[label] = dict(median=med, lo=lo, hi=hi)
+        print(f"\n{workload}: {label:28s} {med:6.2f} s  [{lo:.2f}, {hi:.2f}]  "
+              f"(target: cold - cached <= {TARGET_S} s)")
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
 
 
