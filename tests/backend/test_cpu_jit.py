@@ -259,7 +259,7 @@ def test_cache_dir_falls_back_when_the_package_dir_is_read_only(tmp_path, monkey
 
 
 # A few float32 training steps that vary what callers vary (batch size, integer type of the
-# targets, a read-only input batch, a dropout seed past 2^63, a loss gradient that is not 1):
+# targets, a read-only input batch, a dropout seed past 2^63, per-sample loss gradients):
 # each must reuse the kernel's one signature, since every further one costs a compile.
 _STEPS = """
 import json, numpy as np, dlprimer as dp
@@ -269,12 +269,13 @@ m = dp.nn.Sequential(dp.nn.Linear(8, 16), dp.nn.GELU(), dp.nn.Dropout(0.25), dp.
                      dp.nn.Linear(16, 3))
 opt = dp.optim.Adam(m.parameters(), lr=1e-2)
 rng = np.random.default_rng()
-for n, tdt in ((32, np.int64), (17, np.int32), (5, np.uint8)):
+for n, tdt, red in ((32, np.int64, "mean"), (17, np.int32, "none"), (5, np.uint8, "sum")):
     x = rng.standard_normal((n, 8)).astype(np.float32)
     x.flags.writeable = False
     opt.zero_grad()
-    loss = dp.nn.functional.cross_entropy(m(dp.tensor(x)), rng.integers(0, 3, n).astype(tdt))
-    (loss * 0.5).backward()
+    loss = dp.nn.functional.cross_entropy(m(dp.tensor(x)), rng.integers(0, 3, n).astype(tdt),
+                                          reduction=red)
+    (loss * 0.5).sum().backward()
     opt.step()
 print(json.dumps({**jit.compile_stats(), "summary": jit.summary()}))
 """
