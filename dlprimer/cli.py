@@ -708,6 +708,9 @@ def cmd_primer(a, out=sys.stdout):
     print(f"\ndone in {time.perf_counter() - t0:.1f} s: digits val_acc "
           f"{final.get('val_acc', float('nan')):.3f} after {res.step} steps\n"
           f"report: {os.path.abspath(path)}", file=out)
+    if b.name == "cpu":     # the first run's JIT compile cost, or that the cache served it
+        from .backend import jit
+        print(jit.summary(), file=out)
     dp.set_backend(b.name)
     return path
 

@@ -4,7 +4,8 @@ It reports the versions (Python, NumPy, SciPy, CuPy, the CUDA runtime and driver
 NCCL, MPI, numba), the GPU and its memory or why CUDA is unavailable, the thread pools,
 whether every kernel family compiles (NVRTC, no GPU needed), and a self-test of every
 fused op on every available backend against a reference: on the CPU the same formula
-as a chain of primitive ops (``dlprimer/backend/unfused.py``), on CUDA the CPU backend's op.
+as a chain of primitive ops (``dlprimer/backend/unfused.py``), on CUDA the CPU backend's op;
+then what the CPU's numba kernels cost to compile here (first run) or that the cache served them.
 ``--full`` adds the GPU benchmark summary (bandwidth fractions, the Adam bound, an MLP
 step against PyTorch where installed). Exit status 0 unless a check failed; a machine
 without a GPU is not a failure.
@@ -180,6 +181,13 @@ def self_test(backend_names) -> list[dict]:
     return results
 
 
+def cpu_jit() -> dict:
+    """The CPU's numba kernels in this process: what compiled and how long it took (a
+    first run), or how many came from the disk cache; kernels that fell back to NumPy."""
+    from .backend import jit
+    return {"summary": jit.summary(), **jit.compile_stats()}
+
+
 # -- --full: the GPU benchmark summary ------------------------------------------------------
 def _best(be, fn, repeats=10):
     """Fastest of ``repeats`` timed calls (seconds), after one untimed warm-up call."""
@@ -275,6 +283,7 @@ def collect(full: bool = False) -> dict:
     rep = {"versions": versions(), "cuda": status, "thread_pools": thread_pools(),
            "kernels": kernel_compiles(archs),
            "self_test": self_test(["cpu"] + (["cuda"] if status["available"] else []))}
+    rep["cpu_jit"] = cpu_jit()     # after the self-test, which compiled (or loaded) the kernels
     if full:
         rep["gpu_benchmark"] = gpu_summary() if status["available"] else {
             "skipped": f"no usable GPU: {status['why']}"}
@@ -318,6 +327,11 @@ def format_report(rep: dict) -> str:
             why = r.get("message") or f"max rel err {r.get('max_rel_err'):.1e}, NaNs " \
                 f"{'match' if r.get('nan_match') else 'differ'}"
             lines.append(f"  FAIL  {r['backend']:5s} {r['op']:32s} {why}")
+    if "cpu_jit" in rep:
+        lines.append("== CPU kernels (numba JIT) ==")
+        lines.append(f"  {rep['cpu_jit']['summary']}")
+        lines += [f"  fell back to NumPy: {k}: {why}"
+                  for k, why in rep["cpu_jit"]["failed"].items()]
     if "gpu_benchmark" in rep:
         lines.append("== GPU benchmark (--full) ==")
         lines += [f"  {k}: {v}" for k, v in rep["gpu_benchmark"].items()]

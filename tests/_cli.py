@@ -9,3 +9,14 @@ def exit_code(args) -> int:
         return main(args)
     except SystemExit as e:
         return e.code
+
+
+def jit_line_start() -> str:
+    """How the JIT line of ``primer`` and ``doctor`` starts here: the compile cost (or the
+    cache's hits), or why the JIT did not run."""
+    import importlib.util
+
+    from dlprimer.backend import jit
+    if not jit.enabled():
+        return "JIT off"
+    return "JIT compile: " if importlib.util.find_spec("numba") else "JIT unavailable"

@@ -12,6 +12,7 @@ import pytest
 from dlprimer.cli import main
 from dlprimer.logs import read_jsonl
 from dlprimer.train import EPOCH_METRICS, STEP_METRICS
+from _cli import jit_line_start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ["primer", "train", "profile", "estimate", "claims", "bench", "report"]
@@ -120,6 +121,7 @@ def test_primer_writes_report_logs_and_checkpoints(tmp_path):
                  cwd=tmp_path)
     assert "1/4 training" in p.stdout and "report:" in p.stdout
     assert "bwd/fwd" in p.stdout  # the profile table
+    assert "\n" + jit_line_start() in p.stdout  # the JIT's first-run compile cost
     from dlprimer.claims import CHECKS
     n = len(CHECKS)  # every claim, the architecture ones included
     assert p.stdout.count("claimed:") == n and p.stdout.count("why:") == n

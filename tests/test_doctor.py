@@ -7,6 +7,7 @@ import numpy as np
 
 import dlprimer as dp
 from dlprimer import doctor
+from _cli import jit_line_start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,6 +27,8 @@ def test_doctor_runs_and_exits_0():
         assert f"CUDA is unavailable: {dp.backend.cuda_unavailable_reason()}" in out
     for op in ("gelu_forward", "adam_update", "softmax_cross_entropy_backward", "lars_update"):
         assert f"ok    cpu   {op} " in out, op
+    jit_line = out.split("== CPU kernels (numba JIT) ==\n", 1)[1].splitlines()[0]
+    assert jit_line.startswith("  " + jit_line_start()), jit_line
 
 
 def test_a_wrong_fused_op_fails_the_self_test(monkeypatch, capsys):

@@ -100,9 +100,17 @@ def diagnostics(records, path):
 
 
 def activations(path, backend=None):
-    """Each activation and its derivative, the derivative taken by autograd."""
+    """Each activation and its derivative, the derivative taken by autograd. On the CPU the
+    curves come from the NumPy reference ops (``backend/cpu.py``), not the JIT kernels:
+    801 points need no compiled code, and compiling the 16 float64 kernels for them was
+    most of a first run's JIT cost (issue 18)."""
     import dlprimer as dp
+    from ..backend import backend_for
+    from ..backend.cpu import CPUBackend
     from ..nn import functional as F
+    backend = backend_for(backend)
+    if getattr(backend, "jit", False):
+        backend = CPUBackend()
     fns = {"ReLU": F.relu, "Leaky ReLU (0.1)": lambda x: F.leaky_relu(x, 0.1),
            "ELU": F.elu, "GELU": F.gelu, "GELU (tanh)": lambda x: F.gelu(x, approximate="tanh"),
            "SiLU / Swish": F.silu, "sigmoid": F.sigmoid, "tanh": F.tanh}

@@ -321,16 +321,70 @@ def test_cache_dir_falls_back_when_the_package_dir_is_read_only(tmp_path, monkey
     assert jit.cache_dir_for(str(pkg)) is None
 
 
-def test_kernels_compile_into_an_empty_cache(tmp_path):
-    """No test depends on a warm cache: a fresh NUMBA_CACHE_DIR compiles, runs and fills."""
-    code = ("import numpy as np; from dlprimer.backend.jit.backend import JitCPUBackend; "
-            "from dlprimer.backend import jit; b = JitCPUBackend(); "
-            "y = b.relu_forward(np.array([-1.0, 2.0], np.float32)); "
-            "assert y.tolist() == [0.0, 2.0] and not jit.failed(); print('ok')")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "nc")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.stdout.strip() == "ok", out.stderr
+# A few float32 training steps that vary what callers vary (batch size, integer type of the
+# targets, a read-only input batch, a dropout seed past 2^63, per-sample loss gradients):
+# each must reuse the kernel's one signature, since every further one costs a compile.
+_STEPS = """
+import json, numpy as np, dlprimer as dp
+from dlprimer.backend import jit
+dp.manual_seed(2**64 - 5)
+m = dp.nn.Sequential(dp.nn.Linear(8, 16), dp.nn.GELU(), dp.nn.Dropout(0.25), dp.nn.ReLU(),
+                     dp.nn.Linear(16, 3))
+opt = dp.optim.Adam(m.parameters(), lr=1e-2)
+rng = np.random.default_rng()
+for n, tdt, red in ((32, np.int64, "mean"), (17, np.int32, "none"), (5, np.uint8, "sum")):
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    x.flags.writeable = False
+    opt.zero_grad()
+    loss = dp.nn.functional.cross_entropy(m(dp.tensor(x)), rng.integers(0, 3, n).astype(tdt),
+                                          reduction=red)
+    (loss * 0.5).sum().backward()
+    opt.step()
+print(json.dumps({**jit.compile_stats(), "summary": jit.summary()}))
+"""
+
+
+def _steps_in_a_process(cache):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    env.pop("DLPRIMER_JIT", None)
+    out = subprocess.run([sys.executable, "-c", _STEPS], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_compile_once_per_signature_into_an_empty_cache_then_load_from_it(tmp_path):
+    """No test depends on a warm cache: a fresh NUMBA_CACHE_DIR compiles, runs and fills;
+    each kernel compiles one signature (a second one would double its first-run cost); the
+    next process compiles nothing and loads them all; both runs say so in jit.summary()."""
+    first = _steps_in_a_process(tmp_path / "nc")
+    names = [c[0] for c in first["compiled"]]
+    assert not first["failed"] and first["loaded"] == 0
+    assert len(names) == len(set(names)), sorted(names)     # one signature per kernel
+    assert {"gelu_erf_forward", "gelu_erf_backward", "dropout", "relu_forward",
+            "softmax_xent_forward", "softmax_xent_backward", "adam"} <= set(names)
+    assert all("float64" not in c[1] or c[0] == "softmax_xent_forward"   # eps, by design
+               for c in first["compiled"]), first["compiled"]
+    assert first["compile_s"] == pytest.approx(sum(c[2] for c in first["compiled"]))
+    assert first["summary"].startswith(f"JIT compile: {first['compile_s']:.1f} s for "
+                                       f"{len(names)} kernel signatures (first run")
     assert any(f.endswith(".nbi") for _, _, fs in os.walk(tmp_path / "nc") for f in fs)
+    second = _steps_in_a_process(tmp_path / "nc")
+    assert second["compiled"] == [] and second["loaded"] == len(names)
+    assert second["summary"].startswith(f"JIT compile: none, {len(names)} kernel signatures "
+                                        "loaded from the cache")
+
+
+def test_summary_names_the_jit_switch_and_kernels_that_fell_back(monkeypatch):
+    monkeypatch.setenv("DLPRIMER_JIT", "0")
+    assert jit.summary().startswith("JIT off (DLPRIMER_JIT=0)")
+    monkeypatch.setenv("DLPRIMER_JIT", "1")
+    monkeypatch.setattr(jit, "_failed", {"silu_forward": "TypingError: no attribute"})
+    assert jit.summary().endswith("; fell back to NumPy: silu_forward")
+    assert jit.compile_stats()["failed"] == {"silu_forward": "TypingError: no attribute"}
+    monkeypatch.setattr(jit, "_untimed", ["AttributeError: no numba.core.event"])
+    assert jit.summary().startswith("JIT compile: not measured (AttributeError: no numba")
 
 
 def test_training_trajectory_is_the_same_with_the_jit_off(rng):

@@ -84,3 +84,17 @@ def test_the_two_gelu_curves_are_told_apart(drawn, tmp_path):
     assert exact.get_linewidth() > tanh.get_linewidth()
     assert tanh.get_linestyle() != exact.get_linestyle()
     assert "max |diff|" in tanh.get_label()
+
+
+def test_activation_curves_compile_no_jit_kernel(drawn, tmp_path, monkeypatch):
+    """801 points on the NumPy reference ops: no JIT kernel is called (issue 18: compiling
+    16 float64 kernels for this figure was most of primer's first-run compile time)."""
+    from dlprimer.backend import jit
+    called = []
+    real = jit.call
+    monkeypatch.setattr(jit, "call", lambda name, *a: called.append(name) or real(name, *a))
+    jb = pytest.importorskip("dlprimer.backend.jit.backend")
+    monkeypatch.setattr(jb, "call", jit.call)
+    plots.activations(tmp_path / "a.png", backend="cpu")
+    assert called == []
+    assert len(drawn[-1].axes[0].lines) >= 8 and len(drawn[-1].axes[1].lines) >= 8

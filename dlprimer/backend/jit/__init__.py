@@ -7,16 +7,21 @@ dtype and are cached on disk (``cache=True``): in ``__pycache__`` next to this p
 where that is read-only, under ``$XDG_CACHE_HOME/dlprimer/numba`` (``NUMBA_CACHE_DIR``,
 when set, wins). A kernel that fails to compile (old numba, unsupported CPU) warns once,
 naming the kernel and the reason, and its op runs on the NumPy path from then on.
+:func:`compile_stats` says what this process compiled (and how long it took) and what it
+loaded from the cache; :func:`summary` says it in one line (``dlprimer primer``, ``doctor``).
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 import warnings
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _kernels = None            # the kernels module once imported; False when numba is unusable
 _failed: dict[str, str] = {}
+_compiled: list[tuple[str, str, float]] = []   # (kernel, argument types, seconds) this process
+_untimed: list[str] = []   # why compiles cannot be timed here (a numba without its events)
 NO = object()              # call()'s answer when the caller must take the NumPy path
 
 
@@ -58,6 +63,11 @@ def _load():
                           "CPU ops run as NumPy ufunc chains (pip install 'dlprimer[jit]', "
                           "or DLPRIMER_JIT=0 to choose that path)", RuntimeWarning,
                           stacklevel=3)
+        else:
+            try:
+                _watch_compiles()
+            except Exception as e:   # a numba without compile events: kernels run, untimed
+                _untimed.append(f"{type(e).__name__}: {e}")
     return _kernels
 
 
@@ -81,3 +91,67 @@ def failed() -> dict[str, str]:
     """Kernels that fell back to NumPy, with the reason (a copy)."""
     return dict(_failed)
 
+
+def _watch_compiles():
+    """Time each compile of a kernel of this package (numba's ``numba:compile`` event; a
+    helper compiled inside a kernel's compile counts in that kernel's time)."""
+    from numba.core import event
+
+    class _CompileTimer(event.Listener):
+        def __init__(self):
+            self._starts = []
+
+        def on_start(self, ev):
+            self._starts.append(time.perf_counter())
+
+        def on_end(self, ev):
+            seconds = time.perf_counter() - self._starts.pop()
+            fn = getattr(ev.data.get("dispatcher"), "py_func", None)
+            if not self._starts and getattr(fn, "__module__", "").startswith(__name__):
+                args = ", ".join(str(a) for a in ev.data.get("args", ()))
+                _compiled.append((fn.__name__, args, seconds))
+
+    event.register("numba:compile", _CompileTimer())
+
+
+def compile_stats() -> dict:
+    """What the JIT did in this process: ``compiled`` (kernel, argument types, seconds) for
+    each signature compiled here, ``compile_s`` their total, ``loaded`` how many signatures
+    came from the disk cache, ``cache_dir`` where that cache is, ``failed`` the kernels that
+    fell back to NumPy (name: reason). Empty counts when numba was never used."""
+    loaded, where = 0, None
+    if _kernels:
+        from numba.core.registry import CPUDispatcher
+        for d in vars(_kernels).values():
+            if isinstance(d, CPUDispatcher):
+                loaded += sum(d.stats.cache_hits.values())
+                where = where or d.stats.cache_path
+    return {"compiled": list(_compiled), "compile_s": sum((c[2] for c in _compiled), 0.0),
+            "loaded": loaded, "cache_dir": where, "failed": failed()}
+
+
+def summary() -> str:
+    """One line on the JIT's first-run cost: what compiled and how long it took, or that the
+    cache served it; says so when the JIT is off or numba unusable."""
+    if not enabled():
+        return "JIT off (DLPRIMER_JIT=0): the CPU ops ran as NumPy ufunc chains"
+    if _kernels is False:
+        return "JIT unavailable (numba not usable): the CPU ops ran as NumPy ufunc chains"
+    st = compile_stats()
+    n = len(st["compiled"])
+    if _untimed:
+        line = f"JIT compile: not measured ({_untimed[0]})"
+    elif n:
+        line = (f"JIT compile: {st['compile_s']:.1f} s for {n} kernel signature"
+                f"{'s' if n != 1 else ''} (first run; cached for later runs in "
+                f"{st['cache_dir']})")
+        if st["loaded"]:
+            line += f"; {st['loaded']} loaded from that cache"
+    elif st["loaded"]:
+        line = (f"JIT compile: none, {st['loaded']} kernel signatures loaded from the cache "
+                f"({st['cache_dir']})")
+    else:
+        line = "JIT compile: no kernel used yet"
+    if st["failed"]:
+        line += f"; fell back to NumPy: {', '.join(sorted(st['failed']))}"
+    return line

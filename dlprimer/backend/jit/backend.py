@@ -37,7 +37,21 @@ def _variant(x, approximate):
 
 
 def _flat(a):
+    """``a`` as a C-contiguous 1-D array (a read-only one, from np.frombuffer or a memmap,
+    is left read-only: numba types it as another signature, one more compile once, cheaper
+    than a check on every call)."""
     return np.ascontiguousarray(a).reshape(-1)
+
+
+_INT64 = np.dtype(np.int64)
+
+
+def _targets(target):
+    """Integer class indices as C-contiguous int64 where that holds every value (all integer
+    types but uint64): one signature per kernel whatever type the caller used."""
+    if target.dtype != _INT64 and (target.dtype.kind != "u" or target.dtype.itemsize != 8):
+        target = target.astype(_INT64)
+    return np.ascontiguousarray(target)
 
 
 class JitCPUBackend(CPUBackend):
@@ -166,7 +180,7 @@ class JitCPUBackend(CPUBackend):
         threshold = math.ceil(float(np.float32(p)) * (1 << 24))
         out = np.empty(x.shape, dtype=dt)
         if call("dropout", _flat(x), out.reshape(-1), dt.type(1.0 / (1.0 - p)), dt.type(1),
-                threshold, seed % 2**64, counter % 2**64) is NO:
+                np.int64(threshold), np.uint64(seed % 2**64), np.uint64(counter % 2**64)) is NO:
             return super().dropout_forward(x, p, key)
         return out
 
@@ -179,7 +193,7 @@ class JitCPUBackend(CPUBackend):
         probs = np.empty(logits.shape, dtype=dt)
         loss = np.empty(n, dtype=dt)
         logits = np.ascontiguousarray(logits)
-        target = np.ascontiguousarray(target)
+        target = _targets(target)
         eps = float(label_smoothing)
         redo = call("softmax_xent_forward", logits, logits[:, 0].copy(), target, probs, loss, eps)
         if redo is NO:
@@ -197,17 +211,17 @@ class JitCPUBackend(CPUBackend):
         if dt is None or probs.ndim != 2 or target.dtype.kind not in "iu":
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
         n, _ = probs.shape
-        g = np.empty(n, dtype=dt)
-        g[...] = np.reshape(gy, -1)  # a 0-d gy (mean, sum) or one per row
+        g = np.empty(n, dtype=dt)       # writable: a read-only array is another signature
+        g[...] = np.asarray(gy, dtype=dt).reshape(-1)   # a 0-d gy (mean, sum) or one per row
         out = np.empty(probs.shape, dtype=dt)
-        if call("softmax_xent_backward", np.ascontiguousarray(probs),
-                np.ascontiguousarray(target), g, out, dt.type(label_smoothing)) is NO:
+        if call("softmax_xent_backward", np.ascontiguousarray(probs), _targets(target), g, out,
+                dt.type(label_smoothing)) is NO:
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
         return out
 
     def class_range(self, target):
         if target.size and target.dtype.kind in "iu" and target.ndim == 1:
-            r = call("int_range", np.ascontiguousarray(target))
+            r = call("int_range", _targets(target))
             if r is not NO:
                 return int(r[0]), int(r[1])
         return super().class_range(target)

@@ -14,9 +14,14 @@ import numpy as np
 
 from . import mathfn as M
 
-jit = numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
-jit_sum = numba.njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
-helper = M.jit   # scalar helpers, inlined into the kernels' loops so that they vectorise
+# Compile cost (issue 18): each kernel signature compiles once (0.1-0.5 s) and is cached;
+# the cfunc wrapper is skipped (only first-class function values need it). ``helper``s are
+# inlined by numba (they are few and their loops must vectorise in each kernel); mathfn's
+# are compiled once and inlined by LLVM.
+_OPTS = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
+jit = numba.njit(**_OPTS, fastmath={"contract"})
+jit_sum = numba.njit(**_OPTS, fastmath={"contract", "reassoc"})
+helper = numba.njit(**_OPTS, inline="always", fastmath={"contract"})
 
 
 # -- activations ----------------------------------------------------------------------
@@ -100,8 +105,8 @@ def _gelu_tanh_grad(v):
 
 # GELU(x) = x Phi(x) (the chapter's exact GELU), GELU'(x) = Phi(x) + x phi(x).
 # One kernel per variant, each a flat loop: a loop vectorises only when no branch is left in
-# it, and a run compiles only the variants it uses (numba's inlining makes each one cost
-# seconds). "erf" is the float32 fit of the normal tail (degree 9), "erf64" the float64 one
+# it, and a run compiles only the variants it uses (each costs a compile on the first
+# run). "erf" is the float32 fit of the normal tail (degree 9), "erf64" the float64 one
 # (degree 22), "tanh" the tanh form.
 @jit
 def gelu_erf_forward(x, out):

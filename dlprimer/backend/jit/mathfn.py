@@ -44,7 +44,9 @@ _INV_SQRT_2PI = 0.3989422804014327
 _K = 3.5
 _SPLIT = 134217729.0                # 2^27 + 1, Veltkamp split of a float64
 
-jit = numba.njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
+# Not inline="always": numba would deep-copy and re-type these into every kernel (seconds
+# each); compiled once, they are small enough for LLVM to inline, and the loops vectorise.
+jit = numba.njit(cache=True, no_cfunc_wrapper=True, error_model="numpy", fastmath={"contract"})
 
 
 @intrinsic
