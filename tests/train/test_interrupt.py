@@ -14,15 +14,15 @@ from ._slow_fit import spawn, wait_for
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGINT") or sys.platform == "win32",
                                 reason="needs POSIX SIGINT")
 
-def _child(d, marker, resume):
-    return spawn(d, marker, resume, 30, 10, 3, 5, 0.05, 1)
+def _child(d, marker, resume, wait_sigint=0):
+    return spawn(d, marker, resume, 30, 10, 3, 5, 0.05, 1, wait_sigint)
 
 
 def test_sigint_checkpoints_the_step_it_names_and_resumes_exactly(tmp_path):
     ref = _child(tmp_path / "ref", tmp_path / "m0", 0)
     out_ref, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err
-    p = _child(tmp_path / "run", tmp_path / "m1", 0)
+    p = _child(tmp_path / "run", tmp_path / "m1", 0, wait_sigint=1)
     wait_for(tmp_path / "m1", p)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
