@@ -115,14 +115,15 @@ class CPUBackend(Backend):
     def rand(self, shape, dtype, key=None):
         return self._generator(key).random(shape, dtype=dtype)
 
-    def counter_uniform(self, key, n):
-        """n uniforms in [0, 1) from the splitmix64 hash of (seed, counter, index).
+    def counter_uniform(self, key, n, start=0):
+        """n uniforms in [0, 1) from the splitmix64 hash of (seed, counter, index), for
+        the indices start .. start + n - 1 (a block of a longer call: the half dropout).
 
         The same hash runs in kernels/random.cuh, so CPU and CUDA masks agree.
         """
         seed, counter = key
         with np.errstate(over="ignore"):
-            i = np.arange(n, dtype=np.uint64)
+            i = np.arange(start, start + n, dtype=np.uint64)
             z = (np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
                  + np.uint64(counter % 2**64) * np.uint64(0xD1B54A32D192ED03))
             z = i * np.uint64(0x94D049BB133111EB) + z
@@ -367,8 +368,12 @@ class CPUBackend(Backend):
         return max(1, self._BLOCK // max(c, 1)), c
 
     def bias_gelu_forward(self, x, b, approximate="none"):
+        """gelu(x + b); a half ``x`` runs as float32 row blocks through this backend's
+        own float32 op (the JIT kernel when on) and is rounded once (backend/half.py)."""
         self._check_approximate(approximate)
         rows, c = self._rows(x, b)
+        if _half.is_half(x):
+            return _half.bias_gelu_forward(self.bias_gelu_forward, x, b, approximate)
         out = self._out_like(x, b)
         x2 = np.ascontiguousarray(x).reshape(-1, c)
         o2 = out.reshape(-1, c)
@@ -380,8 +385,12 @@ class CPUBackend(Backend):
         return out
 
     def bias_gelu_backward(self, x, b, gy, approximate="none"):
+        """(gx, gb); a half ``x`` or ``gy``: float32 row blocks, gx rounded once into x's
+        dtype, gb accumulated in float32 and returned in b's dtype (backend/half.py)."""
         self._check_approximate(approximate)
         rows, c = self._rows(x, b)
+        if _half.is_half(x) or _half.is_half(gy):
+            return _half.bias_gelu_backward(self.bias_gelu_backward, x, b, gy, approximate)
         gx = self._out_like(gy)
         x2 = np.ascontiguousarray(x).reshape(-1, c)
         g2 = np.ascontiguousarray(gy).reshape(-1, c)
@@ -418,9 +427,17 @@ class CPUBackend(Backend):
             n *= int(s)
         return (self.counter_uniform(key, n) >= np.float32(p)).reshape(shape)
 
+    def _keep_range(self, key, start, stop, p):
+        """The dropout mask of elements [start, stop) of the call keyed ``key``."""
+        return self.counter_uniform(key, stop - start, start) >= np.float32(p)
+
     def dropout_forward(self, x, p, key):
+        """(x * scale) * mask, scale = 1 / (1 - p); a half ``x`` runs in float32 blocks
+        with the same mask and is rounded once (backend/half.py)."""
         if p >= 1:
             return np.zeros_like(x)
+        if _half.is_half(x):
+            return _half.dropout(self._keep_range, x, p, key)
         out = np.multiply(x, 1.0 / (1.0 - p), out=self._out_like(x))
         np.multiply(out, self.dropout_keep(x.shape, p, key), out=out)
         return out

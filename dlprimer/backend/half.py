@@ -137,3 +137,73 @@ def classifier_backward(fn32, logits, stats, target, gy, label_smoothing, inplac
         gb = fn32(xb, stats[s:e], target[s:e], gy[s:e], label_smoothing, inplace=True)
         np.copyto(g[s:e], gb, casting="unsafe")
     return g
+
+
+# -- bias + GELU on half x (row blocks: the bias runs along the last axis) ---------------
+def _bias_rows(x, b):
+    c = b.shape[0]
+    rows = x.size // c if c else 0
+    return np.ascontiguousarray(x).reshape(rows, c), rows, c
+
+
+def bias_gelu_forward(fn32, x, b, approximate):
+    """gelu(x + b) of a half ``x`` with a float32 (or half) bias ``b`` of shape (C,):
+    ``fn32``, the backend's float32 bias+GELU, runs on float32 row blocks with the
+    bias as float32, and the result is rounded once into ``x``'s dtype."""
+    x2, rows, c = _bias_rows(x, b)
+    out = np.empty(x.shape, x.dtype)
+    o2 = out.reshape(rows, c)
+    b32 = np.asarray(b, dtype=_F32)
+    blocks, per = _row_blocks(rows, c)
+    scratch = np.empty((min(rows, per), c), _F32)
+    for s, e in blocks:
+        xb = scratch[:e - s]
+        np.copyto(xb, x2[s:e], casting="unsafe")
+        np.copyto(o2[s:e], fn32(xb, b32, approximate), casting="unsafe")
+    return out
+
+
+def bias_gelu_backward(fn32, x, b, gy, approximate):
+    """(gx, gb) of gelu(x + b) for a half ``x`` (or ``gy``): ``fn32`` (the backend's
+    float32 bias+GELU backward) on float32 row blocks; gx rounded once into ``x``'s
+    dtype, gb -- a sum over the rows -- accumulated in float32 from the unrounded
+    float32 gx and returned in ``b``'s dtype."""
+    if gy.shape != x.shape:
+        raise ValueError(f"bias_gelu_backward: gy of shape {gy.shape} does not match x of "
+                         f"shape {x.shape}")
+    x2, rows, c = _bias_rows(x, b)
+    g2 = np.ascontiguousarray(gy).reshape(rows, c)
+    gx = np.empty(x.shape, x.dtype)
+    o2 = gx.reshape(rows, c)
+    b32 = np.asarray(b, dtype=_F32)
+    gb = np.zeros(c, _F32)
+    blocks, per = _row_blocks(rows, c)
+    xs, gs = (np.empty((min(rows, per), c), _F32) for _ in range(2))
+    for s, e in blocks:
+        xb, gb_ = xs[:e - s], gs[:e - s]
+        np.copyto(xb, x2[s:e], casting="unsafe")
+        np.copyto(gb_, g2[s:e], casting="unsafe")
+        gxb, gbb = fn32(xb, b32, gb_, approximate)
+        np.copyto(o2[s:e], gxb, casting="unsafe")
+        gb += gbb
+    return gx, gb.astype(b.dtype, copy=False)
+
+
+# -- dropout on half x -------------------------------------------------------------------
+def dropout(keep, x, p, key):
+    """(x * scale) * mask of a half ``x`` with scale = float32(1 / (1 - p)), in float32
+    and rounded once, block by block; ``keep(key, start, stop, p)`` gives the mask of
+    elements [start, stop) of the call, the same bits the float32 path draws, so a
+    half and a float32 run with one key drop the same elements."""
+    scale = np.float32(1.0 / (1.0 - p))
+    flat = _flat(x)
+    out = np.empty(x.shape, x.dtype)
+    flat_out = out.reshape(-1)
+    n = flat_out.shape[0]
+    scratch = np.empty(min(n, BLOCK), _F32)
+    for s, e in _blocks(n):
+        xb = _as_f32(flat[s:e], scratch)
+        y = np.multiply(xb, scale, out=scratch[:e - s])
+        np.multiply(y, keep(key, s, e, p), out=y)
+        np.copyto(flat_out[s:e], y, casting="unsafe")
+    return out
