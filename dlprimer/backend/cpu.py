@@ -85,7 +85,7 @@ class CPUBackend(Backend):
     #: fused ops that take float16 / bfloat16 arrays with float32 math inside
     #: (backend/half.py); ReLU is exact in any precision and runs on half arrays as is.
     half_fused = frozenset({"relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh",
-                            "cross_entropy"})
+                            "bias_gelu", "dropout", "cross_entropy"})
 
     def __init__(self):
         super().__init__()
