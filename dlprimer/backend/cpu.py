@@ -84,6 +84,7 @@ class CPUBackend(Backend):
     host_memory = True
     #: fused ops that take float16 / bfloat16 arrays with float32 math inside
     #: (backend/half.py); ReLU is exact in any precision and runs on half arrays as is.
+    #: Keep the names in step with CUDABackend.half_fused and dlprimer/amp's docstring.
     half_fused = frozenset({"relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh",
                             "bias_gelu", "dropout", "cross_entropy"})
 

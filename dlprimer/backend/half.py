@@ -1,9 +1,11 @@
 """Half-precision inputs for the CPU backend's fused ops, with float32 math inside.
 
-Under ``dp.autocast`` the activations (GELU, SiLU, the ReLU family, sigmoid, tanh) and
-the softmax cross-entropy take float16 / bfloat16 arrays as they are, so what they
-save for backward stays half (2 bytes an element, not 4) -- the memory the chapter's
-mixed-precision claim is about. The math still runs in float32, as on the GPU
+Under ``dp.autocast`` the activations (GELU, SiLU, the ReLU family, sigmoid, tanh),
+bias+GELU (row blocks, the bias in float32, its gradient summed in float32), dropout
+(each block's mask hashed at its elements' own indices, so it is the float32 path's
+mask) and the softmax cross-entropy take float16 / bfloat16 arrays as they are, so
+what they save for backward stays half (2 bytes an element, not 4) -- the memory the
+chapter's mixed-precision claim is about. The math still runs in float32, as on the GPU
 (``kernels/*.cu`` load with ``__half2float``, compute in float, round once on the
 store): each op walks its arrays in blocks of :data:`BLOCK` elements (64 KiB of
 float32, cache-sized), converts a block into a float32 scratch, runs the backend's own
