@@ -26,7 +26,8 @@ _BLOCK = 256
 #: fused update methods whose kernels read the skip flag (found_inf) themselves
 _FLAGGED_UPDATES = ("sgd_update", "adam_update", "lamb_update", "lars_update")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: float16 / bfloat16: the activations, dropout and the fused classifier take them, float math inside
+#: float16 / bfloat16: the activations, bias+GELU, dropout and the fused classifier take
+#: them, float math inside
 _HALF_DTYPES = _dtype.HALF
 
 

@@ -14,8 +14,16 @@ import pytest
 import dlprimer as dp
 import dlprimer.nn.functional as F
 from dlprimer.backend import half
-from .test_cpu_half import (BACKENDS, EDGES, F32_ATOL, HALVES, assert_half_close, draw,
-                            reference)
+
+from .test_cpu_half import (
+    BACKENDS,
+    EDGES,
+    F32_ATOL,
+    HALVES,
+    assert_half_close,
+    draw,
+    reference,
+)
 
 IDS = ["float16", "bfloat16"]
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
