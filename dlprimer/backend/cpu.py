@@ -78,6 +78,21 @@ class CPUMemoryMeter(MemoryMeter):
         return sum(s.size for s in snap.statistics("filename"))
 
 
+#: the multipliers of the seed and the index in the counter hash's Weyl mix
+#: (z = seed * _SEED_MUL + counter * B + index * _INDEX_MUL; kernels/random.cuh)
+_SEED_MUL, _INDEX_MUL = 0x9E3779B97F4A7C15, 0x94D049BB133111EB
+_INDEX_AS_SEED = _INDEX_MUL * pow(_SEED_MUL, -1, 2**64) % 2**64
+
+
+def key_at(key, start):
+    """The key whose element j is element ``start + j`` of ``key``'s call (for a call
+    run in blocks, the half dropout): the Weyl mix is linear in seed and index and
+    _SEED_MUL is odd, so invertible mod 2^64; a seed larger by start * _INDEX_MUL /
+    _SEED_MUL (mod 2^64) gives every index the hash of the index ``start`` further on."""
+    seed, counter = key
+    return (int(seed) + int(start) * _INDEX_AS_SEED) % 2**64, counter
+
+
 class CPUBackend(Backend):
     name = "cpu"
     xp = np
@@ -116,18 +131,17 @@ class CPUBackend(Backend):
     def rand(self, shape, dtype, key=None):
         return self._generator(key).random(shape, dtype=dtype)
 
-    def counter_uniform(self, key, n, start=0):
-        """n uniforms in [0, 1) from the splitmix64 hash of (seed, counter, index), for
-        the indices start .. start + n - 1 (a block of a longer call: the half dropout).
+    def counter_uniform(self, key, n):
+        """n uniforms in [0, 1) from the splitmix64 hash of (seed, counter, index).
 
         The same hash runs in kernels/random.cuh, so CPU and CUDA masks agree.
         """
         seed, counter = key
         with np.errstate(over="ignore"):
-            i = np.arange(start, start + n, dtype=np.uint64)
-            z = (np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
+            i = np.arange(n, dtype=np.uint64)
+            z = (np.uint64(seed % 2**64) * np.uint64(_SEED_MUL)
                  + np.uint64(counter % 2**64) * np.uint64(0xD1B54A32D192ED03))
-            z = i * np.uint64(0x94D049BB133111EB) + z
+            z = i * np.uint64(_INDEX_MUL) + z
             z ^= z >> np.uint64(30)
             z *= np.uint64(0xBF58476D1CE4E5B9)
             z ^= z >> np.uint64(27)
@@ -428,17 +442,13 @@ class CPUBackend(Backend):
             n *= int(s)
         return (self.counter_uniform(key, n) >= np.float32(p)).reshape(shape)
 
-    def _keep_range(self, key, start, stop, p):
-        """The dropout mask of elements [start, stop) of the call keyed ``key``."""
-        return self.counter_uniform(key, stop - start, start) >= np.float32(p)
-
     def dropout_forward(self, x, p, key):
         """(x * scale) * mask, scale = 1 / (1 - p); a half ``x`` runs in float32 blocks
         with the same mask and is rounded once (backend/half.py)."""
         if p >= 1:
             return np.zeros_like(x)
         if _half.is_half(x):
-            return _half.dropout(self._keep_range, x, p, key)
+            return _half.dropout(self.dropout_forward, x, p, key, key_at)
         out = np.multiply(x, 1.0 / (1.0 - p), out=self._out_like(x))
         np.multiply(out, self.dropout_keep(x.shape, p, key), out=out)
         return out

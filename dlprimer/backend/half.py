@@ -192,20 +192,17 @@ def bias_gelu_backward(fn32, x, b, gy, approximate):
 
 
 # -- dropout on half x -------------------------------------------------------------------
-def dropout(keep, x, p, key):
-    """(x * scale) * mask of a half ``x`` with scale = float32(1 / (1 - p)), in float32
-    and rounded once, block by block; ``keep(key, start, stop, p)`` gives the mask of
-    elements [start, stop) of the call, the same bits the float32 path draws, so a
-    half and a float32 run with one key drop the same elements."""
-    scale = np.float32(1.0 / (1.0 - p))
+def dropout(fn32, x, p, key, key_at):
+    """(x * scale) * mask of a half ``x``: ``fn32`` (the backend's float32 dropout, the
+    JIT kernel when on) on float32 blocks, each keyed ``key_at(key, start)`` so that it
+    draws the mask of its own elements of the whole call -- the mask the float32 path
+    draws, so a half and a float32 run with one key drop the same elements -- and the
+    result (scale = float32(1 / (1 - p)) applied in float32) rounded once."""
     flat = _flat(x)
     out = np.empty(x.shape, x.dtype)
     flat_out = out.reshape(-1)
-    n = flat_out.shape[0]
-    scratch = np.empty(min(n, BLOCK), _F32)
-    for s, e in _blocks(n):
+    scratch = np.empty(min(flat.shape[0], BLOCK), _F32)
+    for s, e in _blocks(flat.shape[0]):
         xb = _as_f32(flat[s:e], scratch)
-        y = np.multiply(xb, scale, out=scratch[:e - s])
-        np.multiply(y, keep(key, s, e, p), out=y)
-        np.copyto(flat_out[s:e], y, casting="unsafe")
+        np.copyto(flat_out[s:e], fn32(xb, p, key_at(key, s)), casting="unsafe")
     return out

@@ -14,6 +14,7 @@ import pytest
 import dlprimer as dp
 import dlprimer.nn.functional as F
 from dlprimer.backend import half
+from dlprimer.backend.cpu import key_at
 
 from .test_cpu_half import (
     BACKENDS,
@@ -128,15 +129,27 @@ def test_half_dropout_drops_what_float32_drops_scaled_and_rounded_once(be, dtype
 
 @pytest.mark.parametrize("be", BACKENDS)
 def test_half_dropout_mask_blocks_are_the_whole_calls(be, rng):
-    """Each block draws the mask of its own elements (the counter hash at their global
-    index): the half mask of a long call equals the float32 mask of the whole call."""
+    """Each block draws the mask of its own elements (the counter hash at their index in
+    the whole call, through ``key_at``): the half mask of a long call equals the float32
+    mask of the whole call."""
     n = 3 * half.BLOCK + 7
     x = np.ones(n, np.float16)
     key = (12345, 678)
     y = be.dropout_forward(x, 0.3, key)
     np.testing.assert_array_equal(y != 0, be.dropout_keep((n,), 0.3, key))
-    np.testing.assert_array_equal(be.counter_uniform(key, 10, half.BLOCK - 3),
-                                  be.counter_uniform(key, half.BLOCK + 7)[-10:])
+    whole = be.counter_uniform(key, n)
+    for start in (1, half.BLOCK - 3, 2 * half.BLOCK):
+        np.testing.assert_array_equal(be.counter_uniform(key_at(key, start), 10),
+                                      whole[start:start + 10])
+    big = (2**63 - 1, 2**64 - 1)                  # the shifted seed wraps mod 2^64
+    np.testing.assert_array_equal(be.counter_uniform(key_at(big, 5), 3),
+                                  be.counter_uniform(big, 8)[5:])
+    # a shifted seed of 2^63 or more still runs the JIT kernel (numba takes it as uint64)
+    y = be.dropout_forward(np.ones(50, np.float32), 0.3, key_at(big, 2**40))
+    np.testing.assert_array_equal(y != 0, be.counter_uniform(key_at(big, 2**40), 50) >= 0.3)
+    if getattr(be, "jit", False):
+        from dlprimer.backend import jit
+        assert "dropout" not in jit.failed()
 
 
 # -- through autograd and autocast -------------------------------------------------------------

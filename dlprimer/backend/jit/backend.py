@@ -166,7 +166,7 @@ class JitCPUBackend(CPUBackend):
         threshold = math.ceil(float(np.float32(p)) * (1 << 24))
         out = np.empty(x.shape, dtype=dt)
         if call("dropout", _flat(x), out.reshape(-1), dt.type(1.0 / (1.0 - p)), dt.type(1),
-                threshold, seed % 2**64, counter % 2**64) is NO:
+                threshold, np.uint64(seed % 2**64), np.uint64(counter % 2**64)) is NO:
             return super().dropout_forward(x, p, key)
         return out
 
