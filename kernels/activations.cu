@@ -1,6 +1,6 @@
 // Elementwise activation kernels: forward and backward of ReLU, Leaky ReLU, ELU,
 // GELU (erf and tanh), SiLU, sigmoid and tanh, and the fused bias + GELU.
-// Instantiated for float and double; the elementwise ones also for __half and
+// Instantiated for float and double, and all of them also for __half and
 // __nv_bfloat16 storage with float math inside (half.cuh: load with to_acc, compute in
 // acc_t<T>, round once on the store). The math is in activations.cuh.
 #include "activations.cuh"
@@ -93,36 +93,41 @@ DLP_BINARY(tanh_backward, dlp::tanh_bwd(xi, gi))
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);     \
          i += dlp_stride, col = (col + dlp_step >= (h)) ? col + dlp_step - (h) : col + dlp_step)
 
+// The bias is in the math type acc_t<T> (float for half x: a float32 parameter under
+// autocast), so x + b and the GELU run in float and y is rounded once.
 template <typename T>
-__global__ void bias_gelu_forward(const T* __restrict__ x, const T* __restrict__ b,
+__global__ void bias_gelu_forward(const T* __restrict__ x, const dlp::acc_t<T>* __restrict__ b,
                                   T* __restrict__ y, long long n, long long h, int approx_tanh) {
-    DLP_BIAS_LOOP(i, col, n, h) y[i] = dlp::gelu_fwd(x[i] + b[col], approx_tanh);
+    DLP_BIAS_LOOP(i, col, n, h)
+        y[i] = dlp::from_acc<T>(dlp::gelu_fwd(dlp::to_acc(x[i]) + b[col], approx_tanh));
 }
 // gx and the bias gradient in one pass: a block takes a tile of 32 columns (a warp's
 // lane each, so every row segment is one coalesced 128-byte read) over a chunk of rows
 // (one warp per row, strided), sums gx down its columns in registers, reduces the
 // block's warps in shared memory and writes one partial per column and chunk:
 // partial[chunk * h + col]. gb is those few rows summed (rows / rows_per_chunk of them),
-// so gx is never read again.
+// so gx is never read again. For half x the bias, the sums and the partials are float
+// (acc_t<T>): gb adds the unrounded float gx, and only gx is rounded, once, on its store.
 template <typename T>
-__global__ void bias_gelu_backward(const T* __restrict__ x, const T* __restrict__ b,
+__global__ void bias_gelu_backward(const T* __restrict__ x, const dlp::acc_t<T>* __restrict__ b,
                                    const T* __restrict__ gy, T* __restrict__ gx,
-                                   T* __restrict__ partial, long long rows, long long h,
-                                   long long rows_per_chunk, int approx_tanh) {
-    __shared__ T sums[32][33];
+                                   dlp::acc_t<T>* __restrict__ partial, long long rows,
+                                   long long h, long long rows_per_chunk, int approx_tanh) {
+    typedef dlp::acc_t<T> A;
+    __shared__ A sums[32][33];
     const long long tiles = (h + 31) / 32;
     const long long tile = blockIdx.x % tiles, chunk = blockIdx.x / tiles;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const long long col = tile * 32 + lane;
     const long long r0 = chunk * rows_per_chunk;
     const long long r1 = min(rows, r0 + rows_per_chunk);
-    T acc = T(0);
+    A acc = A(0);
     if (col < h) {
-        const T bc = b[col];
+        const A bc = b[col];
         for (long long r = r0 + warp; r < r1; r += warps) {
             const long long i = r * h + col;
-            const T g = dlp::gelu_bwd(x[i] + bc, gy[i], approx_tanh);
-            gx[i] = g;
+            const A g = dlp::gelu_bwd(dlp::to_acc(x[i]) + bc, dlp::to_acc(gy[i]), approx_tanh);
+            gx[i] = dlp::from_acc<T>(g);
             acc += g;
         }
     }

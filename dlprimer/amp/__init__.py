@@ -6,14 +6,16 @@ matrix products -- ``F.linear``, ``dp.matmul`` / ``@``, ``F.conv2d`` and
 precision (a differentiable cast: the gradient is cast back, so float32
 parameters receive float32 gradients and stay the master weights) and compute
 with float32 accumulation inside. The fused ops the backend runs on half inputs
-(``backend.half_fused``: ReLU, Leaky ReLU, ELU, GELU, SiLU, sigmoid, tanh and the
-softmax cross-entropy, on the CPU and in the CUDA kernels) take a half input as it
-is, compute in float32 inside and round once into a half output, so what they save
-for backward stays half; the cross-entropy returns a float32 loss (as PyTorch's
-autocast does) and a half gradient for its half logits. Everything else that goes
-through ``dlprimer.nn.functional`` -- softmax, the other losses, normalisation,
-dropout, bias_gelu -- casts a half-precision input up to float32 first and runs in
-float32 (so does everything inside ``dp.fusion(False)``).
+(``backend.half_fused``: ReLU, Leaky ReLU, ELU, GELU, SiLU, sigmoid, tanh, bias+GELU,
+dropout and the softmax cross-entropy, on the CPU and in the CUDA kernels) take a
+half input as it is, compute in float32 inside and round once into a half output, so
+what they save for backward stays half; the cross-entropy returns a float32 loss (as
+PyTorch's autocast does) and a half gradient for its half logits; bias+GELU keeps a
+float32 bias float32 (its gradient summed in float32); dropout drops the elements a
+float32 input would drop under the same key. Everything else that goes through
+``dlprimer.nn.functional`` -- softmax, the other losses, normalisation -- casts a
+half-precision input up to float32 first and runs in float32 (so does everything
+inside ``dp.fusion(False)``).
 
 Memory: parameters, gradients and optimizer state stay float32 (16 bytes per
 parameter with Adam, as without autocast); each product keeps a half copy of
@@ -54,8 +56,9 @@ def _resolve(dtype, backend):
 @contextlib.contextmanager
 def autocast(dtype="float16", enabled: bool = True, backend=None):
     """Run linear, matmul, conv2d and attention in ``dtype`` (float16 or bfloat16),
-    with float32 accumulation; the backend's half-input fused ops (activations, the
-    cross-entropy: ``backend.half_fused``) on half inputs with float32 math inside;
+    with float32 accumulation; the backend's half-input fused ops (activations,
+    bias+GELU, dropout, the cross-entropy: ``backend.half_fused``) on half inputs with
+    float32 math inside;
     softmax, the other losses and norms in float32.
 
     ``backend``: the backend whose support is checked (default: the current one).

@@ -62,12 +62,14 @@ FAMILIES: dict[str, dict[str, bool]] = {
                    "clip_scale": True},
 }
 
-#: family -> the template kernels also instantiated for HALF_CTYPES: the elementwise
-#: activations and the fused classifier (half logits, float32 loss and stats). The
-#: optimizers stay float32 (float32 master weights); bias_gelu and the probabilities-
-#: saving softmax_cross_entropy kernels have no half variant.
+#: family -> the template kernels also instantiated for HALF_CTYPES: the activations
+#: (bias_gelu with a float bias and float bias-gradient partials), dropout and the fused
+#: classifier (half logits, float32 loss and stats). The optimizers stay float32
+#: (float32 master weights); the probabilities-saving softmax_cross_entropy kernels
+#: have no half variant.
 HALF_KERNELS: dict[str, tuple[str, ...]] = {
-    "activations": tuple(k for k in FAMILIES["activations"] if not k.startswith("bias_gelu")),
+    "activations": tuple(FAMILIES["activations"]),
+    "dropout": ("dropout_forward", "dropout_backward"),
     "softmax_cross_entropy": ("fused_classifier_forward", "fused_classifier_backward"),
 }
 

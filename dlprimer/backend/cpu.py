@@ -78,14 +78,30 @@ class CPUMemoryMeter(MemoryMeter):
         return sum(s.size for s in snap.statistics("filename"))
 
 
+#: the multipliers of the seed and the index in the counter hash's Weyl mix
+#: (z = seed * _SEED_MUL + counter * B + index * _INDEX_MUL; kernels/random.cuh)
+_SEED_MUL, _INDEX_MUL = 0x9E3779B97F4A7C15, 0x94D049BB133111EB
+_INDEX_AS_SEED = _INDEX_MUL * pow(_SEED_MUL, -1, 2**64) % 2**64
+
+
+def key_at(key, start):
+    """The key whose element j is element ``start + j`` of ``key``'s call (for a call
+    run in blocks, the half dropout): the Weyl mix is linear in seed and index and
+    _SEED_MUL is odd, so invertible mod 2^64; a seed larger by start * _INDEX_MUL /
+    _SEED_MUL (mod 2^64) gives every index the hash of the index ``start`` further on."""
+    seed, counter = key
+    return (int(seed) + int(start) * _INDEX_AS_SEED) % 2**64, counter
+
+
 class CPUBackend(Backend):
     name = "cpu"
     xp = np
     host_memory = True
     #: fused ops that take float16 / bfloat16 arrays with float32 math inside
     #: (backend/half.py); ReLU is exact in any precision and runs on half arrays as is.
+    #: Keep the names in step with CUDABackend.half_fused and dlprimer/amp's docstring.
     half_fused = frozenset({"relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh",
-                            "cross_entropy"})
+                            "bias_gelu", "dropout", "cross_entropy"})
 
     def __init__(self):
         super().__init__()
@@ -123,9 +139,9 @@ class CPUBackend(Backend):
         seed, counter = key
         with np.errstate(over="ignore"):
             i = np.arange(n, dtype=np.uint64)
-            z = (np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
+            z = (np.uint64(seed % 2**64) * np.uint64(_SEED_MUL)
                  + np.uint64(counter % 2**64) * np.uint64(0xD1B54A32D192ED03))
-            z = i * np.uint64(0x94D049BB133111EB) + z
+            z = i * np.uint64(_INDEX_MUL) + z
             z ^= z >> np.uint64(30)
             z *= np.uint64(0xBF58476D1CE4E5B9)
             z ^= z >> np.uint64(27)
@@ -367,8 +383,12 @@ class CPUBackend(Backend):
         return max(1, self._BLOCK // max(c, 1)), c
 
     def bias_gelu_forward(self, x, b, approximate="none"):
+        """gelu(x + b); a half ``x`` runs as float32 row blocks through this backend's
+        own float32 op (the JIT kernel when on) and is rounded once (backend/half.py)."""
         self._check_approximate(approximate)
         rows, c = self._rows(x, b)
+        if _half.is_half(x):
+            return _half.bias_gelu_forward(self.bias_gelu_forward, x, b, approximate)
         out = self._out_like(x, b)
         x2 = np.ascontiguousarray(x).reshape(-1, c)
         o2 = out.reshape(-1, c)
@@ -380,8 +400,12 @@ class CPUBackend(Backend):
         return out
 
     def bias_gelu_backward(self, x, b, gy, approximate="none"):
+        """(gx, gb); a half ``x`` or ``gy``: float32 row blocks, gx rounded once into x's
+        dtype, gb accumulated in float32 and returned in b's dtype (backend/half.py)."""
         self._check_approximate(approximate)
         rows, c = self._rows(x, b)
+        if _half.is_half(x) or _half.is_half(gy):
+            return _half.bias_gelu_backward(self.bias_gelu_backward, x, b, gy, approximate)
         gx = self._out_like(gy)
         x2 = np.ascontiguousarray(x).reshape(-1, c)
         g2 = np.ascontiguousarray(gy).reshape(-1, c)
@@ -419,8 +443,12 @@ class CPUBackend(Backend):
         return (self.counter_uniform(key, n) >= np.float32(p)).reshape(shape)
 
     def dropout_forward(self, x, p, key):
+        """(x * scale) * mask, scale = 1 / (1 - p); a half ``x`` runs in float32 blocks
+        with the same mask and is rounded once (backend/half.py)."""
         if p >= 1:
             return np.zeros_like(x)
+        if _half.is_half(x):
+            return _half.dropout(self.dropout_forward, x, p, key, key_at)
         out = np.multiply(x, 1.0 / (1.0 - p), out=self._out_like(x))
         np.multiply(out, self.dropout_keep(x.shape, p, key), out=out)
         return out

@@ -26,7 +26,8 @@ _BLOCK = 256
 #: fused update methods whose kernels read the skip flag (found_inf) themselves
 _FLAGGED_UPDATES = ("sgd_update", "adam_update", "lamb_update", "lars_update")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: float16 / bfloat16: the activations and the fused classifier take them, float math inside
+#: float16 / bfloat16: the activations, bias+GELU, dropout and the fused classifier take
+#: them, float math inside
 _HALF_DTYPES = _dtype.HALF
 
 
@@ -114,7 +115,7 @@ class CUDABackend(Backend):
     device_queue = True
     #: half-precision kernels (kernels/half.cuh): float16 / bfloat16 in and out, float math
     half_fused = frozenset({"relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh",
-                            "cross_entropy"})
+                            "bias_gelu", "dropout", "cross_entropy"})
 
     def __init__(self):
         super().__init__()
@@ -366,16 +367,20 @@ class CUDABackend(Backend):
         return self._binary("tanh_backward", "tanh_backward", "y", y, gy)
 
     def _bias(self, op, x, b):
-        (x,) = self._arrays(op, ("x", x))
-        (b,) = self._arrays(op, ("b", b))
-        if b.dtype != x.dtype:
+        """(x, b in x's math type): a half x takes a float32 (or half) bias, which the
+        kernel reads as float (kernels/half.cuh); otherwise b must be x's dtype."""
+        (x,) = self._arrays(op, ("x", x), half=True)
+        (b,) = self._arrays(op, ("b", b), half=True)
+        half = x.dtype in _HALF_DTYPES
+        if b.dtype != x.dtype and not (half and b.dtype in (np.float32, *_HALF_DTYPES)):
             raise TypeError(f"{op}: b is {b.dtype} but x is {x.dtype}")
         if x.ndim < 1 or b.ndim != 1 or b.shape[0] != x.shape[-1]:
             raise ValueError(f"{op}: b must have shape ({x.shape[-1] if x.ndim else '?'},) "
                              f"to broadcast over the last axis of x {x.shape}; got {b.shape}")
-        return x, b
+        return x, b.astype(_acc(x.dtype), copy=False)
 
     def bias_gelu_forward(self, x, b, approximate="none"):
+        """gelu(x + b); a half x: float math, y rounded once into x's dtype."""
         tanh = self._approx("bias_gelu_forward", approximate)
         x, b = self._bias("bias_gelu_forward", x, b)
         y = cp.empty_like(x)
@@ -384,9 +389,14 @@ class CUDABackend(Backend):
         return y
 
     def bias_gelu_backward(self, x, b, gy, approximate="none"):
+        """(gx, gb); for a half x, gx is rounded once into x's dtype and gb, summed in
+        float from the unrounded float gx, comes back in b's dtype."""
         tanh = self._approx("bias_gelu_backward", approximate)
+        b_dtype = getattr(b, "dtype", None)
         x, b = self._bias("bias_gelu_backward", x, b)
-        (gy,) = self._arrays("bias_gelu_backward", ("gy", gy))
+        if isinstance(gy, cp.ndarray) and gy.dtype != x.dtype and x.dtype in _HALF_DTYPES:
+            gy = gy.astype(x.dtype)  # a half input's gradient is half
+        (gy,) = self._arrays("bias_gelu_backward", ("gy", gy), half=True)
         if gy.shape != x.shape or gy.dtype != x.dtype:
             raise ValueError(f"bias_gelu_backward: gy is {gy.dtype} {gy.shape} but x is "
                              f"{x.dtype} {x.shape}")
@@ -394,16 +404,16 @@ class CUDABackend(Backend):
         h = b.size
         rows = x.size // h if h else 0
         if rows == 0:
-            return gx, cp.zeros_like(b)
+            return gx, cp.zeros(b.shape, b_dtype)
         fn = self._fn("activations", "bias_gelu_backward", x.dtype)
         tiles = -(-h // 32)
         chunks = max(1, min(rows // 8, self._blocks_per_sm(fn, _BLOCK) * self._sm_count // tiles))
         per_chunk = -(-rows // chunks)
         chunks = -(-rows // per_chunk)
-        partial = cp.empty((chunks, h), x.dtype)
+        partial = cp.empty((chunks, h), b.dtype)
         self._launch(fn, x.size, (x, b, gy, gx, partial, np.int64(rows), np.int64(h),
                                   np.int64(per_chunk), np.int32(tanh)), grid=tiles * chunks)
-        return gx, partial.sum(axis=0)
+        return gx, partial.sum(axis=0).astype(b_dtype, copy=False)
 
     # -- dropout ------------------------------------------------------------------------------
     @staticmethod
@@ -413,13 +423,13 @@ class CUDABackend(Backend):
 
     def _dropout(self, kernel, name, a, p, key):
         self._check_p(kernel, p)
-        (a,) = self._arrays(kernel, (name, a))
+        (a,) = self._arrays(kernel, (name, a), half=True)
         if p >= 1.0:
             return cp.zeros_like(a)  # nothing kept, as the NumPy backend
         out = cp.empty_like(a)
         self._launch(self._fn("dropout", kernel, a.dtype), a.size,
                      (a, out, np.int64(a.size), *self._key_args(key), np.float32(p),
-                      a.dtype.type(1.0 / (1.0 - p))))
+                      _acc(a.dtype)(1.0 / (1.0 - p))))  # a half a: the scale in float32
         return out
 
     def dropout_forward(self, x, p, key):

@@ -1,9 +1,11 @@
 """Half-precision inputs for the CPU backend's fused ops, with float32 math inside.
 
-Under ``dp.autocast`` the activations (GELU, SiLU, the ReLU family, sigmoid, tanh) and
-the softmax cross-entropy take float16 / bfloat16 arrays as they are, so what they
-save for backward stays half (2 bytes an element, not 4) -- the memory the chapter's
-mixed-precision claim is about. The math still runs in float32, as on the GPU
+Under ``dp.autocast`` the activations (GELU, SiLU, the ReLU family, sigmoid, tanh),
+bias+GELU (row blocks, the bias in float32, its gradient summed in float32), dropout
+(each block's mask hashed at its elements' own indices, so it is the float32 path's
+mask) and the softmax cross-entropy take float16 / bfloat16 arrays as they are, so
+what they save for backward stays half (2 bytes an element, not 4) -- the memory the
+chapter's mixed-precision claim is about. The math still runs in float32, as on the GPU
 (``kernels/*.cu`` load with ``__half2float``, compute in float, round once on the
 store): each op walks its arrays in blocks of :data:`BLOCK` elements (64 KiB of
 float32, cache-sized), converts a block into a float32 scratch, runs the backend's own
@@ -137,3 +139,70 @@ def classifier_backward(fn32, logits, stats, target, gy, label_smoothing, inplac
         gb = fn32(xb, stats[s:e], target[s:e], gy[s:e], label_smoothing, inplace=True)
         np.copyto(g[s:e], gb, casting="unsafe")
     return g
+
+
+# -- bias + GELU on half x (row blocks: the bias runs along the last axis) ---------------
+def _bias_rows(x, b):
+    c = b.shape[0]
+    rows = x.size // c if c else 0
+    return np.ascontiguousarray(x).reshape(rows, c), rows, c
+
+
+def bias_gelu_forward(fn32, x, b, approximate):
+    """gelu(x + b) of a half ``x`` with a float32 (or half) bias ``b`` of shape (C,):
+    ``fn32``, the backend's float32 bias+GELU, runs on float32 row blocks with the
+    bias as float32, and the result is rounded once into ``x``'s dtype."""
+    x2, rows, c = _bias_rows(x, b)
+    out = np.empty(x.shape, x.dtype)
+    o2 = out.reshape(rows, c)
+    b32 = np.asarray(b, dtype=_F32)
+    blocks, per = _row_blocks(rows, c)
+    scratch = np.empty((min(rows, per), c), _F32)
+    for s, e in blocks:
+        xb = scratch[:e - s]
+        np.copyto(xb, x2[s:e], casting="unsafe")
+        np.copyto(o2[s:e], fn32(xb, b32, approximate), casting="unsafe")
+    return out
+
+
+def bias_gelu_backward(fn32, x, b, gy, approximate):
+    """(gx, gb) of gelu(x + b) for a half ``x`` (or ``gy``): ``fn32`` (the backend's
+    float32 bias+GELU backward) on float32 row blocks; gx rounded once into ``x``'s
+    dtype, gb -- a sum over the rows -- accumulated in float32 from the unrounded
+    float32 gx and returned in ``b``'s dtype."""
+    if gy.shape != x.shape:
+        raise ValueError(f"bias_gelu_backward: gy of shape {gy.shape} does not match x of "
+                         f"shape {x.shape}")
+    x2, rows, c = _bias_rows(x, b)
+    g2 = np.ascontiguousarray(gy).reshape(rows, c)
+    gx = np.empty(x.shape, x.dtype)
+    o2 = gx.reshape(rows, c)
+    b32 = np.asarray(b, dtype=_F32)
+    gb = np.zeros(c, _F32)
+    blocks, per = _row_blocks(rows, c)
+    xs, gs = (np.empty((min(rows, per), c), _F32) for _ in range(2))
+    for s, e in blocks:
+        xb, gb_ = xs[:e - s], gs[:e - s]
+        np.copyto(xb, x2[s:e], casting="unsafe")
+        np.copyto(gb_, g2[s:e], casting="unsafe")
+        gxb, gbb = fn32(xb, b32, gb_, approximate)
+        np.copyto(o2[s:e], gxb, casting="unsafe")
+        gb += gbb
+    return gx, gb.astype(b.dtype, copy=False)
+
+
+# -- dropout on half x -------------------------------------------------------------------
+def dropout(fn32, x, p, key, key_at):
+    """(x * scale) * mask of a half ``x``: ``fn32`` (the backend's float32 dropout, the
+    JIT kernel when on) on float32 blocks, each keyed ``key_at(key, start)`` so that it
+    draws the mask of its own elements of the whole call -- the mask the float32 path
+    draws, so a half and a float32 run with one key drop the same elements -- and the
+    result (scale = float32(1 / (1 - p)) applied in float32) rounded once."""
+    flat = _flat(x)
+    out = np.empty(x.shape, x.dtype)
+    flat_out = out.reshape(-1)
+    scratch = np.empty(min(flat.shape[0], BLOCK), _F32)
+    for s, e in _blocks(flat.shape[0]):
+        xb = _as_f32(flat[s:e], scratch)
+        np.copyto(flat_out[s:e], fn32(xb, p, key_at(key, s)), casting="unsafe")
+    return out

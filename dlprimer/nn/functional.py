@@ -97,8 +97,15 @@ def gelu(x, approximate="none"):
 
 
 def bias_gelu(x, bias, approximate="none"):
-    """gelu(x + bias), ``bias`` of shape (x.shape[-1],): one fused op for Linear + GELU."""
-    x, bias = _float(x, "bias_gelu"), _float(bias, "bias_gelu", "bias")
+    """gelu(x + bias), ``bias`` of shape (x.shape[-1],): one fused op for Linear + GELU.
+
+    Under ``dp.autocast`` a half ``x`` (a low-precision Linear's output) stays half on
+    a backend that runs bias+GELU on half inputs (``backend.half_fused``), and the bias
+    keeps its own dtype: a float32 parameter stays float32 and its gradient is float32
+    (summed over the rows in float32); the output and x's gradient are half."""
+    x = _float(x, "bias_gelu", fused="bias_gelu")
+    half_x = _dtype.is_half(x.data.dtype) and _keeps_half(x, "bias_gelu")
+    bias = _float(bias, "bias_gelu", "bias", amp=not half_x)
     if bias.ndim != 1 or x.ndim < 1 or x.shape[-1] != bias.shape[0]:
         raise ValueError(f"bias_gelu: bias of shape {bias.shape} does not match the last "
                          f"axis of x of shape {x.shape}")
@@ -168,9 +175,12 @@ def dropout(x, p=0.5, training=True):
     """Zero each element with probability p and scale the rest by 1 / (1 - p).
 
     Identity when ``training`` is False or p == 0. The mask is regenerated in
-    backward from a (seed, counter) key, so it costs no memory in the graph.
+    backward from a (seed, counter) key, so it costs no memory in the graph. Under
+    ``dp.autocast`` a half ``x`` stays half on a backend with a half dropout
+    (``backend.half_fused``): the same mask as a float32 ``x`` under the same key, the
+    scale applied in float32 and rounded once.
     """
-    x = _float(x, "dropout")
+    x = _float(x, "dropout", fused="dropout")
     p = _number(p, "dropout", "p", 0.0, 1.0)
     if not training or p == 0.0:
         return x

@@ -99,7 +99,7 @@ def image_rows(model, shape, lo, half):
             buf_saved, buf_low = name != "gelu", low   # GELU keeps its input, the others their output
         elif name == "dropout" and getattr(m, "p", 0) > 0 and m.training:
             rows.append(_row("dropout", 2 * size, 2 * size, 0))
-            buf_saved, buf_low = False, False
+            buf_saved, buf_low = False, buf_low and "dropout" in half_ops   # half in, half out
         elif name not in ("identity", "dropout"):
             raise ValueError(f"estimate: no analytic model for layer {type(m).__name__} in an image model")
     if len(feat) != 1:

@@ -200,3 +200,46 @@ def test_half_fused_ops_shrink_the_saved_activations_under_autocast(arch, monkey
     new = _saved_activation_bytes(model, loss_fn, batch, monkeypatch, full)
     assert new["float32"] == pytest.approx(old["float32"], rel=0.02)   # float32: unchanged
     assert new["bfloat16"] < 0.9 * old["bfloat16"], (old, new)
+
+
+class _BiasGeluDropoutMLP(nn.Module):
+    """Linear (no bias) -> bias+GELU -> dropout -> Linear: the two fused ops under test."""
+
+    def __init__(self, hidden=256):
+        super().__init__()
+        self.fc1 = nn.Linear(32, hidden, bias=False)
+        self.b1 = nn.Parameter(dp.zeros(hidden))
+        self.drop = nn.Dropout(0.1)
+        self.fc2 = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        return self.fc2(self.drop(F.bias_gelu(self.fc1(x), self.b1)))
+
+
+def _bfloat16_row(model, batch, monkeypatch, half_fused):
+    from dlprimer.profiler import memory_by_precision
+    monkeypatch.setattr(dp.get_backend(), "half_fused", half_fused)
+    return memory_by_precision(model, F.cross_entropy, batch, None, ("bfloat16",))[0]
+
+
+def test_half_bias_gelu_and_dropout_shrink_activation_memory_under_autocast(monkeypatch, rng):
+    """Measured with the allocator under bfloat16 autocast: with bias+GELU on half inputs
+    the bytes saved for backward fall (it saved a float32 copy of x before); with dropout
+    on half inputs too, the forward's peak falls by about dropout's float32 output (the
+    next Linear saves a half copy either way, dropout itself saves nothing). Measured
+    at this size: 1.00x that output with the JIT, 7.9x with the NumPy path (its float32
+    dropout hashes the whole mask at once, the half one a block at a time)."""
+    n, hidden = 256, 1024
+    model = _BiasGeluDropoutMLP(hidden)
+    batch = (dp.tensor(rng.standard_normal((n, 32)).astype(np.float32)),
+             dp.tensor(rng.integers(0, 10, n)))
+    full = dp.get_backend().half_fused
+    assert {"bias_gelu", "dropout"} <= full
+    old = _bfloat16_row(model, batch, monkeypatch, full - {"bias_gelu", "dropout"})
+    mid = _bfloat16_row(model, batch, monkeypatch, full - {"dropout"})
+    new = _bfloat16_row(model, batch, monkeypatch, full)
+    assert new["split"]["activations"] < 0.8 * old["split"]["activations"], (old, new)
+    assert mid["split"]["activations"] == pytest.approx(new["split"]["activations"], rel=0.01)
+    drop_f32 = n * hidden * 4
+    saved = mid["phases"]["forward"]["peak"] - new["phases"]["forward"]["peak"]
+    assert saved > 0.75 * drop_f32, (drop_f32, mid["phases"], new["phases"])

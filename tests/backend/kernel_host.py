@@ -92,7 +92,10 @@ class HostMath:
                     "act_fwd": [ctypes.c_int, p, p, i64, f32],
                     "act_bwd": [ctypes.c_int, p, p, p, i64, f32],
                     "classifier_fwd": [p, p, i64, i64, f32, f32, p, p],
-                    "classifier_bwd": [p, p, p, p, p, i64, i64, f32, f32]}.items():
+                    "classifier_bwd": [p, p, p, p, p, i64, i64, f32, f32],
+                    "bias_gelu_fwd": [p, p, p, i64, i64, ctypes.c_int],
+                    "bias_gelu_bwd": [p, p, p, p, p, i64, i64, i64, ctypes.c_int, ctypes.c_int],
+                    "dropout_apply": [p, p, i64, u64, u64, f32, f32]}.items():
                 fn = getattr(lib, f"{name}_{sfx}")
                 fn.argtypes = argtypes
                 fn.restype = None
@@ -174,20 +177,30 @@ class HostMath:
                                       packed_head(xy, gy, gx))
         return gx
 
+    @staticmethod
+    def _acc(dtype):
+        """The math type of a kernel over ``dtype`` (half.cuh's acc_t)."""
+        half = np.dtype(dtype).name in _kernels.HALF_CTYPES
+        return np.dtype(np.float32) if half else np.dtype(dtype)
+
     def bias_gelu_forward(self, x, b, approximate="none"):
-        x, b = self._arr(x), self._arr(b, x.dtype)
+        """A half ``x`` takes its bias in float32, as the kernel's acc_t<T> bias."""
+        x = self._arr(x)
+        b = self._arr(b, self._acc(x.dtype))
         y = np.empty_like(x)
         self._fn("bias_gelu_fwd", x.dtype)(_ptr(x), _ptr(b), _ptr(y), x.size, b.size,
                                            int(approximate == "tanh"))
         return y
 
     def bias_gelu_backward(self, x, b, gy, approximate="none", rows_per_chunk=None, warps=8):
-        """gx and gb as the kernel makes them: per-chunk column partials, then their sum."""
-        x, b, gy = self._arr(x), self._arr(b, x.dtype), self._arr(gy, x.dtype)
+        """gx and gb as the kernel makes them: per-chunk column partials (float32 for a
+        half ``x``), then their sum."""
+        x, gy = self._arr(x), self._arr(gy, x.dtype)
+        b = self._arr(b, self._acc(x.dtype))
         gx = np.empty_like(x)
         rows = x.size // b.size
         per = rows_per_chunk or max(1, -(-rows // 3))
-        partial = np.full((-(-rows // per), b.size), np.nan, x.dtype)
+        partial = np.full((-(-rows // per), b.size), np.nan, b.dtype)
         self._fn("bias_gelu_bwd", x.dtype)(_ptr(x), _ptr(b), _ptr(gy), _ptr(gx), _ptr(partial),
                                            rows, b.size, per, int(approximate == "tanh"), warps)
         return gx, partial.sum(axis=0)
@@ -212,7 +225,8 @@ class HostMath:
         x = self._arr(x)
         y = np.empty_like(x)
         self._fn("dropout_apply", x.dtype)(_ptr(x), _ptr(y), x.size, key[0] % 2**64,
-                                           key[1] % 2**64, p, x.dtype.type(1.0 / (1.0 - p)))
+                                           key[1] % 2**64, p, self._acc(x.dtype).type(
+                                               1.0 / (1.0 - p)))
         return y
 
     # -- softmax cross-entropy ----------------------------------------------------------

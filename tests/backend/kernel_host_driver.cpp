@@ -81,17 +81,22 @@ extern "C" void packed_visits_f32(i64 n, i64 head, int32_t* count) {
     })
 }
 
+// As the kernels: the bias, the math and the partials in acc_t<T> (float for half T),
+// one rounding on each store of T.
 template <typename T>
-static void bias_gelu_fwd(const T* x, const T* b, T* y, i64 n, i64 h, int approx) {
-    for (i64 i = 0; i < n; ++i) y[i] = dlp::gelu_fwd(x[i] + b[i % h], approx);
+static void bias_gelu_fwd(const T* x, const dlp::acc_t<T>* b, T* y, i64 n, i64 h, int approx) {
+    for (i64 i = 0; i < n; ++i)
+        y[i] = dlp::from_acc<T>(dlp::gelu_fwd(dlp::to_acc(x[i]) + b[i % h], approx));
 }
 // The block / warp / lane walk of the kernel, serially: tiles of 32 columns, chunks of
 // rows_per_chunk rows, `warps` warps per block; partial[chunk * h + col] as on the GPU.
 template <typename T>
-static void bias_gelu_bwd(const T* x, const T* b, const T* gy, T* gx, T* partial, i64 rows,
-                          i64 h, i64 rows_per_chunk, int approx, int warps) {
+static void bias_gelu_bwd(const T* x, const dlp::acc_t<T>* b, const T* gy, T* gx,
+                          dlp::acc_t<T>* partial, i64 rows, i64 h, i64 rows_per_chunk,
+                          int approx, int warps) {
+    typedef dlp::acc_t<T> A;
     const i64 tiles = (h + 31) / 32, chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
-    T sums[32][32];
+    A sums[32][32];
     for (i64 blk = 0; blk < tiles * chunks; ++blk) {
         const i64 tile = blk % tiles, chunk = blk / tiles;
         const i64 r0 = chunk * rows_per_chunk;
@@ -99,17 +104,19 @@ static void bias_gelu_bwd(const T* x, const T* b, const T* gy, T* gx, T* partial
         for (int warp = 0; warp < warps; ++warp)
             for (int lane = 0; lane < 32; ++lane) {
                 const i64 col = tile * 32 + lane;
-                T acc = T(0);
+                A acc = A(0);
                 if (col < h)
                     for (i64 r = r0 + warp; r < r1; r += warps) {
                         const i64 i = r * h + col;
-                        gx[i] = dlp::gelu_bwd(x[i] + b[col], gy[i], approx);
-                        acc += gx[i];
+                        const A g = dlp::gelu_bwd(dlp::to_acc(x[i]) + b[col],
+                                                  dlp::to_acc(gy[i]), approx);
+                        gx[i] = dlp::from_acc<T>(g);
+                        acc += g;
                     }
                 sums[warp][lane] = acc;
             }
         for (int lane = 0; lane < 32; ++lane) {
-            T acc = sums[0][lane];
+            A acc = sums[0][lane];
             for (int w = 1; w < warps; ++w) acc += sums[w][lane];
             if (tile * 32 + lane < h) partial[chunk * h + tile * 32 + lane] = acc;
         }
@@ -117,9 +124,11 @@ static void bias_gelu_bwd(const T* x, const T* b, const T* gy, T* gx, T* partial
 }
 
 template <typename T>
-static void dropout_apply(const T* x, T* y, i64 n, u64 seed, u64 counter, float p, T scale) {
+static void dropout_apply(const T* x, T* y, i64 n, u64 seed, u64 counter, float p,
+                          dlp::acc_t<T> scale) {
     for (i64 i = 0; i < n; ++i)
-        y[i] = dlp::dropout_apply(x[i], dlp::dropout_keep(seed, counter, (u64)i, p), scale);
+        y[i] = dlp::from_acc<T>(dlp::dropout_apply(
+            dlp::to_acc(x[i]), dlp::dropout_keep(seed, counter, (u64)i, p), scale));
 }
 
 template <typename T>
@@ -362,6 +371,16 @@ static void classifier_bwd_half(const H* x, const float* stats, const i64* targe
     void classifier_bwd_##SFX(const H* x, const float* st, const i64* t, const float* gy, H* gx, \
                               i64 rows, i64 c, float ome, float eoc) {                           \
         classifier_bwd_half<H>(x, st, t, gy, gx, rows, c, ome, eoc);                             \
+    }                                                                                            \
+    void bias_gelu_fwd_##SFX(const H* x, const float* b, H* y, i64 n, i64 h, int approx) {       \
+        bias_gelu_fwd<H>(x, b, y, n, h, approx);                                                 \
+    }                                                                                            \
+    void bias_gelu_bwd_##SFX(const H* x, const float* b, const H* gy, H* gx, float* partial,     \
+                             i64 rows, i64 h, i64 per_chunk, int approx, int warps) {            \
+        bias_gelu_bwd<H>(x, b, gy, gx, partial, rows, h, per_chunk, approx, warps);              \
+    }                                                                                            \
+    void dropout_apply_##SFX(const H* x, H* y, i64 n, u64 seed, u64 counter, float p, float sc) { \
+        dropout_apply<H>(x, y, n, seed, counter, p, sc);                                         \
     }                                                                                            \
     }
 

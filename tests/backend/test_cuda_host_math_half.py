@@ -146,3 +146,67 @@ def test_half_fused_classifier(host, rng, dtype, eps):
     assert_half_close(g[ok], g_cpu.astype(np.float64), dtype, "grad vs CPU", atol=atol)
     _, g64 = ce_reference(x[ok], t[ok], eps)
     assert_half_close(g[ok], g64 * gy[ok, None], dtype, "grad vs float64", atol=atol)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=IDS)
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_half_bias_gelu_is_float_math_rounded_once(host, rng, dtype, approximate):
+    """Half x, float32 bias: y and gx are the kernels' float math on the loaded x (x + b
+    in float) rounded once; gb sums the unrounded float gx (float partials), so it is
+    the float kernel's gb on the loaded x bit for bit, and the CPU backend's within
+    float32 rounding of the sum."""
+    rows, c = 300, int(rng.integers(1, 80))
+    x = draw(rng, dtype, n=rows * c).reshape(rows, c)
+    gy = draw(rng, dtype, n=rows * c, scale=1.0).reshape(rows, c)
+    b = rng.standard_normal(c).astype(np.float32)
+    y = host.bias_gelu_forward(x, b, approximate)
+    gx, gb = host.bias_gelu_backward(x, b, gy, approximate, rows_per_chunk=37, warps=4)
+    assert y.dtype == gx.dtype == dtype and gb.dtype == np.float32
+    with np.errstate(all="ignore"):
+        x32, gy32 = x.astype(np.float32), gy.astype(np.float32)
+        y32 = host.bias_gelu_forward(x32, b, approximate)
+        gx32, gb32 = host.bias_gelu_backward(x32, b, gy32, approximate, rows_per_chunk=37,
+                                             warps=4)
+    for got, f32, what in ((y, y32, "forward"), (gx, gx32, "backward")):
+        want = host.from_float(f32, dtype)
+        same = (bits(got) == bits(want)) | (np.isnan(got.astype(np.float32))
+                                            & np.isnan(want.astype(np.float32)))
+        assert same.all(), f"bias_gelu {what}: not one rounding of the float math"
+    np.testing.assert_array_equal(gb, gb32)
+    cpu = CPUBackend()
+    name = "gelu_tanh" if approximate == "tanh" else "gelu"
+    z = (x32 + b).astype(np.float64)
+    atol = F32_ATOL * (1 + np.minimum(np.abs(z), 10)) ** 3
+    y64, gx64 = reference(name, z, gy)
+    assert_half_close(y, cpu.bias_gelu_forward(x, b, approximate).astype(np.float64), dtype,
+                      "bias_gelu forward vs CPU", atol=atol)
+    assert_half_close(y, y64, dtype, "bias_gelu forward vs float64", atol=atol)
+    gx_cpu, gb_cpu = cpu.bias_gelu_backward(x, b, gy, approximate)
+    assert_half_close(gx, gx_cpu.astype(np.float64), dtype, "bias_gelu backward vs CPU",
+                      atol=atol)
+    assert_half_close(gx, gx64, dtype, "bias_gelu backward vs float64", atol=atol)
+    fin = np.isfinite(gb_cpu)
+    assert np.array_equal(np.isnan(gb), np.isnan(gb_cpu))
+    mag = np.abs(gx32).sum(axis=0, dtype=np.float64)
+    assert np.all(np.abs(gb[fin] - gb_cpu[fin]) <= 2e-6 * mag[fin])
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=IDS)
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_half_dropout_is_float_math_rounded_once_with_the_float_mask(host, rng, dtype, p):
+    """The half kernel keeps what the float kernel keeps for the same key, scales in
+    float (scale = float32(1 / (1 - p))) and rounds once: the float kernel's result on
+    the loaded x rounded, and the CPU backend's half dropout, bit for bit."""
+    x = draw(rng, dtype, n=20_000)
+    key = (int(rng.integers(2**63)), int(rng.integers(2**32)))
+    y = host.dropout_apply(x, p, key)
+    with np.errstate(all="ignore"):
+        want = host.from_float(host.dropout_apply(x.astype(np.float32), p, key), dtype)
+    y_cpu = CPUBackend().dropout_forward(x, p, key)
+    for other in (want, y_cpu):
+        same = (bits(y) == bits(other)) | (np.isnan(y.astype(np.float32))
+                                           & np.isnan(other.astype(np.float32)))
+        assert same.all()
+    keep = host.dropout_keep(x.shape, p, key)
+    dropped = y.astype(np.float32)[~keep]
+    assert np.all((dropped == 0) | np.isnan(dropped))

@@ -207,9 +207,12 @@ def test_every_launch_matches_its_kernel(fake, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float16, dp_dtype.bfloat16], ids=["float16", "bfloat16"])
+# the fake device never writes the bias-gradient partials: their np.empty garbage may overflow
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_half_launches_match_their_kernels(fake, dtype):
     """The half variants (kernels/half.cuh): half arrays in and out, float scalars; the
-    fused classifier gives a float32 loss and stats and takes a float32 gy. Every half
+    fused classifier gives a float32 loss and stats and takes a float32 gy; bias+GELU
+    takes a float bias (a half one is cast up) and gives the bias's dtype back. Every half
     instantiation is launched by some backend method."""
     rng = np.random.default_rng()
     x = rng.normal(size=(6, 50)).astype(np.float32).astype(dtype)
@@ -230,8 +233,17 @@ def test_half_launches_match_their_kernels(fake, dtype):
         fake.fused_classifier_backward(x, stats, t, np.ones(6, dtype))   # gy: the float32 loss's
     with pytest.raises(TypeError, match="float32, float64; param is"):
         fake.sgd_update(x.reshape(-1), x.reshape(-1), None, 0.1)        # optimizers: float32
-    with pytest.raises(TypeError, match="float16"):
-        fake.bias_gelu_forward(x, x[0])                                   # no half variant
+    b32 = rng.normal(size=50).astype(np.float32)
+    for b in (b32, b32.astype(dtype)):            # a float32 parameter, or a half bias
+        y = fake.bias_gelu_forward(x, b, "tanh")
+        assert y.dtype == x.dtype and y.shape == x.shape
+        gx, gb = fake.bias_gelu_backward(x, b, gy.astype(np.float32))   # a float32 gy is cast
+        assert gx.dtype == x.dtype and gb.dtype == b.dtype and gb.shape == b.shape
+    with pytest.raises(TypeError, match="b is float64"):
+        fake.bias_gelu_forward(x, b32.astype(np.float64))
+    key = (2**63 - 5, 7)
+    assert fake.dropout_forward(x, 0.3, key).dtype == x.dtype
+    assert fake.dropout_backward(gy, 0.3, key).dtype == x.dtype
     c = _kernels.HALF_CTYPES[np.dtype(dtype).name]
     expected = {_kernels.kernel_name(f, k, c) for f, ks in _kernels.HALF_KERNELS.items()
                 for k in ks}

@@ -20,11 +20,16 @@ def _cases(rng):
     y = dp.tensor(rng.integers(0, 10, 256))
     gpt = nn.GPT(23, block_size=32, n_layer=2, n_head=4, n_embd=64)
     idx = dp.tensor(rng.integers(0, 23, (8, 32)))
-    return [("cnn", cnn, F.cross_entropy, x, y), ("gpt", gpt, _gpt_loss(23), idx, idx)]
+    # dropout between two activations: under autocast its half output (backend.half_fused)
+    # reaches tanh half, which then saves a half output
+    drop = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Dropout(0.3), nn.Tanh(),
+                         nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    return [("cnn", cnn, F.cross_entropy, x, y), ("gpt", gpt, _gpt_loss(23), idx, idx),
+            ("cnn_dropout", drop, F.cross_entropy, x, y)]
 
 
 @pytest.mark.parametrize("low", [None, "bfloat16"])
-@pytest.mark.parametrize("which", ["cnn", "gpt"])
+@pytest.mark.parametrize("which", ["cnn", "gpt", "cnn_dropout"])
 def test_estimate_matches_counted_flops_and_measured_activations(rng, which, low):
     name, model, loss_fn, x, y = [c for c in _cases(rng) if c[0] == which][0]
     opt = optim.Adam(model.parameters())
