@@ -131,6 +131,11 @@ class Backend:
     def from_dlpack(self, obj):
         return self.xp.from_dlpack(obj)
 
+    def broadcast_to(self, a, shape):
+        """A read-only view of ``a`` broadcast to ``shape`` (no copy), as
+        ``numpy.broadcast_to``: the gradient of a sum or mean (``ops/reduce.py``)."""
+        return self.xp.broadcast_to(a, shape)
+
     # -- random streams ----------------------------------------------------------
     # Random draws are keyed by (seed, counter): every call takes the next counter,
     # so saving and restoring the pair replays the stream exactly (dropout under
