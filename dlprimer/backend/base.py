@@ -19,6 +19,8 @@ import numpy as np
 
 from .checks import DeferredChecks, eager_checks_enabled
 
+_SMALL_FINITE = 1 << 14  # elements up to which all_finite skips the BLAS dot
+
 
 class Timer:
     """Wall-clock timer that synchronises the device at both ends.
@@ -128,6 +130,11 @@ class Backend:
 
     def from_dlpack(self, obj):
         return self.xp.from_dlpack(obj)
+
+    def broadcast_to(self, a, shape):
+        """A read-only view of ``a`` broadcast to ``shape`` (no copy), as
+        ``numpy.broadcast_to``: the gradient of a sum or mean (``ops/reduce.py``)."""
+        return self.xp.broadcast_to(a, shape)
 
     # -- random streams ----------------------------------------------------------
     # Random draws are keyed by (seed, counter): every call takes the next counter,
@@ -376,6 +383,20 @@ class Backend:
         lo, hi = values.min(), values.max()
         bad_lo = lo < 0
         self.deferred.record(key, bad_lo | (hi >= n), xp.where(bad_lo, lo, hi), make_error)
+
+    def all_finite(self, a) -> bool:
+        """True when the flat array ``a`` holds no NaN or inf (a host read). One dot
+        product a.a (NaN and inf propagate through it; BLAS reads memory at about 3x the
+        speed of a pairwise sum); only a non-finite result is checked element by element
+        (an overflow of huge finite values only costs that check). Up to
+        ``_SMALL_FINITE`` elements, ``isfinite(a).all()``, which needs no errstate
+        (entering one costs more than the whole test of a small model's gradients)."""
+        xp = self.xp
+        if a.size > _SMALL_FINITE:
+            with np.errstate(over="ignore", invalid="ignore"):
+                if math.isfinite(float(xp.dot(a, a))):
+                    return True
+        return bool(xp.isfinite(a).all())
 
     def nonfinite_flag(self, arrays):
         """A 0-d int32 device array: 1 when any of ``arrays`` holds NaN or inf, else 0.

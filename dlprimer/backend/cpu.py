@@ -120,6 +120,20 @@ class CPUBackend(Backend):
     def from_dlpack(self, obj):
         return np.from_dlpack(obj)
 
+    def broadcast_to(self, a, shape):
+        """A read-only broadcast view built directly (zero strides on the broadcast axes):
+        about 1.7 us where ``np.broadcast_to``'s iterator takes about 3.4 us, which a sum's
+        or mean's backward paid on every step. Other cases (array subclasses too) go to
+        ``xp.broadcast_to``."""
+        shape = tuple(shape)
+        if (type(a) is np.ndarray and a.ndim == len(shape) and a.size and a.flags.c_contiguous
+                and all(n == m or n == 1 for n, m in zip(a.shape, shape))):
+            strides = tuple(0 if n != m else st for n, m, st in zip(a.shape, shape, a.strides))
+            view = np.ndarray(shape, a.dtype, a, 0, strides)
+            view.flags.writeable = False
+            return view
+        return super().broadcast_to(a, shape)
+
     # -- random --------------------------------------------------------------------
     def _generator(self, key):
         seed, counter = self.next_key() if key is None else key

@@ -16,8 +16,8 @@ class Sum(Function):
         return x.sum(axis=self.axes, keepdims=keepdims)
 
     def backward(self, gy):
-        xp = self.backend.xp
-        return xp.broadcast_to(gy.reshape(_keep_shape(self.xshape, self.axes)), self.xshape)
+        return self.backend.broadcast_to(gy.reshape(_keep_shape(self.xshape, self.axes)),
+                                         self.xshape)
 
     def flops(self):
         return prod(self.in_shapes[0]), prod(self.in_shapes[0])
@@ -33,9 +33,8 @@ class Mean(Function):
         return x.mean(axis=self.axes, keepdims=keepdims)
 
     def backward(self, gy):
-        xp = self.backend.xp
         g = gy.reshape(_keep_shape(self.xshape, self.axes)) / (self.n or 1)
-        return xp.broadcast_to(g, self.xshape)
+        return self.backend.broadcast_to(g, self.xshape)
 
     def flops(self):
         return prod(self.in_shapes[0]), prod(self.in_shapes[0])

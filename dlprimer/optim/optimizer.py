@@ -22,13 +22,10 @@ the arena and the views reinstalled, so nothing is silently lost.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..tensor import Tensor
 
-_SMALL_RUN = 1 << 14  # gradient elements up to which the finite test skips the BLAS dot
 _PLAIN = frozenset((float, int, bool, str, type(None)))  # immutable hyperparameter types
 
 
@@ -413,26 +410,16 @@ class Optimizer:
 
     @staticmethod
     def _first_nonfinite(arena: Arena, runs):
-        """Index of the first parameter with a NaN/inf gradient, or None. One dot
-        product g.g per run (NaN and inf propagate through it; BLAS reads memory at
-        about 3x the speed of a pairwise sum); only a non-finite result is searched
-        (an overflow of huge finite values only costs that search). A run of at most
-        ``_SMALL_RUN`` elements takes ``isfinite(g).all()``, which needs no errstate
-        (entering one costs more than the whole test of a small model's gradients)."""
-        xp = arena.backend.xp
+        """Index of the first parameter with a NaN/inf gradient, or None: one
+        ``backend.all_finite`` over each run of the gradient arena (a numba pass with the
+        JIT on, a BLAS dot otherwise); only a run that fails is searched per parameter."""
+        be = arena.backend
         for i0, i1 in runs:
             s, e = arena.slice(i0, i1)
-            g = arena.grad[s:e]
-            if e - s <= _SMALL_RUN:  # isfinite warns of nothing: no errstate to enter
-                if bool(xp.isfinite(g).all()):
-                    continue
-            else:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    gg = float(xp.dot(g, g))
-                if math.isfinite(gg):
-                    continue
+            if be.all_finite(arena.grad[s:e]):
+                continue
             for i in range(i0, i1):
-                if not bool(xp.isfinite(arena.grad_views[i]).all()):
+                if not be.all_finite(arena.grad_views[i].reshape(-1)):
                     return i
         return None
 

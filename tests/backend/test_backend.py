@@ -109,3 +109,23 @@ def test_counter_uniform_is_uniform_and_keyed():
     assert abs(u.mean() - 0.5) < 0.01
     np.testing.assert_array_equal(u, b.counter_uniform((1, 0), 100_000))
     assert not np.array_equal(u[:100], b.counter_uniform((1, 1), 100))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("src,shape", [((), ()), ((1, 1), (5, 7)), ((5, 1), (5, 7)),
+                                       ((1, 7), (5, 7)), ((2, 1, 3), (2, 4, 3)), ((4,), (4,))])
+def test_cpu_broadcast_to_is_numpys_read_only_view(src, shape, dtype):
+    """The CPU backend builds the view of a sum's / mean's gradient directly; it must be
+    numpy.broadcast_to's view: same values, no copy, read-only."""
+    be = B.backend_for("cpu")
+    a = np.random.default_rng().standard_normal(src).astype(dtype)
+    v = be.broadcast_to(a, shape)
+    np.testing.assert_array_equal(v, np.broadcast_to(a, shape))
+    assert v.shape == shape and v.dtype == a.dtype and np.shares_memory(v, a)
+    assert not v.flags.writeable
+    with pytest.raises(ValueError):
+        v[...] = 0
+    t = np.asfortranarray(np.random.default_rng().standard_normal((3, 1, 2)))[:, :, ::2]
+    np.testing.assert_array_equal(be.broadcast_to(t, (3, 4, 1)), np.broadcast_to(t, (3, 4, 1)))
+    with pytest.raises(ValueError, match="broadcast"):
+        be.broadcast_to(np.ones((2, 1), dtype), (3, 3))

@@ -165,6 +165,28 @@ def test_grad_norm_kernel_matches_numpy_path(norm_type, dtype, rng):
     assert math.isnan(fast.grad_norm(arrays, norm_type))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("n", [7, 70001])
+def test_all_finite_kernel_finds_one_nonfinite_element(n, where, bad, dtype, rng):
+    g = rng.standard_normal(n).astype(dtype) * 1e3
+    assert fast.all_finite(g) and ref.all_finite(g)
+    g[{"first": 0, "middle": n // 2, "last": n - 1}[where]] = bad
+    assert not fast.all_finite(g)
+    assert not ref.all_finite(g)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_all_finite_kernel_edges(dtype):
+    big = np.finfo(dtype).max
+    assert fast.all_finite(np.empty(0, dtype))
+    assert fast.all_finite(np.array([big, -big, big, 0.0, -0.0], dtype))  # sum would overflow
+    assert ref.all_finite(np.full(20000, big, dtype))                     # dot overflows
+    assert fast.all_finite(np.full(20000, big, dtype))
+    assert not fast.all_finite(np.array([np.inf, -np.inf], dtype))
+
+
 # -- the vectorisable erf (normal tail) of the exact GELU ---------------------------------------
 def _gelu64(x):
     return x * scipy.special.ndtr(x)

@@ -227,3 +227,24 @@ def test_load_state_dict_mismatches():
 def test_grad_norm_rejects_bad_norm_type():
     with pytest.raises(ValueError, match="norm_type"):
         dp.get_backend().grad_norm([np.ones(3, np.float32)], norm_type=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("where", [0, 20000, -1])
+def test_nonfinite_in_a_large_arena_is_found_and_not_applied(where, dtype):
+    """Past the small-run threshold the check is one pass over the arena (a numba kernel
+    with the JIT on, a BLAS dot with it off); one bad element anywhere stops the step."""
+    rng = np.random.default_rng()
+    a = Parameter(dp.tensor(rng.standard_normal(40000).astype(dtype)))
+    b = Parameter(dp.tensor(rng.standard_normal(5).astype(dtype)))
+    opt = dp.optim.Adam([("big", a), ("small", b)], lr=0.1)
+    (a.sum() + b.sum()).backward()
+    before = [a.numpy().copy(), b.numpy().copy()]
+    a.grad.data[where] = -np.inf
+    with pytest.raises(NonFiniteGradientError, match="'big'"):
+        opt.step()
+    np.testing.assert_array_equal(a.numpy(), before[0])
+    np.testing.assert_array_equal(b.numpy(), before[1])
+    a.grad.data[where] = 1.0
+    assert opt.step() is True
+    assert not np.array_equal(a.numpy(), before[0])

@@ -304,6 +304,14 @@ class JitCPUBackend(CPUBackend):
                 param[s:e] -= c(lr) * d
         return param
 
+    def all_finite(self, a) -> bool:
+        dt = _same_float(a)
+        if dt is not None:
+            r = call("all_finite", _flat(a), dt.type(0))
+            if r is not NO:
+                return bool(r)
+        return super().all_finite(a)
+
     def grad_norm(self, arrays, norm_type=2.0):
         norm_type = float(norm_type)
         arrays = list(arrays)

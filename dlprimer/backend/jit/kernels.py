@@ -462,3 +462,15 @@ def sum_abs_pow(a, q):
     for i in range(a.size):
         s += abs(np.float64(a[i])) ** q
     return s
+
+
+@jit_sum
+def all_finite(a, zero):
+    """True when no element of ``a`` is NaN or inf: ``sum(a[i] * 0)`` is 0 for finite
+    values and NaN as soon as one is not (inf * 0 is NaN). One read of ``a``, no early
+    exit, so that the loop vectorises (reassoc lets LLVM keep several partial sums;
+    without nnan/nsz it cannot fold ``x * 0`` to 0). ``zero`` carries a's dtype."""
+    s = zero
+    for i in range(a.size):
+        s += a[i] * zero
+    return s == zero
