@@ -158,6 +158,7 @@ class _Samples:
 
     def __init__(self):
         self.fwd, self.bwd, self.step, self.engine = [], [], [], []
+        self.observed_bwd = []               # backward of the observed steps (the ops' own)
         self.layer_fwd = defaultdict(list)   # layer -> seconds per step
         self.key_bwd = defaultdict(list)     # (layer, op) -> backward self time per step
         self.key_fwd = defaultdict(list)     # (layer, op) -> forward self time per step
@@ -180,6 +181,7 @@ def _timed_steps(step, layers, repeats, counter, btimer, ftimer) -> _Samples:
             with observe(ftimer), observe(counter), observe(btimer):
                 _, observed_bwd, _ = _one_step(step)
             s.engine.append(observed_bwd - btimer.total())   # the same step's nodes
+            s.observed_bwd.append(observed_bwd)
             for key, v in btimer.times.items():
                 s.key_bwd[key].append(v)
             for key, v in ftimer.times.items():
@@ -262,15 +264,18 @@ def _total_row(s, counter, has_optimizer):
     return total
 
 
-def _backward_ops(s, counter, btimer, bwd_median):
-    """Backward self time per (layer, op), most expensive first."""
-    bwd_med = bwd_median or 1.0
+def _backward_ops(s, counter, btimer):
+    """Backward self time per (layer, op), most expensive first. ``share`` is the op's
+    part of the backward time of the same (observed) steps, summed over them: the shares
+    of all ops add up to at most 1, whatever the noise (a sum of per-op medians over the
+    median of another set of steps need not)."""
+    observed = sum(s.observed_bwd) or 1.0
     ops = []
     for (layer, op), vs in s.key_bwd.items():
         rec = stats(vs)
         med = rec["median"]
         ops.append({"layer": layer, "op": op, "backward": med, "backward_ci95": rec["ci95"],
-                    "share": med / bwd_med,
+                    "share": sum(vs) / observed,
                     "calls": btimer.calls.get((layer, op), 0),
                     "bwd_flops": counter.bwd.get((layer, op), 0),
                     "fwd_flops": counter.fwd.get((layer, op), 0)})
@@ -332,7 +337,7 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
     names = [n for n, _ in layers]
     total = _total_row(s, counter, optimizer is not None)
     rows = _layer_rows(s, counter, names, repeats)
-    ops = _backward_ops(s, counter, btimer, total["backward"]["median"])
+    ops = _backward_ops(s, counter, btimer)
     fp["peaks"] = machine_peaks(backend) if roofline else None
     roof = op_rows(s.key_fwd, ftimer, counter, btimer, s.key_bwd, fp["peaks"], s.step, optimizer,
                    step.params)
