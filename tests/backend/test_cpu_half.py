@@ -8,17 +8,17 @@ tail), on fresh random inputs plus +-1e4 (past float16's range: inf), 0, -0.0, N
 the JIT path (numba kernels on the float32 blocks) are checked, on arrays longer than
 a block and not a multiple of it.
 """
-import math
 import tracemalloc
 
 import numpy as np
 import pytest
-import scipy.special as sp
 
 import dlprimer as dp
 import dlprimer.nn.functional as F
 from dlprimer.backend import half
 from dlprimer.backend.cpu import CPUBackend
+
+from ._activation_ref import reference
 
 HALVES = (np.dtype(np.float16), dp.bfloat16)
 # the edge values (NaN, inf, +-1e4) make NumPy warn inside the ops and the references
@@ -68,35 +68,6 @@ def assert_half_close(got, ref64, dtype, what="", atol=0.0):
     worst = np.argmax(err - tol) if err.size else 0
     assert np.all(err <= tol), (f"{what}: {g[fin][worst]} vs {want[fin][worst]} "
                                 f"({err[worst] / tol[worst]:.1f} ulp)")
-
-
-def reference(name, x, gy, a=None):
-    """float64 forward and backward (with respect to x) of each activation."""
-    x, gy = x.astype(np.float64), gy.astype(np.float64)
-    with np.errstate(all="ignore"):
-        s = sp.expit(x)
-        if name == "leaky_relu":
-            return np.where(x > 0, x, x * a), np.where(x > 0, gy, gy * a)
-        if name == "elu":
-            xn = np.minimum(x, 0)
-            return np.where(x > 0, x, a * np.expm1(xn)), np.where(x > 0, 1.0, a * np.exp(xn)) * gy
-        if name == "gelu":
-            cdf = 0.5 * (1 + sp.erf(x / math.sqrt(2)))
-            return x * cdf, gy * (cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
-        if name == "gelu_tanh":
-            k = math.sqrt(2 / math.pi)
-            t = np.tanh(k * (x + 0.044715 * x ** 3))
-            return (0.5 * x * (1 + t),
-                    gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)))
-        if name == "silu":
-            return x * s, gy * s * (1 + x * (1 - s))
-        if name == "sigmoid":
-            return s, None
-        if name == "tanh":
-            return np.tanh(x), None
-        if name == "relu":
-            return np.maximum(x, 0), gy * (x > 0)
-    raise ValueError(name)
 
 
 def from_output_grad(name, y, gy):

@@ -18,6 +18,7 @@ import pytest
 import scipy.special as sp
 
 from . import kernel_host
+from ._activation_ref import reference
 from .cuda_testing import SeededRng, assert_close, grads, sample
 from dlprimer.backend.cpu import CPUBackend
 
@@ -52,38 +53,6 @@ def cpu_op(cpu, name, *args, **kwargs):
 # -- activations ------------------------------------------------------------------------
 PARAM = {"leaky_relu": 0.01, "elu": 1.0}
 FROM_OUTPUT = ("relu", "sigmoid", "tanh")
-
-
-def reference(name, x, gy, a):
-    """float64 formulas of forward and backward (backward w.r.t. x)."""
-    x = x.astype(np.float64)
-    gy = gy.astype(np.float64)
-    with np.errstate(all="ignore"):
-        s = sp.expit(x)
-        if name == "relu":
-            return np.maximum(x, 0), gy * (x > 0)
-        if name == "leaky_relu":
-            return np.where(x > 0, x, x * a), np.where(x > 0, gy, gy * a)
-        if name == "elu":
-            xn = np.minimum(x, 0)
-            return (np.where(x > 0, x, a * np.expm1(xn)),
-                    np.where(x > 0, 1.0, a * np.exp(xn)) * gy)
-        if name == "gelu_erf":
-            cdf = 0.5 * (1 + sp.erf(x / math.sqrt(2)))
-            return x * cdf, gy * (cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi))
-        if name == "gelu_tanh":
-            k = math.sqrt(2 / math.pi)
-            t = np.tanh(k * (x + 0.044715 * x ** 3))
-            return (0.5 * x * (1 + t),
-                    gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)))
-        if name == "silu":
-            return x * s, gy * s * (1 + x * (1 - s))
-        if name == "sigmoid":
-            return s, gy * s * (1 - s)
-        if name == "tanh":
-            t = np.tanh(x)
-            return t, gy * (1 - t * t)
-    raise KeyError(name)
 
 
 def cpu_activation(cpu, name, x, gy, a):
