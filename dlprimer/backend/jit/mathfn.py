@@ -58,10 +58,29 @@ def _f64_from_bits(typingctx, bits):
 
 
 @jit
+def _exp_reduce(x):
+    """(k, r) with x = k ln2 + r, |r| <= ln2/2 (Cody-Waite: k ln2_hi is exact)."""
+    k = numba.float64(int(x * _LOG2E + 0.5 if x >= 0 else x * _LOG2E - 0.5))
+    return k, (x - k * _LN2_HI) - k * _LN2_LO
+
+
+@jit
+def _exp_scale(p, k, x):
+    """p 2^k (k clamped to float64's exponent range), 0 below -708.39, inf above 709.78,
+    NaN kept: the end of :func:`exp64` and :func:`exp32`."""
+    kk = k if k > -1022.0 else -1022.0
+    kk = kk if kk < 1023.0 else 1023.0
+    v = p * _f64_from_bits((numba.int64(kk) + 1023) << 52)
+    v = v if x > -708.39 else 0.0
+    v = v if x < 709.78 else numba.float64(numba.float64(1e308) * 10.0)
+    return v if x == x else x
+
+
+@jit
 def exp64(x, dx):
     """e^(x + dx) for a small correction dx (|dx| << ulp(x)), in float64."""
-    k = numba.float64(int(x * _LOG2E + 0.5 if x >= 0 else x * _LOG2E - 0.5))
-    r = (x - k * _LN2_HI) - k * _LN2_LO + dx
+    k, r = _exp_reduce(x)
+    r = r + dx
     p = 2.08767569878681e-09
     p = p * r + 2.505210838544172e-08
     p = p * r + 2.755731922398589e-07
@@ -75,12 +94,7 @@ def exp64(x, dx):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    kk = k if k > -1022.0 else -1022.0
-    kk = kk if kk < 1023.0 else 1023.0
-    v = p * _f64_from_bits((numba.int64(kk) + 1023) << 52)
-    v = v if x > -708.39 else 0.0
-    v = v if x < 709.78 else numba.float64(numba.float64(1e308) * 10.0)
-    return v if x == x else x
+    return _exp_scale(p, k, x)
 
 
 @jit
@@ -88,8 +102,7 @@ def exp32(x):
     """e^x to float32 accuracy (relative error < 8e-9, 0.13 of float32's half-ulp), in
     float64: the reduction of :func:`exp64` and a degree-7 Taylor polynomial. 0 below
     -708.39, inf above 709.78, NaN kept."""
-    k = numba.float64(int(x * _LOG2E + 0.5 if x >= 0 else x * _LOG2E - 0.5))
-    r = (x - k * _LN2_HI) - k * _LN2_LO
+    k, r = _exp_reduce(x)
     p = 0.0001984126984126984
     p = p * r + 0.001388888888888889
     p = p * r + 0.008333333333333333
@@ -98,12 +111,7 @@ def exp32(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    kk = k if k > -1022.0 else -1022.0
-    kk = kk if kk < 1023.0 else 1023.0
-    v = p * _f64_from_bits((numba.int64(kk) + 1023) << 52)
-    v = v if x > -708.39 else 0.0
-    v = v if x < 709.78 else numba.float64(numba.float64(1e308) * 10.0)
-    return v if x == x else x
+    return _exp_scale(p, k, x)
 
 
 @jit
