@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import traceback
 import weakref
 
@@ -440,7 +441,10 @@ def _run_backward(node0, grad, retain_graph):
                 continue
             if isinstance(e, Tensor):
                 if g is not None:
-                    e._accumulate_grad(g)
+                    # no base and no reference beyond this loop's own: nothing else holds
+                    # or views the array, so the leaf may own it instead of copying it
+                    owned = g.base is None and _refcount(g) == _SOLE
+                    e._accumulate_grad(g, owned=owned)
                 continue
             if g is not None:
                 prev = grads.get(e)
@@ -451,6 +455,22 @@ def _run_backward(node0, grad, retain_graph):
                 ready.append(e)
 
 
+_refcount = sys.getrefcount
+#: what ``sys.getrefcount`` reports, in the engine's loop over a node's edges, for a
+#: gradient that only the node's returned tuple holds (the tuple, zip's reused result
+#: tuple, the loop variable, the call's argument): measured at import by the same loop,
+#: not assumed. tests/test_autograd.py checks both ways: a sole array is owned, one with a
+#: single other holder is copied.
+_SOLE = None
+
+
+def _sole_refs():
+    """The refcount of an array held only by a tuple, in a loop shaped as the engine's."""
+    gxs = (_np.empty(1),)
+    for e, g in zip((None,), gxs):
+        return _refcount(g)
+
+
 def _notify(observers, what, node):
     for o in observers:
         f = getattr(o, what, None)
@@ -459,3 +479,7 @@ def _notify(observers, what, node):
 
 
 from .tensor import Tensor  # noqa: E402  (tensor.py imports autograd only lazily)
+
+import numpy as _np  # noqa: E402
+
+_SOLE = _sole_refs()

@@ -174,11 +174,12 @@ class Tensor:
     # the first gradient after ``grad = None`` is then copied there (no allocation).
     _grad_buffer = None
 
-    def _accumulate_grad(self, g):
-        """Add ``g`` into ``self.grad`` (a leaf). The first gradient is copied:
-        a backward may hand the same array to several inputs."""
+    def _accumulate_grad(self, g, owned=False):
+        """Add ``g`` into ``self.grad`` (a leaf). The first gradient is copied unless
+        ``owned`` (the engine saw that nothing else holds or views ``g``): a backward may
+        hand the same array to several inputs, or keep it."""
         if g.dtype != self.data.dtype:
-            g = g.astype(self.data.dtype)
+            g, owned = g.astype(self.data.dtype), True
         if self.grad is None:
             buf = self._grad_buffer
             if g is buf:  # a backward computed it in place (Function.leaf_grad_out)
@@ -187,7 +188,7 @@ class Tensor:
                 buf[...] = g
                 self.grad = Tensor(buf, False, self._backend)
             else:
-                self.grad = Tensor(g.copy(), False, self._backend)
+                self.grad = Tensor(g if owned else g.copy(), False, self._backend)
         else:
             self.grad.data += g
 

@@ -170,3 +170,51 @@ def test_detect_anomaly_names_the_op_and_line(backend):
             y.sum().backward()
     msg = str(ei.value)
     assert "Sqrt" in msg and "test_autograd.py" in msg and "x.sqrt()" in msg
+
+
+# -- a leaf's first gradient: owned when nothing else holds it, copied otherwise ----------
+class _Returns(Function):
+    """y = 2x; backward returns a fresh array, or one it keeps, or a view, per ``how``."""
+    def forward(self, x, how="fresh"):
+        self.how = how
+        return 2 * x
+
+    def backward(self, gy):
+        g = 2 * gy
+        if self.how == "kept":
+            self.kept = g
+            return g
+        if self.how == "view":
+            self.whole = np.concatenate([g.reshape(-1), g.reshape(-1)])
+            return self.whole[:g.size].reshape(g.shape)
+        _Returns.address = g.__array_interface__["data"][0]   # not a reference: a second
+        return g                                              # holder would force a copy
+
+
+def test_a_fresh_gradient_nothing_else_holds_becomes_the_leafs_grad_without_a_copy(rng):
+    x = dp.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    _Returns.apply(x).sum().backward()
+    assert x.grad.data.__array_interface__["data"][0] == _Returns.address
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 2.0))
+
+
+@pytest.mark.parametrize("how", ["kept", "view"])
+def test_a_gradient_held_or_viewed_elsewhere_is_copied(rng, how):
+    x = dp.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    y = _Returns.apply(x, how=how)
+    y.sum().backward(retain_graph=True)
+    node = y._node
+    held = node.kept if how == "kept" else node.whole[:12].reshape(3, 4)
+    x.grad.data[...] = 7.0       # the leaf's grad is its own: the other holder is unchanged
+    np.testing.assert_array_equal(held, np.full((3, 4), 2.0))
+
+
+def test_one_gradient_handed_to_two_leaves_or_one_leaf_twice_stays_separate(rng):
+    a = dp.tensor(rng.standard_normal(5), requires_grad=True)
+    b = dp.tensor(rng.standard_normal(5), requires_grad=True)
+    (a + b).sum().backward()
+    a.grad.data[0] = 100.0
+    np.testing.assert_array_equal(b.grad.numpy(), np.ones(5))
+    c = dp.tensor(rng.standard_normal(5), requires_grad=True)
+    (c + c).sum().backward()
+    np.testing.assert_array_equal(c.grad.numpy(), np.full(5, 2.0))
