@@ -59,18 +59,23 @@ def forward_steps_by_type(key_fwd, repeats) -> list[dict]:
     return [dict(d) for d in steps]
 
 
-def _framework(fwd_total, bwd_total, f_all, bwd, repeats):
-    """Per step: the step's forward and backward less the ops' self times (>= 0)."""
+def _framework(fwd_total, bwd_total, f_all, bwd, repeats, engine=()):
+    """Per step: the step's forward and backward less the ops' self times (>= 0). The
+    backward's is ``engine`` when given: the engine's time measured in the very steps
+    that timed the ops (a difference across two sets of steps can come out 0 under load)."""
     n = min(repeats, len(fwd_total), len(bwd_total))
     if not n:
         return None, None
     ft, bt = list(fwd_total)[-n:], list(bwd_total)[-n:]
     fw = [max(0.0, ft[i] - sum(v[-n:][i] for v in f_all.values())) for i in range(n)]
+    if len(engine) >= n:
+        return fw, [max(0.0, e) for e in list(engine)[-n:]]
     bw = [max(0.0, bt[i] - sum(v[-n:][i] for v in bwd.values())) for i in range(n)]
     return fw, bw
 
 
-def group_by_type(fwd_steps, key_bwd, counter, repeats, fwd_total=(), bwd_total=()) -> list[dict]:
+def group_by_type(fwd_steps, key_bwd, counter, repeats, fwd_total=(), bwd_total=(),
+                  engine=()) -> list[dict]:
     """Rows per layer type, in :data:`ORDER`: forward and backward time records, the
     backward/forward time ratio (median of per-step ratios, with its interval), the
     FLOPs and their ratio, and each type's share of the step's forward + backward time.
@@ -78,7 +83,8 @@ def group_by_type(fwd_steps, key_bwd, counter, repeats, fwd_total=(), bwd_total=
     ``fwd_steps``: :func:`forward_steps_by_type`; ``key_bwd``: (layer, op) -> backward
     seconds per step; ``counter``: the :class:`~.counters.FlopCounter` of one step;
     ``fwd_total`` / ``bwd_total``: the step's forward and backward seconds per step
-    (given, the :data:`FRAMEWORK` row is what they hold beyond the ops)."""
+    (given, the :data:`FRAMEWORK` row is what they hold beyond the ops); ``engine``: the
+    backward's time outside the ops, per step, measured in the steps that timed them."""
     from .report import _ratio, paired_ratio, stats
     fwd_steps = fwd_steps[-repeats:]
     bwd = defaultdict(lambda: [0.0] * repeats)
@@ -93,7 +99,7 @@ def group_by_type(fwd_steps, key_bwd, counter, repeats, fwd_total=(), bwd_total=
         flops[layer_type(op)][1] += v
     seen = set(bwd) | set(flops) | {t for s in fwd_steps for t in s}
     f_all = {t: [s.get(t, 0.0) for s in fwd_steps] for t in seen}
-    fw, bw = _framework(fwd_total, bwd_total, f_all, dict(bwd), repeats)
+    fw, bw = _framework(fwd_total, bwd_total, f_all, dict(bwd), repeats, engine)
     if fw is not None:
         seen.add(FRAMEWORK)
         f_all[FRAMEWORK], bwd[FRAMEWORK] = fw, bw

@@ -358,7 +358,7 @@ def profile(model, loss_fn, batch, optimizer=None, warmup: int = 3, repeats: int
         write_trace(trace, recorder, timeline["samples"] if timeline else None, meta)
     rep = Report(rows, total, ops, mem, meta, roofline={"peaks": fp["peaks"], "ops": roof})
     rep.layer_types = group_by_type(forward_steps_by_type(s.key_fwd, repeats), s.key_bwd, counter,
-                                    repeats, s.fwd, s.bwd)
+                                    repeats, s.fwd, s.bwd, s.engine)
     return rep
 
 
