@@ -25,6 +25,8 @@ import sys
 import traceback
 import weakref
 
+import numpy as _np
+
 from .backend import backend_of_array, get_backend
 
 _grad_enabled = True
@@ -456,19 +458,21 @@ def _run_backward(node0, grad, retain_graph):
 
 
 _refcount = sys.getrefcount
-#: what ``sys.getrefcount`` reports, in the engine's loop over a node's edges, for a
-#: gradient that only the node's returned tuple holds (the tuple, zip's reused result
-#: tuple, the loop variable, the call's argument): measured at import by the same loop,
-#: not assumed. tests/test_autograd.py checks both ways: a sole array is owned, one with a
-#: single other holder is copied.
-_SOLE = None
 
 
 def _sole_refs():
-    """The refcount of an array held only by a tuple, in a loop shaped as the engine's."""
+    """What ``sys.getrefcount`` reports, in the engine's loop over a node's edges, for a
+    gradient that only the node's returned tuple holds (the tuple, zip's reused result
+    tuple, the loop variable, the call's argument): measured once by a loop of the same
+    shape, not assumed. tests/test_autograd.py checks both ways: a sole array is owned,
+    one with a single other holder is copied."""
     gxs = (_np.empty(1),)
-    for e, g in zip((None,), gxs):
+    for _e, g in zip((None,), gxs):
         return _refcount(g)
+
+
+#: the refcount of a gradient that nothing but its node's returned tuple holds
+_SOLE = _sole_refs()
 
 
 def _notify(observers, what, node):
@@ -479,7 +483,3 @@ def _notify(observers, what, node):
 
 
 from .tensor import Tensor  # noqa: E402  (tensor.py imports autograd only lazily)
-
-import numpy as _np  # noqa: E402
-
-_SOLE = _sole_refs()
