@@ -6,6 +6,11 @@ import math
 import numpy as np
 import scipy.special as sp
 
+#: the parameter each parametrised activation is tested with (leaky_relu's slope, elu's alpha)
+PARAM = {"leaky_relu": 0.01, "elu": 1.0}
+#: the activations whose backward takes their output y, not their input x
+FROM_OUTPUT = ("relu", "sigmoid", "tanh")
+
 
 def reference(name, x, gy, a=None):
     """(forward, backward) in float64; ``a`` is leaky_relu's slope or elu's alpha; the exact

@@ -18,18 +18,11 @@ import pytest
 import scipy.special as sp
 
 from . import kernel_host
-from ._activation_ref import reference
+from ._activation_ref import FROM_OUTPUT, PARAM, reference
 from .cuda_testing import SeededRng, assert_close, grads, sample
 from dlprimer.backend.cpu import CPUBackend
 
 DTYPES = (np.float32, np.float64)
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    if kernel_host.find_compiler() is None:
-        pytest.skip("no host C++ compiler (c++, g++, clang++ or $CXX) to build the kernel math")
-    return kernel_host.build(tmp_path_factory.mktemp("kernel_host"))
 
 
 @pytest.fixture
@@ -51,10 +44,6 @@ def cpu_op(cpu, name, *args, **kwargs):
 
 
 # -- activations ------------------------------------------------------------------------
-PARAM = {"leaky_relu": 0.01, "elu": 1.0}
-FROM_OUTPUT = ("relu", "sigmoid", "tanh")
-
-
 def cpu_activation(cpu, name, x, gy, a):
     base = {"gelu_erf": "gelu", "gelu_tanh": "gelu"}.get(name, name)
     kw = {"approximate": "tanh" if name == "gelu_tanh" else "none"} if base == "gelu" else {}

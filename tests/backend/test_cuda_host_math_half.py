@@ -15,8 +15,8 @@ import pytest
 
 import dlprimer as dp
 from . import kernel_host
-from .test_cpu_half import (EDGES, F32_ATOL, assert_half_close, ce_reference, draw,
-                            from_output_grad, reference)
+from ._activation_ref import FROM_OUTPUT, PARAM, reference
+from .test_cpu_half import EDGES, F32_ATOL, assert_half_close, ce_reference, draw, from_output_grad
 from dlprimer.backend.cpu import CPUBackend
 
 HALVES = (np.dtype(np.float16), dp.bfloat16)
@@ -24,15 +24,6 @@ HALVES = (np.dtype(np.float16), dp.bfloat16)
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
                                         "ignore:overflow encountered:RuntimeWarning")
 IDS = ["float16", "bfloat16"]
-FROM_OUTPUT = ("relu", "sigmoid", "tanh")
-PARAM = {"leaky_relu": 0.01, "elu": 1.0}
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    if kernel_host.find_compiler() is None:
-        pytest.skip("no host C++ compiler (c++, g++, clang++ or $CXX) to build the kernel math")
-    return kernel_host.build(tmp_path_factory.mktemp("kernel_host_half"))
 
 
 @pytest.fixture
