@@ -7,6 +7,7 @@ the per-pair ratios A/B with a ~95% interval (order statistics of the median), a
 recorded in the test's ``extra_info`` and printed (``-s``). Rows and targets:
 
   adam 10M        optim.Adam.step() on 10M float32 params  / torch Adam(fused=True)  <= 1.0
+                  (and with check_finite=False: no non-finite check, as torch has none)
   gelu 16M        exact GELU forward + backward, float32    / torch gelu + gelu_backward  <= 1.0
   silu 16M        SiLU forward + backward                   / torch                   <= 1.0
   xent 8192x1000  F.cross_entropy(...).backward()           / torch                   <= 1.0
@@ -39,7 +40,7 @@ from dlprimer import optim  # noqa: E402
 
 PAIRS = 5 if QUICK else 21
 SCALE = 64 if QUICK else 1
-TARGETS = {"adam 10M": 1.0, "gelu 16M": 1.0, "silu 16M": 1.0, "xent 8192x1000": 1.0,
+TARGETS = {"adam 10M": 1.0, "adam 10M check_finite=False": 1.0, "gelu 16M": 1.0, "silu 16M": 1.0, "xent 8192x1000": 1.0,
            "mlp 64-32-10 b32": 1.6, "mlp 784-256-10 b128": 1.1,
            "mlp 784-1024-1024-10 b256": 1.05}
 MLPS = {"mlp 64-32-10 b32": ([64, 32, 10], 32), "mlp 784-256-10 b128": ([784, 256, 10], 128),
@@ -72,12 +73,12 @@ def _torch():
 
 
 # -- the workloads: (dlprimer fn, torch fn) -------------------------------------------------------
-def adam_pair(torch, n=10_000_000 // SCALE):
+def adam_pair(torch, check_finite=True, n=10_000_000 // SCALE):
     rng = np.random.default_rng(0)
     w, g = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
     p = nn.Parameter(dp.tensor(w.copy()))
     p.grad = dp.tensor(g)
-    opt = optim.Adam([p], lr=1e-3)
+    opt = optim.Adam([p], lr=1e-3, check_finite=check_finite)
     tp = torch.nn.Parameter(torch.from_numpy(w.copy()))
     tp.grad = torch.from_numpy(g.copy())
     topt = torch.optim.Adam([tp], lr=1e-3, fused=True)
@@ -154,10 +155,14 @@ def test_activation_vs_torch(benchmark, op):
     benchmark.pedantic(mine, rounds=1, iterations=1)
 
 
-def test_adam_vs_torch_fused(benchmark):
+@pytest.mark.parametrize("check_finite", [True, False], ids=["checked", "unchecked"])
+def test_adam_vs_torch_fused(benchmark, check_finite):
+    """With the check (the default: one more read of the gradients, which PyTorch's
+    fused Adam does not do) and without it (``check_finite=False``, like for like)."""
     torch = _torch()
-    mine, theirs = adam_pair(torch)
-    _report(benchmark, "adam 10M", "torch", paired(mine, theirs))
+    mine, theirs = adam_pair(torch, check_finite)
+    _report(benchmark, "adam 10M" + ("" if check_finite else " check_finite=False"), "torch",
+            paired(mine, theirs))
     benchmark.pedantic(mine, rounds=1, iterations=1)
 
 

@@ -18,10 +18,10 @@ class _Moments(Optimizer):
     """What Adam, AdamW and LAMB share: hyper-parameters, their checks, and the two
     moment arrays m ("exp_avg") and v ("exp_avg_sq") of the arena."""
 
-    def __init__(self, params, lr, betas, eps, weight_decay, skip_nonfinite):
+    def __init__(self, params, lr, betas, eps, weight_decay, skip_nonfinite, check_finite):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay),
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, check_finite=check_finite)
 
     def _validate(self, group, where):
         _check_number("learning rate lr", group["lr"], where=where)
@@ -48,8 +48,8 @@ class Adam(_Moments):
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 skip_nonfinite=False):
-        super().__init__(params, lr, betas, eps, weight_decay, skip_nonfinite)
+                 skip_nonfinite=False, check_finite=True):
+        super().__init__(params, lr, betas, eps, weight_decay, skip_nonfinite, check_finite)
 
     def _update(self, arena, group, i0, i1):
         s, e = arena.slice(i0, i1)
@@ -69,6 +69,6 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, check_finite=True):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, check_finite=check_finite)

@@ -16,8 +16,8 @@ class LAMB(_Moments):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
-                 skip_nonfinite=False):
-        super().__init__(params, lr, betas, eps, weight_decay, skip_nonfinite)
+                 skip_nonfinite=False, check_finite=True):
+        super().__init__(params, lr, betas, eps, weight_decay, skip_nonfinite, check_finite)
 
     def _update(self, arena, group, i0, i1):
         s, e = arena.slice(i0, i1)

@@ -19,10 +19,10 @@ class LARS(Optimizer):
     graph_safe = True  # lr and momentum are the same arguments at every step
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
-                 eps=1e-9, skip_nonfinite=False):
+                 eps=1e-9, skip_nonfinite=False, check_finite=True):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       trust_coefficient=trust_coefficient, eps=eps),
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, check_finite=check_finite)
 
     def _validate(self, group, where):
         _check_number("learning rate lr", group["lr"], where=where)

@@ -205,7 +205,10 @@ class Optimizer:
     None; the error is raised by ``dp.check_deferred()`` (``fit`` calls it when it
     logs) and ``skipped_steps`` is read when asked for. A step skipped there still
     advances Adam's step count ``t``. ``DLPRIMER_EAGER_CHECKS=1`` (or
-    ``dp.eager_checks()``) brings back the eager check.
+    ``dp.eager_checks()``) brings back the eager check. ``check_finite=False`` drops the
+    check, as PyTorch's optimizers have none: the step no longer reads every gradient once
+    more before the update (a 10M-parameter Adam step about 0.8x the time), and a NaN or
+    inf gradient then goes into the weights.
 
     Subclasses define ``_validate(group, where)``, ``_state_names(group)`` and
     ``_update(arena, group, i0, i1)``.
@@ -215,9 +218,14 @@ class Optimizer:
     #: exists (no bias correction by step count), so a CUDA graph can replay the step.
     graph_safe = False
 
-    def __init__(self, params, defaults: dict, skip_nonfinite: bool = False):
+    def __init__(self, params, defaults: dict, skip_nonfinite: bool = False,
+                 check_finite: bool = True):
         self.defaults = dict(defaults)
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.check_finite = bool(check_finite)
+        if self.skip_nonfinite and not self.check_finite:
+            raise ValueError(f"{type(self).__name__}: skip_nonfinite=True needs the non-finite "
+                             "check; it cannot be combined with check_finite=False")
         self._skipped = 0
         self._skipped_device = None  # steps skipped on the device, not yet read back
         self.param_groups: list[dict] = []
@@ -350,6 +358,9 @@ class Optimizer:
                 arena.validated = key
             present = arena.sync()
             plans.append((group, arena, arena.runs(present, self._run_key(arena, group))))
+        if not self.check_finite:
+            self._apply(plans)
+            return None if self._backend.defers_checks else True
         if self._backend.defers_checks:
             return self._step_on_device(plans)
         for group, arena, runs in plans:

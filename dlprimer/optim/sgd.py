@@ -19,10 +19,10 @@ class SGD(Optimizer):
     graph_safe = True  # lr and momentum are the same arguments at every step
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
-                 weight_decay=0.0, skip_nonfinite=False):
+                 weight_decay=0.0, skip_nonfinite=False, check_finite=True):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       nesterov=nesterov, weight_decay=weight_decay),
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, check_finite=check_finite)
 
     def _validate(self, group, where):
         _check_number("learning rate lr", group["lr"], where=where)

@@ -110,6 +110,24 @@ def test_a_nonfinite_gradient_is_skipped_on_the_device(dev, name):
     assert any((p.numpy() != w0).any() for p, w0 in zip(model.parameters(), w))
 
 
+def test_without_the_check_a_device_step_launches_no_flag(dev, monkeypatch):
+    """``check_finite=False``: no non-finite flag, no masking; the NaN reaches the weights."""
+    rng = np.random.default_rng()
+    model, opt, x, y = _setup("adam", rng)
+    opt.check_finite = False
+    be = dp.get_backend()
+    monkeypatch.setattr(type(be), "nonfinite_flag",
+                        lambda *a: pytest.fail("nonfinite_flag called with check_finite=False"))
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.arenas[0].grad[0] = np.float32(np.nan)
+    before = DeviceArray.syncs
+    assert opt.step() is None
+    assert DeviceArray.syncs == before
+    assert np.isnan(opt.arenas[0].data.view(np.ndarray)[0])
+    dp.check_deferred()  # nothing was recorded
+
+
 def test_the_debug_switch_brings_back_the_eager_checks(dev):
     rng = np.random.default_rng()
     model, opt, x, y = _setup("adam", rng)

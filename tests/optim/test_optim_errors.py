@@ -173,6 +173,36 @@ def test_skip_nonfinite_skips_and_counts():
     assert opt.skipped_steps == 1 and opt.state_dict()["skipped_steps"] == 1
 
 
+@pytest.mark.parametrize("cls", ALL)
+def test_check_finite_false_drops_the_check_as_pytorch_has_none(cls):
+    """Finite steps are bit for bit those of the checked optimizer; a NaN or inf gradient
+    then goes into the weights instead of raising (what a PyTorch optimizer does)."""
+    rng = np.random.default_rng()
+    w0 = rng.standard_normal(5).astype(np.float32)
+    kw = {"lr": 0.1} if cls in ("SGD", "LARS") else {}
+    pa, pb = Parameter(dp.tensor(w0.copy())), Parameter(dp.tensor(w0.copy()))
+    checked = getattr(dp.optim, cls)([pa], **kw)
+    unchecked = getattr(dp.optim, cls)([pb], check_finite=False, **kw)
+    assert checked.check_finite and not unchecked.check_finite
+    for _ in range(3):
+        g = rng.standard_normal(5).astype(np.float32)
+        pa.grad, pb.grad = dp.tensor(g.copy()), dp.tensor(g.copy())
+        assert checked.step() is True and unchecked.step() is True
+        np.testing.assert_array_equal(pa.numpy(), pb.numpy())
+    bad = np.float32(rng.choice([np.nan, np.inf, -np.inf]))
+    g[int(rng.integers(5))] = bad
+    pa.grad, pb.grad = dp.tensor(g.copy()), dp.tensor(g.copy())
+    with pytest.raises(NonFiniteGradientError):
+        checked.step()
+    assert unchecked.step() is True
+    assert not np.isfinite(pb.numpy()).all()
+
+
+def test_check_finite_false_cannot_skip_nonfinite_steps():
+    with pytest.raises(ValueError, match="skip_nonfinite=True needs the non-finite check"):
+        dp.optim.Adam([_p(3)], skip_nonfinite=True, check_finite=False)
+
+
 def test_huge_but_finite_gradient_is_not_rejected():
     """The fast check sums the gradients; a sum overflowing to inf must not reject
     finite values (the exact per-parameter check decides)."""
