@@ -128,9 +128,11 @@ def _user_frame(stack):
 
 # -- in-place writes ---------------------------------------------------------------------
 def note_inplace_write(array, by):
-    """Record that ``array`` was written in place by ``by``: a string, or a tuple
-    ``(format, *args)`` formatted only if an error is raised (an optimizer step notes
-    every parameter; building each message would cost more than the bookkeeping).
+    """Record that ``array`` was written in place by ``by``: a string, a tuple
+    ``(format, *args)`` formatted only if an error is raised, or a callable that, given
+    the saved array the write reached, returns the message (an optimizer notes one
+    write per arena and names the parameter only then: building each message at each
+    step would cost more than the bookkeeping).
 
     Every node remembers the write clock when it saved its arrays; the engine checks a
     node only when the clock has moved since, so the usual forward-backward-step order
@@ -194,7 +196,8 @@ class _RecentWrites:
 
 
 def _raise_modified(node, s, by):
-    what = by[0].format(*by[1:]) if isinstance(by, tuple) else by
+    what = (by[0].format(*by[1:]) if isinstance(by, tuple) else by(s) if callable(by)
+            else by)
     raise RuntimeError(
         f"an array saved for backward by {node.describe()} (a {s.dtype} array of shape "
         f"{tuple(s.shape)}) was modified by an in-place operation after the forward: {what}; "

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ..cpu import CPUBackend
-from . import NO, call
+from . import NO, bind, call
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -239,6 +239,21 @@ class JitCPUBackend(CPUBackend):
                 return param
         return super().sgd_update(param, grad, buf, lr, momentum, dampening, nesterov,
                                   weight_decay, first_step)
+
+    def bind_sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0,
+                        nesterov=False, weight_decay=0.0, first_step=False):
+        """The numba kernel's compiled entry point with its arguments converted once
+        (:func:`.bind`); None where ``sgd_update`` would not run the kernel (another dtype,
+        or the method shadowed, e.g. by ``dp.fusion(False)``)."""
+        dt = _same_float(param, grad) if (buf is None or not momentum) else _same_float(
+            param, grad, buf)
+        if dt is None or "sgd_update" in vars(self):
+            return None
+        c = dt.type
+        b = buf if (buf is not None and momentum) else param[:0]
+        fn = bind("sgd", param, grad, b, c(lr), c(momentum), c(1.0 - dampening),
+                  bool(nesterov), c(weight_decay), bool(first_step))
+        return None if fn is NO else fn
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
                     decoupled=False):
