@@ -328,14 +328,15 @@ class Function:
         copy, and no fresh page-faulting allocation for the largest arrays of a step.
         Call it only from ``backward`` and return the buffer for input ``i`` only.
         """
-        e = self.next_edges[i]
-        if not isinstance(e, Tensor) or e.grad is not None:
+        edges = self.next_edges
+        e = edges[i]
+        if not isinstance(e, Tensor):
             return None
         buf = e._grad_buffer
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
+        if buf is None or e.grad is not None or buf.shape != shape or buf.dtype != dtype:
             return None
-        for j, other in enumerate(self.next_edges):
-            if j != i and other is e:
+        for j, other in enumerate(edges):
+            if other is e and j != i:
                 return None
         return buf
 
@@ -410,17 +411,23 @@ def _consumers(node0):
 
 def _run_backward(node0, grad, retain_graph):
     """Process the nodes in a reverse topological order: a node runs once every node that
-    consumes its output has passed its gradient on (Kahn's algorithm on the counts)."""
+    consumes its output has passed its gradient on (Kahn's algorithm on the counts).
+    This loop is the engine's fixed cost per node (``benchmarks/test_autograd.py``): what
+    is looked up once per backward is kept in locals, and a leaf gradient that a backward
+    computed straight into the leaf's arena slot (Function.leaf_grad_out) is attached
+    here without a call."""
     deps = _consumers(node0)
     grads = {node0: grad}
     ready = [node0]
+    pop_ready, push_ready, pop_grad, get_grad = ready.pop, ready.append, grads.pop, grads.get
     observers = list(_observers) if _observers else None
-    anomaly = _anomaly_enabled
+    check = observers is not None or _anomaly_enabled
     clock = _write_clock
     recent = None
+    release = not retain_graph
     while ready:
-        n = ready.pop()
-        gy = grads.pop(n, None)
+        n = pop_ready()
+        gy = pop_grad(n, None)
         edges = n.next_edges
         if gy is None:
             gxs = (None,) * len(edges)
@@ -429,35 +436,51 @@ def _run_backward(node0, grad, retain_graph):
                 if recent is None:
                     recent = _RecentWrites()
                 recent.check(n)
-            if observers:
-                _notify(observers, "on_backward_begin", n)
-            gxs = n.backward(gy)
-            if not isinstance(gxs, tuple):
-                gxs = (gxs,)
-            if observers:
-                _notify(observers, "on_backward_end", n)
-            if anomaly:
-                _check_finite(n, gxs)
+            if check:
+                gxs = _backward_observed(n, gy, observers)
+            else:
+                gxs = n.backward(gy)
+                if not isinstance(gxs, tuple):
+                    gxs = (gxs,)
         del gy  # the incoming gradient is dead once the node has run
-        if not retain_graph:
-            n._release()
+        if release:
+            n.saved = None
+            n._freed = True
         for e, g in zip(edges, gxs):
             if e is None:
                 continue
             if isinstance(e, Tensor):
                 if g is not None:
+                    if g is e._grad_buffer and e.grad is None:  # computed in its arena slot
+                        e.grad = Tensor(g, False, e._backend)
+                        continue
                     # no base and no reference beyond this loop's own: nothing else holds
                     # or views the array, so the leaf may own it instead of copying it
                     owned = g.base is None and _refcount(g) == _SOLE
                     e._accumulate_grad(g, owned=owned)
                 continue
             if g is not None:
-                prev = grads.get(e)
+                prev = get_grad(e)
                 grads[e] = g if prev is None else prev + g
             c = deps[e] - 1
             deps[e] = c
             if c == 0:
-                ready.append(e)
+                push_ready(e)
+
+
+def _backward_observed(n, gy, observers):
+    """``n.backward(gy)`` with the observers told around it and, under anomaly mode,
+    its gradients checked."""
+    if observers:
+        _notify(observers, "on_backward_begin", n)
+    gxs = n.backward(gy)
+    if not isinstance(gxs, tuple):
+        gxs = (gxs,)
+    if observers:
+        _notify(observers, "on_backward_end", n)
+    if _anomaly_enabled:
+        _check_finite(n, gxs)
+    return gxs
 
 
 _refcount = sys.getrefcount

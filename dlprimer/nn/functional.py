@@ -152,8 +152,10 @@ def log_softmax(x, axis=-1):
 # -- layers --------------------------------------------------------------------------------
 def linear(x, weight, bias=None):
     """x W^T + b with ``weight`` of shape (out, in), ``bias`` (out,)."""
-    x = _float(x, "linear", amp=False)
-    weight = _float(weight, "linear", "weight", amp=False)
+    if not (isinstance(x, Tensor) and x.data.dtype.kind == "f"):
+        x = _float(x, "linear", amp=False)
+    if not (isinstance(weight, Tensor) and weight.data.dtype.kind == "f"):
+        weight = _float(weight, "linear", "weight", amp=False)
     ws, xs = weight.data.shape, x.data.shape
     if len(ws) != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), "
@@ -162,7 +164,8 @@ def linear(x, weight, bias=None):
         raise ValueError(f"linear: input of shape {xs} does not match weight of shape "
                          f"{ws}: the input's last axis must be {ws[1]}")
     if bias is not None:
-        bias = _float(bias, "linear", "bias", amp=False)
+        if not (isinstance(bias, Tensor) and bias.data.dtype.kind == "f"):
+            bias = _float(bias, "linear", "bias", amp=False)
         if bias.data.shape != (ws[0],):
             raise ValueError(f"linear: bias of shape {bias.data.shape} does not match weight "
                              f"of shape {ws}; expected ({ws[0]},)")

@@ -60,26 +60,31 @@ class JitCPUBackend(CPUBackend):
     jit = True
 
     # -- elementwise activations ----------------------------------------------------------
+    # The glue below runs once per op: for a small model's arrays it costs as much as the
+    # kernel, so it tests the dtype inline and converts constants only when there are any.
     def _unary(self, name, x, *consts):
         """out = kernel(x) with ``consts`` cast to x's dtype; NO when not JIT-able."""
-        dt = _same_float(x)
-        if dt is None:
+        dt = x.dtype
+        if dt not in _FLOATS:
             return NO
         out = np.empty(x.shape, dtype=dt)
-        if call(name, _flat(x), out.reshape(-1), *(dt.type(c) for c in consts)) is NO:
+        args = (_flat(x), out.reshape(-1))
+        if consts:
+            args += tuple(map(dt.type, consts))
+        if call(name, *args) is NO:
             return NO
         return out
 
     def _binary(self, name, a, gy, *consts):
         """out = kernel(a, gy) (a backward: ``a`` is x or y); NO when not JIT-able."""
-        if a.shape != gy.shape:
-            return NO
-        dt = _same_float(a, gy)
-        if dt is None:
+        dt = a.dtype
+        if a.shape != gy.shape or dt not in _FLOATS or gy.dtype != dt:
             return NO
         out = np.empty(gy.shape, dtype=dt)
-        if call(name, _flat(a), _flat(gy), out.reshape(-1),
-                *(dt.type(c) for c in consts)) is NO:
+        args = (_flat(a), _flat(gy), out.reshape(-1))
+        if consts:
+            args += tuple(map(dt.type, consts))
+        if call(name, *args) is NO:
             return NO
         return out
 
