@@ -266,6 +266,7 @@ class Function:
         arrays = []
         needs = []
         edges = []
+        add_array, add_need, add_edge = arrays.append, needs.append, edges.append
         record = False
         backend = None
         for x in inputs:
@@ -277,18 +278,19 @@ class Function:
                     raise RuntimeError(
                         f"{cls.__name__}: tensors on two backends, {backend.name!r} and "
                         f"{b.name!r}; move one with .to({backend.name!r})")
-                arrays.append(x.data)
+                add_array(x.data)
                 if x.requires_grad:
                     record = True
-                    needs.append(True)
-                    edges.append(x._node if x._node is not None else x)
+                    add_need(True)
+                    n = x._node
+                    add_edge(x if n is None else n)
                 else:
-                    needs.append(False)
-                    edges.append(None)
+                    add_need(False)
+                    add_edge(None)
             else:
-                arrays.append(x)
-                needs.append(False)
-                edges.append(None)
+                add_array(x)
+                add_need(False)
+                add_edge(None)
         if backend is None:
             backend = get_backend()
         record = record and _grad_enabled

@@ -51,6 +51,8 @@ def _float(x, fn, name="input", amp=True, fused=None):
     if not isinstance(x, Tensor):
         x = _tensor(x, fn, name)
     dt = x.data.dtype
+    if dt.kind == "f" and dt.itemsize > 2:  # float32/64: nothing to cast under autocast
+        return x
     if dt.kind != "f" and not _dtype.is_float(dt):
         raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {dt}")
     return x if not amp or _keeps_half(x, fused) else _amp.cast_float32(x)
@@ -76,7 +78,10 @@ def _number(v, fn, name, lo=None, hi=None, lo_open=False):
 # -- activations -------------------------------------------------------------------------
 def relu(x):
     """max(x, 0); the gradient at 0 is 0."""
-    x = _tensor(x, "relu")
+    if not isinstance(x, Tensor):
+        x = _tensor(x, "relu")
+    if x.data.dtype.itemsize > 2:  # not half: nothing to cast under autocast
+        return ReLU.apply(x)
     return ReLU.apply(x if _keeps_half(x, "relu") else _amp.cast_float32(x))
 
 
@@ -270,19 +275,20 @@ def _class_target(logits, target, fn, fused=None):
     if logits.ndim != 2:
         raise ValueError(f"{fn}: logits must have shape (N, C), got {logits.shape}")
     n, c = logits.shape
+    be = logits._backend
     if isinstance(target, Tensor):
-        if target.backend is not logits.backend:
+        if target._backend is not be:
             raise RuntimeError(f"{fn}: target is on backend {target.backend.name!r}, the logits "
-                               f"on {logits.backend.name!r}; move one with .to()")
+                               f"on {be.name!r}; move one with .to()")
         arr = target.data
     else:
-        arr = logits.backend.asarray(np.asarray(target))
+        arr = be.asarray(np.asarray(target))
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{fn}: target must hold integer class indices, got dtype {arr.dtype}")
     if tuple(arr.shape) != (n,):
         raise ValueError(f"{fn}: target of shape {tuple(arr.shape)} does not match logits of "
                          f"shape {logits.shape}; expected ({n},) class indices")
-    logits.backend.check_class_targets(arr, c, fn)  # a device flag on CUDA: no host sync
+    be.check_class_targets(arr, c, fn)  # a device flag on CUDA: no host sync
     return logits, arr
 
 

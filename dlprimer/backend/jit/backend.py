@@ -68,7 +68,7 @@ class JitCPUBackend(CPUBackend):
         if dt not in _FLOATS:
             return NO
         out = np.empty(x.shape, dtype=dt)
-        args = (_flat(x), out.reshape(-1))
+        args = (x.ravel(), out.reshape(-1))   # ravel: C-contiguous, a view when x is
         if consts:
             args += tuple(map(dt.type, consts))
         if call(name, *args) is NO:
@@ -81,7 +81,7 @@ class JitCPUBackend(CPUBackend):
         if a.shape != gy.shape or dt not in _FLOATS or gy.dtype != dt:
             return NO
         out = np.empty(gy.shape, dtype=dt)
-        args = (_flat(a), _flat(gy), out.reshape(-1))
+        args = (a.ravel(), gy.ravel(), out.reshape(-1))
         if consts:
             args += tuple(map(dt.type, consts))
         if call(name, *args) is NO:
