@@ -191,8 +191,8 @@ class JitCPUBackend(CPUBackend):
 
     # -- softmax cross-entropy -------------------------------------------------------------------
     def softmax_cross_entropy_forward(self, logits, target, label_smoothing=0.0):
-        dt = _same_float(logits)
-        if dt is None or logits.ndim != 2 or logits.shape[1] == 0 or target.dtype.kind not in "iu":
+        dt = logits.dtype
+        if dt not in _FLOATS or logits.ndim != 2 or logits.shape[1] == 0 or target.dtype.kind not in "iu":
             return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
         n, _ = logits.shape
         probs = np.empty(logits.shape, dtype=dt)
@@ -212,12 +212,12 @@ class JitCPUBackend(CPUBackend):
         return loss, probs
 
     def softmax_cross_entropy_backward(self, probs, target, gy, label_smoothing=0.0):
-        dt = _same_float(probs)
-        if dt is None or probs.ndim != 2 or target.dtype.kind not in "iu":
+        dt = probs.dtype
+        if dt not in _FLOATS or probs.ndim != 2 or target.dtype.kind not in "iu":
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
         n, _ = probs.shape
         g = np.empty(n, dtype=dt)       # writable: a read-only array is another signature
-        g[...] = np.asarray(gy, dtype=dt).reshape(-1)   # a 0-d gy (mean, sum) or one per row
+        g[...] = gy                     # a 0-d gy (mean, sum) broadcast, or one per row
         out = np.empty(probs.shape, dtype=dt)
         if call("softmax_xent_backward", np.ascontiguousarray(probs), _targets(target), g, out,
                 dt.type(label_smoothing)) is NO:
