@@ -177,14 +177,15 @@ class Arena:
         saved array the write reached (:meth:`written`)."""
         params = self.params
         for i0, i1 in runs:
-            for p in params[i0:i1]:
+            whole = i1 - i0 == len(params)
+            for p in (params if whole else params[i0:i1]):
                 p._version += 1
-            if i1 - i0 == len(params):
+            if whole:
                 _autograd.note_inplace_write(self.data, self._step_message(by))
-            else:
-                for i in range(i0, i1):
-                    _autograd.note_inplace_write(params[i].data, ("{}.step() on parameter {}",
-                                                                  by, self.names[i]))
+                continue
+            for i in range(i0, i1):
+                _autograd.note_inplace_write(params[i].data, ("{}.step() on parameter {}",
+                                                              by, self.names[i]))
 
     def _step_message(self, by):
         msg = self._messages.get(by)
