@@ -253,10 +253,6 @@ class Function:
     def name(self):
         return type(self).__name__
 
-    def _release(self):
-        self.saved = None
-        self._freed = True
-
     @classmethod
     def apply(cls, *inputs, **kwargs):
         """Run ``forward`` on the inputs' arrays; record a node when grad mode is on
