@@ -262,7 +262,6 @@ class Function:
         arrays = []
         needs = []
         edges = []
-        add_array, add_need, add_edge = arrays.append, needs.append, edges.append
         record = False
         backend = None
         for x in inputs:
@@ -274,19 +273,19 @@ class Function:
                     raise RuntimeError(
                         f"{cls.__name__}: tensors on two backends, {backend.name!r} and "
                         f"{b.name!r}; move one with .to({backend.name!r})")
-                add_array(x.data)
+                arrays.append(x.data)
                 if x.requires_grad:
                     record = True
-                    add_need(True)
+                    needs.append(True)
                     n = x._node
-                    add_edge(x if n is None else n)
+                    edges.append(x if n is None else n)
                 else:
-                    add_need(False)
-                    add_edge(None)
+                    needs.append(False)
+                    edges.append(None)
             else:
-                add_array(x)
-                add_need(False)
-                add_edge(None)
+                arrays.append(x)
+                needs.append(False)
+                edges.append(None)
         if backend is None:
             backend = get_backend()
         record = record and _grad_enabled
