@@ -131,6 +131,13 @@ class Arena:
     def __len__(self):
         return len(self.params)
 
+    def __getstate__(self):
+        """Pickled or deep-copied without the bound plan (compiled entry points belong to
+        this process, and a copy's arrays are new): the next step binds it again."""
+        state = dict(self.__dict__)
+        state["plan"] = None
+        return state
+
     def slice(self, i0, i1=None):
         """Arena index range (start, stop) of parameters ``i0`` up to ``i1`` (exclusive)."""
         o = self._offsets

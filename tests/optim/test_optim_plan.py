@@ -177,3 +177,17 @@ def test_a_step_while_a_graph_saved_a_parameter_still_raises(backend, rng):
                                            r"param_groups\[0\]\['params'\]\[2\] \(shape \(5,\)\)"):
         y.backward()
     assert [p._version for p in params] == [4, 4, 4]
+
+
+def test_pickled_and_copied_optimizers_leave_the_plan_behind(backend, rng):
+    """A bound plan holds compiled entry points of this process: an optimizer still pickles
+    (as before the plan) and a copy starts without one; the original steps on."""
+    import copy
+    import pickle
+    params, opt, ref = _setup(backend, rng, 0.9)
+    _step(params, opt, ref, rng)
+    _step(params, opt, ref, rng)
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert clone.arenas[0].plan is None
+    assert opt.arenas[0].plan is not None
+    _step(params, opt, ref, rng)
