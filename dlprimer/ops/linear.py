@@ -29,7 +29,10 @@ class Linear(Function):
         self.save(x if nw else None, w if nx else None)
         self.xshape = x.shape
         xp = self.backend.xp
-        y = mm(xp, x.reshape(-1, x.shape[-1]), w.T).reshape(*x.shape[:-1], w.shape[0])
+        if x.ndim == 2:   # the usual (batch, in) input: no reshape either side
+            y = mm(xp, x, w.T)
+        else:
+            y = mm(xp, x.reshape(-1, x.shape[-1]), w.T).reshape(*x.shape[:-1], w.shape[0])
         if b is not None:
             y += b
         return y if y.dtype == x.dtype else y.astype(x.dtype)

@@ -62,7 +62,7 @@ class CrossEntropy(_Loss):
     def forward(self, logits, target, label_smoothing=0.0, reduction="mean"):
         be = self.backend
         self.label_smoothing = label_smoothing
-        half = _dtype.is_half(logits.dtype)  # half logits: float32 math, float32 loss
+        half = logits.dtype.itemsize == 2 and _dtype.is_half(logits.dtype)  # float32 math
         self.fused = (be.fused_classifier or half) and fusion_enabled()
         if self.fused:  # the fused classifier: saves (N, 2) row stats, not N x C probabilities
             loss, stats = be.fused_classifier_forward(logits, target, label_smoothing)

@@ -22,17 +22,23 @@ the arena and the views reinstalled, so nothing is silently lost.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from .. import autograd as _autograd
+from ..backend.unfused import fusion_enabled
 from ..tensor import Tensor
 
 _PLAIN = frozenset((float, int, bool, str, type(None)))  # immutable hyperparameter types
+_MISSING = object()
 
 
-def _hyper_key(group):
-    """A group's hyperparameters as a tuple, to validate them again only when one changed
-    (a scheduler's ``group["lr"] = x``); None, and so checked at every step, when one is
-    not a plain immutable Python value (an array could change in place unseen)."""
+def _hyper_snapshot(group):
+    """A group's hyperparameters as a tuple of (name, value) pairs, to validate them again
+    only when one changed (a scheduler's ``group["lr"] = x``); None, and so checked at
+    every step, when one is not a plain immutable Python value (an array could change in
+    place unseen). Immutable values let :func:`_same_hyper` compare by identity."""
     vals = []
     for k, v in group.items():
         if k == "params":
@@ -45,6 +51,19 @@ def _hyper_key(group):
             return None
         vals.append((k, v))
     return tuple(vals)
+
+
+def _same_hyper(group, snap):
+    """Whether ``group`` still holds exactly the values of ``snap`` (the same objects:
+    for immutable values the same object is the same value; a new object, even an equal
+    one, counts as a change and is validated again)."""
+    if snap is None or len(group) != len(snap) + 1:
+        return False
+    get = group.get
+    for k, v in snap:
+        if get(k, _MISSING) is not v:
+            return False
+    return True
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -105,10 +124,19 @@ class Arena:
             self.grad_views.append(gview)
         self.state: dict = {}
         self.counts = np.zeros(len(self.params), dtype=np.int64)
-        self.validated = None  # the hyperparameters last validated (Optimizer.step)
+        self.hyper = None  # the hyperparameters last validated (_hyper_snapshot)
+        self._messages: dict = {}  # optimizer name -> its lazy write message (note_update)
+        self.plan = None   # the last step's bound updates (Optimizer._bound_plan)
 
     def __len__(self):
         return len(self.params)
+
+    def __getstate__(self):
+        """Pickled or deep-copied without the bound plan (compiled entry points belong to
+        this process, and a copy's arrays are new): the next step binds it again."""
+        state = dict(self.__dict__)
+        state["plan"] = None
+        return state
 
     def slice(self, i0, i1=None):
         """Arena index range (start, stop) of parameters ``i0`` up to ``i1`` (exclusive)."""
@@ -130,25 +158,54 @@ class Arena:
         """Reinstall the arena's views where a user replaced ``p.data`` or ``p.grad``;
         return a list, per parameter, of whether it holds a gradient."""
         present = []
-        be = self.backend
-        for i, p in enumerate(self.params):
-            view = self.views[i]
+        add = present.append
+        for i, (p, view, gview) in enumerate(zip(self.params, self.views, self.grad_views)):
             if p.data is not view:
                 self._adopt(i, p.data, view, "data")
                 p.data = view
-            gview = self.grad_views[i]
             if p._grad_buffer is not gview:
                 p._grad_buffer = gview
                 p._grad_arena = self.grad
             g = p.grad
             if g is None:
-                present.append(False)
+                add(False)
                 continue
             if g.data is not gview:
                 self._adopt(i, g.data, gview, "grad")
-                p.grad = Tensor(gview, False, be)
-            present.append(True)
+                p.grad = Tensor(gview, False, self.backend)
+            add(True)
         return present
+
+    def note_update(self, runs, by):
+        """Record the in-place write of an update of ``runs`` (each parameter's version
+        goes up by one). The write is noted once per run on one array that lives as long as
+        the arena (the whole arena's data, or a lone parameter's view), not once per
+        parameter; ``by`` names the optimizer, and an error names the parameter whose
+        saved array the write reached (:meth:`written`)."""
+        params = self.params
+        for i0, i1 in runs:
+            whole = i1 - i0 == len(params)
+            for p in (params if whole else params[i0:i1]):
+                p._version += 1
+            if whole:
+                _autograd.note_inplace_write(self.data, self._step_message(by))
+                continue
+            for i in range(i0, i1):
+                _autograd.note_inplace_write(params[i].data, ("{}.step() on parameter {}",
+                                                              by, self.names[i]))
+
+    def _step_message(self, by):
+        msg = self._messages.get(by)
+        if msg is None:
+            msg = self._messages[by] = functools.partial(self.written, by)
+        return msg
+
+    def written(self, by, saved):
+        """What wrote into ``saved`` when ``by``'s step wrote the whole arena: the message
+        naming the parameters whose slots overlap it."""
+        xp = self.backend.xp
+        hit = [n for v, n in zip(self.views, self.names) if xp.may_share_memory(v, saved)]
+        return f"{by}.step() on parameter {', '.join(hit) or 'in the arena'}"
 
     def _adopt(self, i, arr, view, what):
         name = self.names[i]
@@ -352,10 +409,9 @@ class Optimizer:
         a device backend, where that is decided on the device."""
         plans = []
         for gi, (group, arena) in enumerate(zip(self.param_groups, self._arenas)):
-            key = _hyper_key(group)
-            if key is None or key != arena.validated:
+            if not _same_hyper(group, arena.hyper):
                 self._validate(group, f" (param_groups[{gi}])")
-                arena.validated = key
+                arena.hyper = _hyper_snapshot(group)
             present = arena.sync()
             plans.append((group, arena, arena.runs(present, self._run_key(arena, group))))
         if not self.check_finite:
@@ -377,15 +433,49 @@ class Optimizer:
         return True
 
     def _apply(self, plans):
+        cls = type(self).__name__
         for group, arena, runs in plans:
             for name in self._state_names(group):
                 arena.state_array(name)
-            cls = type(self).__name__
-            params, names = arena.params, arena.names
-            for i0, i1 in runs:
-                self._update(arena, group, i0, i1)
-                for i in range(i0, i1):
-                    params[i]._bump_version(("{}.step() on parameter {}", cls, names[i]))
+            bound = self._bound_plan(arena, group, runs)
+            if bound is None:
+                for i0, i1 in runs:
+                    self._update(arena, group, i0, i1)
+            else:
+                for fn in bound:
+                    fn()
+            arena.note_update(runs, cls)
+
+    def _bound_plan(self, arena: Arena, group: dict, runs):
+        """The group's updates as callables bound to their arguments once (no slicing,
+        no conversions, no kernel dispatch at each step), or None: each step then calls
+        ``_update``. Reused while what they were bound to holds: the same validated
+        hyperparameters (the same objects), the same runs, fusion on, and the same
+        :meth:`_plan_key`; any change (a new lr, a parameter without a gradient this
+        step, a momentum buffer that is now initialised) binds them again."""
+        hyper = arena.hyper
+        if hyper is None:
+            return None
+        key = (runs, self._plan_key(arena, group, runs), fusion_enabled())
+        plan = arena.plan
+        if plan is not None and plan[0] is hyper and plan[1] == key:
+            return plan[2]
+        bound = [self._bound_update(arena, group, i0, i1) for i0, i1 in runs]
+        if any(b is None for b in bound):
+            bound = None
+        arena.plan = (hyper, key, bound)
+        return bound
+
+    def _plan_key(self, arena: Arena, group: dict, runs):
+        """What else the bound updates of ``runs`` depend on (SGD: whether each run's
+        momentum buffer is initialised)."""
+        return None
+
+    def _bound_update(self, arena: Arena, group: dict, i0: int, i1: int):
+        """``_update(arena, group, i0, i1)`` as a callable of no arguments that later
+        steps may call instead while :meth:`_bound_plan`'s key holds, or None (the
+        default: every step calls ``_update``)."""
+        return None
 
     def _step_on_device(self, plans):
         """The step with its non-finite check and skip decision on the device: one flag

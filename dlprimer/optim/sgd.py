@@ -40,14 +40,35 @@ class SGD(Optimizer):
         # whether a momentum buffer is initialised; without momentum nothing differs
         return arena.counts > 0 if group["momentum"] else None
 
-    def _update(self, arena, group, i0, i1):
+    def _args(self, arena, group, i0, i1):
         s, e = arena.slice(i0, i1)
         momentum = float(group["momentum"])
         buf = arena.state["momentum_buffer"][s:e] if momentum else None
-        arena.backend.sgd_update(
-            arena.data[s:e], arena.grad[s:e], buf, float(group["lr"]), momentum=momentum,
-            dampening=float(group["dampening"]), nesterov=bool(group["nesterov"]),
-            weight_decay=float(group["weight_decay"]),
-            first_step=bool(momentum) and arena.counts[i0] == 0)
-        if momentum:
+        return ((arena.data[s:e], arena.grad[s:e], buf, float(group["lr"])),
+                dict(momentum=momentum, dampening=float(group["dampening"]),
+                     nesterov=bool(group["nesterov"]), weight_decay=float(group["weight_decay"]),
+                     first_step=bool(momentum) and arena.counts[i0] == 0))
+
+    def _update(self, arena, group, i0, i1):
+        args, kwargs = self._args(arena, group, i0, i1)
+        arena.backend.sgd_update(*args, **kwargs)
+        if kwargs["momentum"]:
             arena.counts[i0:i1] += 1
+
+    def _plan_key(self, arena, group, runs):
+        if not group["momentum"]:
+            return None
+        counts = arena.counts
+        return tuple(bool(counts[i0]) for i0, _ in runs)
+
+    def _bound_update(self, arena, group, i0, i1):
+        args, kwargs = self._args(arena, group, i0, i1)
+        fn = arena.backend.bind_sgd_update(*args, **kwargs)
+        if fn is None or not kwargs["momentum"]:
+            return fn
+        counts = arena.counts
+
+        def update():
+            fn()
+            counts[i0:i1] += 1
+        return update

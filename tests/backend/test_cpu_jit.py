@@ -327,6 +327,40 @@ def test_a_kernel_that_fails_to_compile_warns_once_and_falls_back(monkeypatch, r
     assert "silu_forward" in jit.failed()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9, first_step=True),
+                                dict(momentum=0.9, dampening=0.1, nesterov=False, weight_decay=0.01),
+                                dict(momentum=0.8, nesterov=True, weight_decay=0.1)])
+def test_a_bound_sgd_update_repeats_sgd_update(dtype, kw, rng):
+    """bind_sgd_update: the kernel's entry point with the arguments converted once; calling
+    it again and again is the same as calling sgd_update with them again and again."""
+    p = rng.standard_normal(1000).astype(dtype)
+    g = rng.standard_normal(1000).astype(dtype)
+    buf = rng.standard_normal(1000).astype(dtype) if kw.get("momentum") else None
+    p2, buf2 = p.copy(), None if buf is None else buf.copy()
+    fn = fast.bind_sgd_update(p, g, buf, 0.05, **kw)
+    assert callable(fn)
+    for _ in range(3):
+        fn()
+        ref.sgd_update(p2, g, buf2, 0.05, **kw)
+        g += 0.5                         # new values in the same array reach the bound call
+    _same(p, p2, dtype)
+    if buf is not None:
+        _same(buf, buf2, dtype)
+
+
+def test_bind_declines_what_it_cannot_bind(rng, monkeypatch):
+    p16 = rng.standard_normal(10).astype(np.float16)
+    p32 = rng.standard_normal(10).astype(np.float32)
+    assert fast.bind_sgd_update(p16, p16.copy(), None, 0.1) is None     # no kernel for half
+    assert fast.bind_sgd_update(p32, p32.astype(np.float64), None, 0.1) is None
+    assert ref.bind_sgd_update(p32, p32.copy(), None, 0.1) is None      # the NumPy path
+    with dp.fusion(False):                                              # shadowed method
+        assert backend_for("cpu").bind_sgd_update(p32, p32.copy(), None, 0.1) is None
+    monkeypatch.setattr(jit, "_failed", {"sgd": "a test's failure"})
+    assert jit.bind("sgd", p32, p32.copy()) is jit.NO
+
+
 def test_cache_dir_falls_back_when_the_package_dir_is_read_only(tmp_path, monkeypatch):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ..cpu import CPUBackend
-from . import NO, call
+from . import NO, bind, call
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -60,26 +60,31 @@ class JitCPUBackend(CPUBackend):
     jit = True
 
     # -- elementwise activations ----------------------------------------------------------
+    # The glue below runs once per op: for a small model's arrays it costs as much as the
+    # kernel, so it tests the dtype inline and converts constants only when there are any.
     def _unary(self, name, x, *consts):
         """out = kernel(x) with ``consts`` cast to x's dtype; NO when not JIT-able."""
-        dt = _same_float(x)
-        if dt is None:
+        dt = x.dtype
+        if dt not in _FLOATS:
             return NO
         out = np.empty(x.shape, dtype=dt)
-        if call(name, _flat(x), out.reshape(-1), *(dt.type(c) for c in consts)) is NO:
+        args = (x.ravel(), out.reshape(-1))   # ravel: C-contiguous, a view when x is
+        if consts:
+            args += tuple(map(dt.type, consts))
+        if call(name, *args) is NO:
             return NO
         return out
 
     def _binary(self, name, a, gy, *consts):
         """out = kernel(a, gy) (a backward: ``a`` is x or y); NO when not JIT-able."""
-        if a.shape != gy.shape:
-            return NO
-        dt = _same_float(a, gy)
-        if dt is None:
+        dt = a.dtype
+        if a.shape != gy.shape or dt not in _FLOATS or gy.dtype != dt:
             return NO
         out = np.empty(gy.shape, dtype=dt)
-        if call(name, _flat(a), _flat(gy), out.reshape(-1),
-                *(dt.type(c) for c in consts)) is NO:
+        args = (a.ravel(), gy.ravel(), out.reshape(-1))
+        if consts:
+            args += tuple(map(dt.type, consts))
+        if call(name, *args) is NO:
             return NO
         return out
 
@@ -186,8 +191,8 @@ class JitCPUBackend(CPUBackend):
 
     # -- softmax cross-entropy -------------------------------------------------------------------
     def softmax_cross_entropy_forward(self, logits, target, label_smoothing=0.0):
-        dt = _same_float(logits)
-        if dt is None or logits.ndim != 2 or logits.shape[1] == 0 or target.dtype.kind not in "iu":
+        dt = logits.dtype
+        if dt not in _FLOATS or logits.ndim != 2 or logits.shape[1] == 0 or target.dtype.kind not in "iu":
             return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
         n, _ = logits.shape
         probs = np.empty(logits.shape, dtype=dt)
@@ -207,12 +212,12 @@ class JitCPUBackend(CPUBackend):
         return loss, probs
 
     def softmax_cross_entropy_backward(self, probs, target, gy, label_smoothing=0.0):
-        dt = _same_float(probs)
-        if dt is None or probs.ndim != 2 or target.dtype.kind not in "iu":
+        dt = probs.dtype
+        if dt not in _FLOATS or probs.ndim != 2 or target.dtype.kind not in "iu":
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
         n, _ = probs.shape
         g = np.empty(n, dtype=dt)       # writable: a read-only array is another signature
-        g[...] = np.asarray(gy, dtype=dt).reshape(-1)   # a 0-d gy (mean, sum) or one per row
+        g[...] = gy                     # a 0-d gy (mean, sum) broadcast, or one per row
         out = np.empty(probs.shape, dtype=dt)
         if call("softmax_xent_backward", np.ascontiguousarray(probs), _targets(target), g, out,
                 dt.type(label_smoothing)) is NO:
@@ -239,6 +244,21 @@ class JitCPUBackend(CPUBackend):
                 return param
         return super().sgd_update(param, grad, buf, lr, momentum, dampening, nesterov,
                                   weight_decay, first_step)
+
+    def bind_sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0,
+                        nesterov=False, weight_decay=0.0, first_step=False):
+        """The numba kernel's compiled entry point with its arguments converted once
+        (:func:`.bind`); None where ``sgd_update`` would not run the kernel (another dtype,
+        or the method shadowed, e.g. by ``dp.fusion(False)``)."""
+        dt = _same_float(param, grad) if (buf is None or not momentum) else _same_float(
+            param, grad, buf)
+        if dt is None or "sgd_update" in vars(self):
+            return None
+        c = dt.type
+        b = buf if (buf is not None and momentum) else param[:0]
+        fn = bind("sgd", param, grad, b, c(lr), c(momentum), c(1.0 - dampening),
+                  bool(nesterov), c(weight_decay), bool(first_step))
+        return None if fn is NO else fn
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
                     decoupled=False):
