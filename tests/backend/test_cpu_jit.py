@@ -404,6 +404,30 @@ def test_kernels_compile_once_per_signature_into_an_empty_cache_then_load_from_i
                                         "loaded from the cache")
 
 
+def test_the_garbage_collector_pauses_for_the_outermost_compile_only():
+    """A compile's many short-lived objects would set off collections of the whole heap: gc
+    is off from the outermost numba compile's start to its end (a nested helper compile
+    changes nothing), then back as the caller had it, also when the compile fails."""
+    import gc
+
+    from numba.core import event
+    assert jit._load() and not jit._untimed
+    was = gc.isenabled()
+    try:
+        for before in (True, False):
+            (gc.enable if before else gc.disable)()
+            with pytest.raises(ZeroDivisionError):
+                with event.trigger_event("numba:compile", data={"dispatcher": None}):
+                    assert not gc.isenabled()
+                    with event.trigger_event("numba:compile", data={"dispatcher": None}):
+                        assert not gc.isenabled()
+                    assert not gc.isenabled()
+                    1 / 0
+            assert gc.isenabled() is before
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
 def test_summary_names_the_jit_switch_and_kernels_that_fell_back(monkeypatch):
     monkeypatch.setenv("DLPRIMER_JIT", "0")
     assert jit.summary().startswith("JIT off (DLPRIMER_JIT=0)")
