@@ -146,7 +146,7 @@ def test_primer_writes_report_logs_and_checkpoints(tmp_path):
         assert all(k in r for r in epochs), k
     assert any(k.startswith("grad_norm/") for k in steps[0])
     assert any(k.startswith("update_ratio/") for k in steps[0])
-    assert "mem_peak" in steps[0]
+    assert "mem_peak" in steps[0] or "mem_peak" in steps[1]   # the JIT's warm-up: step 2
     assert any(n.startswith("ckpt-") for n in os.listdir(out / "checkpoints"))
     assert json.loads((out / "profile.json").read_text())["total"]["flop_ratio"] > 1
 

@@ -56,6 +56,10 @@ class MemoryMeter:
     #: True when metering slows the computation it meters (CPU tracing does), so a
     #: metered step's time must not be taken as a timing.
     slows_steps: bool = False
+    #: True when the meter would count the backend's first-use work as the metered code's
+    #: (the CPU JIT: numba's compiles and cache loads are Python objects tracemalloc sees),
+    #: so a training run's first step is warm-up, not metered.
+    sees_warm_up: bool = False
 
     def start(self):
         pass

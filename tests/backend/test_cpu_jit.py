@@ -381,8 +381,12 @@ def test_cache_dir_falls_back_when_the_package_dir_is_read_only(tmp_path, monkey
 # targets, a read-only input batch, a dropout seed past 2^63, per-sample loss gradients):
 # each must reuse the kernel's one signature, since every further one costs a compile.
 _STEPS = """
-import json, numpy as np, dlprimer as dp
+import json, sys, numpy as np, dlprimer as dp
 from dlprimer.backend import jit
+meter, imported = dp.get_backend().memory, ["numba" in sys.modules]
+meter.start()           # the JIT's meter imports numba first, so tracemalloc never sees it
+imported.append("numba" in sys.modules)
+meter.stop()
 dp.manual_seed(2**64 - 5)
 m = dp.nn.Sequential(dp.nn.Linear(8, 16), dp.nn.GELU(), dp.nn.Dropout(0.25), dp.nn.ReLU(),
                      dp.nn.Linear(16, 3))
@@ -396,7 +400,8 @@ for n, tdt, red in ((32, np.int64, "mean"), (17, np.int32, "none"), (5, np.uint8
                                           reduction=red)
     (loss * 0.5).sum().backward()
     opt.step()
-print(json.dumps({**jit.compile_stats(), "summary": jit.summary()}))
+print(json.dumps({**jit.compile_stats(), "summary": jit.summary(), "imported": imported,
+                  "sees_warm_up": meter.sees_warm_up}))
 """
 
 
@@ -417,6 +422,7 @@ def test_kernels_compile_once_per_signature_into_an_empty_cache_then_load_from_i
     first = _steps_in_a_process(tmp_path / "nc")
     names = [c[0] for c in first["compiled"]]
     assert not first["failed"] and first["loaded"] == 0
+    assert first["imported"] == [False, True] and first["sees_warm_up"]
     assert len(names) == len(set(names)), sorted(names)     # one signature per kernel
     assert {"gelu_erf_forward", "gelu_erf_backward", "dropout", "relu_forward",
             "softmax_xent_forward", "softmax_xent_backward", "adam"} <= set(names)
@@ -430,6 +436,30 @@ def test_kernels_compile_once_per_signature_into_an_empty_cache_then_load_from_i
     assert second["compiled"] == [] and second["loaded"] == len(names)
     assert second["summary"].startswith(f"JIT compile: none, {len(names)} kernel signatures "
                                         "loaded from the cache")
+
+
+def test_the_garbage_collector_pauses_for_the_outermost_compile_only():
+    """A compile's many short-lived objects would set off collections of the whole heap: gc
+    is off from the outermost numba compile's start to its end (a nested helper compile
+    changes nothing), then back as the caller had it, also when the compile fails."""
+    import gc
+
+    from numba.core import event
+    assert jit._load() and not jit._untimed
+    was = gc.isenabled()
+    try:
+        for before in (True, False):
+            (gc.enable if before else gc.disable)()
+            with pytest.raises(ZeroDivisionError):
+                with event.trigger_event("numba:compile", data={"dispatcher": None}):
+                    assert not gc.isenabled()
+                    with event.trigger_event("numba:compile", data={"dispatcher": None}):
+                        assert not gc.isenabled()
+                    assert not gc.isenabled()
+                    1 / 0
+            assert gc.isenabled() is before
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 def test_summary_names_the_jit_switch_and_kernels_that_fell_back(monkeypatch):

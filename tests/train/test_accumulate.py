@@ -55,7 +55,7 @@ def test_accumulate_lowers_the_peak(rng):
         net = nn.MLP(sizes)
         res = fit(net, SGD(net.parameters(), lr=0.01), DataLoader(ds, batch_size=bs), steps=2,
                   progress=False, memory_every=1, accumulate=acc)
-        peaks[acc] = max(s["mem_peak"] for s in res.steps)
+        peaks[acc] = max(s["mem_peak"] for s in res.steps if "mem_peak" in s)  # JIT: not step 1
         assert res.steps[0].get("micro_batches", 1) == acc
         assert res.steps[0]["samples_per_s"] > 0
     assert peaks[4] < 0.75 * peaks[1]

@@ -59,6 +59,26 @@ def test_logs_hold_every_metric(iris, tmp_path):
         assert tb.is_dir() and any(n.startswith("events.out") for n in os.listdir(tb))
 
 
+def test_a_meter_that_sees_the_warm_up_skips_the_first_step(iris, monkeypatch):
+    """The JIT's meter would count numba's compiles and cache loads (Python objects that
+    tracemalloc sees) as the step's allocations: the run's first step is then warm-up,
+    neither metered nor timed, and the next one is the first metered step."""
+    model, *_ = _setup(iris)
+    meter = next(iter(model.parameters())).backend.memory
+    for sees in (False, True):
+        monkeypatch.setattr(meter, "sees_warm_up", sees)
+        model, opt, train, _ = _setup(iris)
+        res = fit(model, opt, train, epochs=1, progress=False, memory_every=2)
+        n = len(res.steps)
+        first = 2 if sees else 1
+        metered = [s["step"] for s in res.steps if "mem_peak" in s]
+        assert n > 4 and metered == sorted({first} | {k for k in range(first, n + 1) if k % 2})
+        assert all(res.steps[k - 1]["mem_peak"] > 0 for k in metered)
+        untimed = set(metered) | ({1} if sees else set())
+        assert res.epochs[0]["time_train"] == pytest.approx(
+            sum(s["time_step"] for s in res.steps if s["step"] not in untimed))
+
+
 def test_resume_after_crash_is_bit_exact(iris, tmp_path):
     def run(ckdir, steps, crash_at=None, resume=False, seed=0):
         model, opt, train, val = _setup(iris, seed=seed, dropout=0.2, loader_seed=seed + 1)

@@ -13,6 +13,7 @@ loaded from the cache; :func:`summary` says it in one line (``dlprimer primer``,
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import tempfile
 import time
@@ -117,18 +118,27 @@ def failed() -> dict[str, str]:
 
 def _watch_compiles():
     """Time each compile of a kernel of this package (numba's ``numba:compile`` event; a
-    helper compiled inside a kernel's compile counts in that kernel's time)."""
+    helper compiled inside a kernel's compile counts in that kernel's time). The cyclic
+    garbage collector pauses for the outermost compile: numba's many short-lived objects
+    set off collections, some of the whole heap, and the next collections after the compile
+    take its garbage (primer's 12 signatures: see benchmarks/test_jit_compile.py)."""
     from numba.core import event
 
     class _CompileTimer(event.Listener):
         def __init__(self):
             self._starts = []
+            self._gc_was_on = False
 
         def on_start(self, ev):
+            if not self._starts:
+                self._gc_was_on = gc.isenabled()
+                gc.disable()
             self._starts.append(time.perf_counter())
 
         def on_end(self, ev):
             seconds = time.perf_counter() - self._starts.pop()
+            if not self._starts and self._gc_was_on:
+                gc.enable()
             fn = getattr(ev.data.get("dispatcher"), "py_func", None)
             if not self._starts and getattr(fn, "__module__", "").startswith(__name__):
                 args = ", ".join(str(a) for a in ev.data.get("args", ()))

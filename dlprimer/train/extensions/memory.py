@@ -32,11 +32,25 @@ def state_bytes(params, optimizer) -> int:
     return int(n)
 
 
+def _steps_left(trainer) -> int:
+    """Steps this run has left (2 when the loader has no length: at least one more)."""
+    try:
+        return trainer.total_steps - trainer.step
+    except TypeError:
+        return 2
+
+
 class StepMemory(Extension):
     """Meter the peak memory of every ``every``-th step (and each epoch's first) with
     the backend's meter (default: every step where metering is free, CUDA; every 50th
     on the CPU, whose tracemalloc meter slows the step: those steps' times are left
-    out of ``time_train``)."""
+    out of ``time_train``).
+
+    Where the meter would count the backend's warm-up (``meter.sees_warm_up``: the JIT's
+    compiles and cache loads on the CPU, Python objects that tracemalloc sees), the run's
+    first step is not metered, and left out of ``time_train`` as warm-up; the next step is
+    the first metered one. Under tracemalloc a compile also ran 2-3x slower.
+    """
 
     priority = PRIORITY_ACT + 10  # reads the peak before the timing extension runs
 
@@ -44,17 +58,21 @@ class StepMemory(Extension):
         self.every = every
         self.first = True
         self.metered = False
+        self.warm_up = False
         self.base = 0
 
     def on_run_start(self, trainer):
         self.meter = trainer.backend.memory
         if self.every is None:
             self.every = 1 if self.meter.active else 50
+        self.warm_up = getattr(self.meter, "sees_warm_up", False) and _steps_left(trainer) > 1
 
     def on_epoch_start(self, trainer):
         self.first = True
 
     def on_step_start(self, trainer):
+        if self.warm_up:    # self.first stays set: the next step is metered
+            return
         self.metered = self.first or trainer.step % self.every == 0
         self.first = False
         if self.metered:
@@ -63,6 +81,10 @@ class StepMemory(Extension):
             self.meter.reset_peak()
 
     def on_step_end(self, trainer, rec):
+        if self.warm_up:
+            self.warm_up = False
+            trainer.timing_disturbed = True
+            return
         if not self.metered:
             return
         peak = int(self.meter.peak() - self.base)
