@@ -174,6 +174,7 @@ def test_skip_nonfinite_skips_and_counts():
 
 
 @pytest.mark.parametrize("cls", ALL)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NumPy path
 def test_check_finite_false_drops_the_check_as_pytorch_has_none(cls):
     """Finite steps are bit for bit those of the checked optimizer; a NaN or inf gradient
     then goes into the weights instead of raising (what a PyTorch optimizer does)."""
