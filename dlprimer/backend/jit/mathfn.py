@@ -2,11 +2,12 @@
 that LLVM inlines and vectorises: no libm call, no branch other than selects).
 
 numba's ``math.exp``/``math.erf`` are scalar libm calls (no SVML here: erf ran at 48 ns an
-element), so the kernels use these instead. All of them compute in float64 and the kernels
-round once on the store; for float32 arrays they use shorter polynomials whose error is
-still well below float32's half-ulp (2^-24 = 6e-8), which is what makes the float32 ops as
-fast as PyTorch's: a float32 value's square is exact in float64 and needs no split, a
-degree-7 exp and a degree-9 tail fit replace the degree-12 and degree-22 ones.
+element), so the kernels use these instead. The float64 functions below serve float64
+arrays and, with shorter polynomials (error well below float32's half-ulp, 2^-24 = 6e-8),
+the float32 sigmoid and softmax paths, rounded once on the store. The exact GELU
+and SiLU of float32 arrays compute in float32 arithmetic instead (the section at the end:
+``expf_parts``, ``normal_tailf``, ``siluf``, ``silu_gradf``): twice the lanes per vector,
+within 2 ulp of float64 (issue 18).
 
 ``exp64``   Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2, degree-12 Taylor polynomial
             (truncation < 2e-16 relative) and 2^k built from its bits. 0 below -708.39
@@ -15,21 +16,22 @@ degree-7 exp and a degree-9 tail fit replace the degree-12 and degree-22 ones.
             of the float32 paths (same range and NaN handling).
 ``q_tail``  Q(a) = Phi(-a) = 0.5 erfc(a / sqrt 2) for a >= 0, the normal tail that the exact
             GELU needs (chapter eq. for GELU: x Phi(x)), as phi(a) H(t) / (a + K),
-            t = (a - K)/(a + K) with H a fitted polynomial (``fit_phi.py``): degree 9 on
-            a <= 15 (relative error of H 9.5e-9, float32 path: ``q_tail32``, phi from
-            ``normal_pdf32``) or 22 on a >= 0 (3.1e-15, float64 path: ``q_tail``,
-            ``normal_pdf``). Relative error of Q: float32 path < 2e-8 (0.3 of float32's
-            half-ulp), so float32 GELU lands within 1 ulp
-            of the float64 reference rounded to float32 (the issue asks for 2;
-            tests/backend/test_cpu_jit.py checks a dense grid of [-15, 10] and the
-            extremes); float64 path < 1e-14 for a <= 10 (H's error
-            plus exp's, a^2/2 formed exactly by a Veltkamp split). Q is accurate in the far
-            tail where 1 + erf(-a) cancels to 0.
+            t = (a - K)/(a + K) with H a fitted polynomial (``fit_phi.py``) of degree 22
+            on a >= 0 (relative error 3.1e-15; phi from ``normal_pdf``, a^2/2 formed
+            exactly by a Veltkamp split): float64 GELU within 1e-14 relative for a <= 10.
+            Q is accurate in the far tail where 1 + erf(-a) cancels to 0. The float32
+            path, ``normal_tailf``, is the same form in float32 arithmetic (degree 9 on
+            a <= 15): float32 GELU within 2 ulp of the float64 reference rounded to
+            float32 (every float32 in [-10, 10] checked; tests/backend/test_cpu_jit.py
+            checks a dense grid of [-15, 10] and the extremes).
 ``sigmoid`` 1 / (1 + e^-x) from e = exp(-|x|): never overflows, no cancellation;
-            ``sigmoid32`` is the same with ``exp32`` (float32 SiLU/sigmoid within 1 ulp).
-``sigmoid_of(v)``, ``exp_as(like, x)``: pick the float32 or the float64 form from the type
-            of an array element when numba compiles the kernel (overloads), so one kernel
-            source serves both dtypes at the speed each needs.
+            ``sigmoid32`` is the same with ``exp32`` (float32 sigmoid within 1 ulp).
+            ``siluf`` is SiLU in float32 arithmetic (within 2 ulp; 1 measured on every
+            float32 in [-10, 10]), ``silu_gradf`` its derivative.
+``sigmoid_of(v)``, ``silu_of(v)``, ``silu_grad_of(v)``, ``exp_as(like, x)``: pick the float32 or
+            the float64 form from the type of an array element when numba compiles the
+            kernel (overloads), so one kernel source serves both dtypes at the speed each
+            needs; ``wide_vectors_for(x)`` asks for 512-bit vectors in a float32 kernel.
 """
 
 import numba
@@ -114,20 +116,6 @@ def exp32(x):
     return _exp_scale(p, k, x)
 
 
-@jit
-def _h9(t):
-    """H for a <= 15 only (the float32 path)."""
-    h = 0.00028004456534755405
-    h = h * t + 0.0010585713520768075
-    h = h * t + -0.0012461384577222292
-    h = h * t + -0.007961999909833897
-    h = h * t + 0.016278598631482857
-    h = h * t + 0.04363247201695426
-    h = h * t + -0.2909023298870758
-    h = h * t + 0.7906532173551544
-    h = h * t + -1.4176530360909483
-    return h * t + 1.8659743813782055
-
 
 @jit
 def _h22(t):
@@ -167,12 +155,6 @@ def normal_pdf(a):
     return exp64(-0.5 * hi, -0.5 * lo) * _INV_SQRT_2PI
 
 
-@jit
-def normal_pdf32(a):
-    """phi(a) for an ``a`` that is a float32 value held in float64: a^2 is then exact
-    (24-bit mantissa squared fits in 53 bits), so no split is needed."""
-    return exp32(-0.5 * (a * a)) * _INV_SQRT_2PI
-
 
 @jit
 def q_tail(a, pdf):
@@ -181,14 +163,6 @@ def q_tail(a, pdf):
     q = pdf * _h22((a - _K) * r) * r
     return q if a < 40.0 else (0.0 if a == a else a)
 
-
-@jit
-def q_tail32(a, pdf):
-    """:func:`q_tail` with the degree-9 fit of a <= 15 (float32 values: Q(15) 15 < 2^-150,
-    so GELU is 0 or x beyond)."""
-    r = 1.0 / (a + _K)
-    q = pdf * _h9((a - _K) * r) * r
-    return q if a < 15.0 else (0.0 if a == a else a)
 
 
 @jit
