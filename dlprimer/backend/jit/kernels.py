@@ -16,7 +16,7 @@ import numpy as np
 
 from . import mathfn as M
 
-# Compile cost (issue 18): each kernel signature compiles once (0.1-0.5 s) and is cached;
+# Compile cost (issue 18): each kernel signature compiles once (0.1-0.7 s) and is cached;
 # the cfunc wrapper is skipped (only first-class function values need it). ``helper``s are
 # inlined by numba (they are few and their loops must vectorise in each kernel); mathfn's
 # are compiled once and inlined by LLVM.
