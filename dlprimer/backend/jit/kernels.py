@@ -132,8 +132,8 @@ def _gelu_tanh_grad(v):
 # GELU(x) = x Phi(x) (the chapter's exact GELU), GELU'(x) = Phi(x) + x phi(x).
 # One kernel per variant, each a flat loop: a loop vectorises only when no branch is left in
 # it, and a run compiles only the variants it uses (each costs a compile on the first
-# run). "erf" is the float32 fit of the normal tail (degree 9), "erf64" the float64 one
-# (degree 22), "tanh" the tanh form.
+# run). "erf" is the float32 one (float32 arithmetic, degree-9 fit of the normal tail),
+# "erf64" the float64 one (degree 22), "tanh" the tanh form.
 @jit
 def gelu_erf_forward(x, out):
     M.wide_vectors_for(x)
