@@ -200,26 +200,80 @@ def _ulps(got, want64):
     return np.where(np.isnan(want) & np.isnan(got), 0.0, err)
 
 
-def test_exact_gelu_float32_within_1_ulp_of_float64_reference(rng):
-    """The issue asks for 2 ulp over [-10, 10]; the float32 path (degree-7 exp and degree-9
-    tail in float64) gives 1, also where GELU(x) is subnormal (x < -13.2)."""
+def test_exact_gelu_float32_within_2_ulp_of_float64_reference(rng):
+    """Issue 18's bound: the float32 GELU computes in float32 (mathfn.normal_tailf) and lands
+    within 2 ulp of the float64 reference (every float32 in [-10, 10] was checked once: 2 at
+    most); here a dense grid of [-15, 10], random points, subnormal results (x < -13.2) and
+    the extremes."""
     x = np.concatenate([np.linspace(-15, 10, 2_500_001, dtype=np.float32),
                         rng.uniform(-10, 10, 200_000).astype(np.float32),
-                        np.float32([-13.5, -12.0, 3e38, -3e38, 1e-40, -1e-40, 1e-8, -1e-8])])
+                        np.float32([-13.5, -12.0, 3e38, -3e38, 1e-40, -1e-40, 1e-45, -1e-45,
+                                    1e-8, -1e-8, 0.0, -0.0, 1e4, -1e4, -14.99, 14.99])])
     got = fast.gelu_forward(x)
     err = _ulps(got, _gelu64(x.astype(np.float64)))
-    assert err.max() <= 1, (x[err.argmax()], got[err.argmax()], err.max())
+    assert err.max() <= 2, (x[err.argmax()], got[err.argmax()], err.max())
+    assert np.mean(err) < 0.2          # a bound met by a wide margin, not at its edge
 
 
-@pytest.mark.parametrize("op", ["silu", "sigmoid"])
-def test_float32_sigmoid_family_within_1_ulp_of_float64_reference(op, rng):
+def test_float32_silu_within_2_ulp_of_float64_reference(rng):
+    """SiLU of float32 arrays in float32 arithmetic (mathfn.siluf): 2 ulp at most (1 measured
+    on every float32 in [-10, 10] and on this grid, subnormal results included)."""
+    x = np.concatenate([np.linspace(-110, 90, 1_000_001, dtype=np.float32),
+                        rng.standard_normal(100_000).astype(np.float32) * 5,
+                        np.float32([0.0, -0.0, 1e-30, -1e-30, 1e-45, -1e-45, 1e4, -1e4, 3e38,
+                                    -3e38, 125.9, -125.9, 126.0, -126.0])])
+    x64 = x.astype(np.float64)
+    err = _ulps(fast.silu_forward(x), scipy.special.expit(x64) * x64)
+    assert err.max() <= 2, (x[err.argmax()], err.max())
+    assert np.mean(err) < 0.2
+
+
+def test_float32_sigmoid_within_1_ulp_of_float64_reference(rng):
     x = np.concatenate([np.linspace(-110, 90, 1_000_001, dtype=np.float32),
                         rng.standard_normal(100_000).astype(np.float32) * 5,
                         np.float32([0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, 3e38, -3e38])])
-    x64 = x.astype(np.float64)
-    want = scipy.special.expit(x64) * (x64 if op == "silu" else 1.0)
-    err = _ulps(getattr(fast, op + "_forward")(x), want)
+    err = _ulps(fast.sigmoid_forward(x), scipy.special.expit(x.astype(np.float64)))
     assert err.max() <= 1, (x[err.argmax()], err.max())
+
+
+def test_float32_gelu_and_silu_gradients_near_float64_reference(rng):
+    """The float32 backward kernels: GELU' within 8 ulp and SiLU' within 4 ulp of the float64
+    reference, except around the derivative's zero (GELU's minimum at x = -0.75, SiLU's at
+    -1.28), where they are within 4e-8 and 2e-8 absolute."""
+    x = np.concatenate([np.linspace(-15, 10, 1_000_001, dtype=np.float32),
+                        rng.uniform(-10, 10, 100_000).astype(np.float32)])
+    x64 = x.astype(np.float64)
+    gy = np.ones_like(x)
+    pdf = np.exp(-0.5 * x64 * x64) / math.sqrt(2 * math.pi)
+    want = scipy.special.ndtr(x64) + x64 * pdf
+    got = fast.gelu_backward(x, gy)
+    ok = (_ulps(got, want) <= 8) | (np.abs(got - want) <= 4e-8)
+    assert ok.all(), x[~ok][:5]
+    x = np.concatenate([np.linspace(-110, 90, 1_000_001, dtype=np.float32), x])
+    x64 = x.astype(np.float64)
+    s = scipy.special.expit(x64)
+    want = s * (1 + x64 * (1 - s))
+    got = fast.silu_backward(x, np.ones_like(x))
+    ok = (_ulps(got, want) <= 4) | (np.abs(got - want) <= 2e-8)
+    assert ok.all(), x[~ok][:5]
+
+
+def test_float32_kernels_use_512_bit_vectors_where_the_cpu_has_them(tmp_path):
+    """mathfn.wide_vectors_for: the float32 GELU/SiLU loops run 16 lanes (zmm registers) on
+    an AVX-512 CPU; the float64 SiLU kernel keeps the vectors it had (no zmm). Compiled in a
+    fresh cache directory: code loaded from numba's cache has no assembly to inspect."""
+    import llvmlite.binding as ll
+    if "+avx512f" not in ll.get_host_cpu_features().flatten():
+        pytest.skip("no AVX-512 on this CPU")
+    code = ("import numpy as np; from dlprimer.backend.jit import kernels as k\n"
+            "for f, dt in ((k.silu_forward, 'float32'), (k.gelu_erf_forward, 'float32'),"
+            " (k.silu_forward, 'float64')):\n"
+            "    x = np.ones(64, dt); f(x, np.empty_like(x))\n"
+            "    sig = [s for s in f.signatures if str(s[0].dtype) == dt][0]\n"
+            "    print(dt, 'zmm' in f.inspect_asm(sig))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}, check=True)
+    assert out.stdout.split() == ["float32", "True", "float32", "True", "float64", "False"]
 
 
 def test_exp32_relative_error_below_8e_9(rng):

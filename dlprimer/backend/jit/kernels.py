@@ -3,7 +3,9 @@
 Every kernel takes flat, C-contiguous 1-D arrays (rows for softmax-cross-entropy) and
 writes its result into ``out``; float scalars arrive already cast to the arrays' dtype,
 so float32 arrays are updated in float32 arithmetic (as the NumPy path does). The
-activation math runs in float64 through :mod:`.mathfn` and is rounded on the store.
+activation math runs through :mod:`.mathfn`: the exact GELU and SiLU of float32 arrays in
+float32 arithmetic (16 lanes per 512-bit register, errors carried in float32 pairs where
+rounding would cost accuracy), the rest in float64, rounded on the store.
 ``error_model="numpy"`` lets a division by zero give inf/NaN instead of raising, which is
 what lets LLVM vectorise loops with a division in them.
 """
@@ -14,7 +16,7 @@ import numpy as np
 
 from . import mathfn as M
 
-# Compile cost (issue 18): each kernel signature compiles once (0.1-0.5 s) and is cached;
+# Compile cost (issue 18): each kernel signature compiles once (0.1-0.7 s) and is cached;
 # the cfunc wrapper is skipped (only first-class function values need it). ``helper``s are
 # inlined by numba (they are few and their loops must vectorise in each kernel); mathfn's
 # are compiled once and inlined by LLVM.
@@ -74,14 +76,38 @@ def _phi(v):
     return (q if v < 0 else 1.0 - q), pdf
 
 
+_A_MAX32 = np.float32(15.0)     # Q(15) 15 < 2^-150: float32 GELU is 0 or v beyond
+_INV_SQRT_2PI32 = np.float32(M._INV_SQRT_2PI)
+
+
 @helper
-def _phi32(v):
-    """:func:`_phi` for a float32 value v (held in float64): a^2 exact, degree-7 exp,
-    degree-9 tail fit. Two helpers, not a flag: numba types both arms of a flag."""
+def _gelu32(v):
+    """GELU(v) = v Phi(v) for a float32 v in float32 arithmetic (mathfn.normal_tailf): v Q(|v|)
+    for v < 0, formed scaled by 2^64 and rounded once; v (1 - Q) with 1 - Q as a pair above."""
     a = abs(v)
-    pdf = M.normal_pdf32(a)
-    q = M.q_tail32(a, pdf)
-    return (q if v < 0 else 1.0 - q), pdf
+    mh, ql, s, sc = M.normal_tailf(a)
+    neg = (M.fmaf(v, mh, v * ql) * sc) * M.TWO_M64
+    qh = (mh * sc) * M.TWO_M64
+    p1 = np.float32(1.0) - qh
+    pl = ((np.float32(1.0) - p1) - qh) - (ql * sc) * M.TWO_M64
+    pos = M.fmaf(v, p1, v * pl)
+    big = v if not v < 0 else v * np.float32(0.0)     # 0 or v beyond 15; NaN, -inf: NaN
+    return (neg if v < 0 else pos) if a < _A_MAX32 else big
+
+
+@helper
+def _gelu32_grad(v):
+    """GELU'(v) = Phi(v) + v phi(v) for a float32 v in float32 arithmetic: Q - |v| phi for v < 0
+    (scaled by 2^64 until the last multiply), 1 - Q + v phi above."""
+    a = abs(v)
+    mh, ql, s, sc = M.normal_tailf(a)
+    ok = a < _A_MAX32
+    pdf = M.fmaf(_INV_SQRT_2PI32, s, _INV_SQRT_2PI32) * sc
+    pdf = pdf if ok else (np.float32(0.0) if a == a else a)
+    neg = (M.fmaf(-a, pdf, mh * sc) + ql * sc) * M.TWO_M64
+    q = ((mh + ql) * sc) * M.TWO_M64
+    pos = M.fmaf(v, pdf * M.TWO_M64, np.float32(1.0) - (q if ok else np.float32(0.0)))
+    return (neg if ok else -a * pdf) if v < 0 else pos
 
 
 _GK = 0.7978845608028654    # sqrt(2 / pi)
@@ -106,13 +132,13 @@ def _gelu_tanh_grad(v):
 # GELU(x) = x Phi(x) (the chapter's exact GELU), GELU'(x) = Phi(x) + x phi(x).
 # One kernel per variant, each a flat loop: a loop vectorises only when no branch is left in
 # it, and a run compiles only the variants it uses (each costs a compile on the first
-# run). "erf" is the float32 fit of the normal tail (degree 9), "erf64" the float64 one
-# (degree 22), "tanh" the tanh form.
+# run). "erf" is the float32 one (float32 arithmetic, degree-9 fit of the normal tail),
+# "erf64" the float64 one (degree 22), "tanh" the tanh form.
 @jit
 def gelu_erf_forward(x, out):
+    M.wide_vectors_for(x)
     for i in range(x.size):
-        v = np.float64(x[i])
-        out[i] = v * _phi32(v)[0]
+        out[i] = _gelu32(x[i])
 
 
 @jit
@@ -130,10 +156,9 @@ def gelu_tanh_forward(x, out):
 
 @jit
 def gelu_erf_backward(x, gy, out):
+    M.wide_vectors_for(x)
     for i in range(x.size):
-        v = np.float64(x[i])
-        cdf, pdf = _phi32(v)
-        out[i] = gy[i] * (cdf + v * pdf)
+        out[i] = gy[i] * _gelu32_grad(x[i])
 
 
 @jit
@@ -152,17 +177,18 @@ def gelu_tanh_backward(x, gy, out):
 
 @jit
 def silu_forward(x, out):
+    """x sigmoid(x): float32 arithmetic for float32 x (mathfn.siluf), float64 otherwise."""
+    M.wide_vectors_for(x)
     for i in range(x.size):
-        out[i] = np.float64(x[i]) * M.sigmoid_of(x[i])
+        out[i] = M.silu_of(x[i])
 
 
 @jit
 def silu_backward(x, gy, out):
     """gy s (1 + x (1 - s)), s = sigmoid(x)."""
+    M.wide_vectors_for(x)
     for i in range(x.size):
-        v = np.float64(x[i])
-        s = M.sigmoid_of(x[i])
-        out[i] = gy[i] * (s * (1.0 + v * (1.0 - s)))
+        out[i] = gy[i] * M.silu_grad_of(x[i])
 
 
 @jit
@@ -194,10 +220,10 @@ def tanh_backward(y, gy, out):
 # bias + GELU: gelu(x + b) over the rows of a C-contiguous (rows, C) x, b of the last axis.
 @jit
 def bias_gelu_erf_forward(x, b, out):
+    M.wide_vectors_for(x)
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
-            v = np.float64(x[r, j] + b[j])
-            out[r, j] = v * _phi32(v)[0]
+            out[r, j] = _gelu32(x[r, j] + b[j])
 
 
 @jit
@@ -229,11 +255,10 @@ def _column_sums(g, gb):
 @jit
 def bias_gelu_erf_backward(x, b, gy, out, gb):
     """gx = gy gelu'(x + b) and gb = gx summed over rows."""
+    M.wide_vectors_for(x)
     for r in range(x.shape[0]):
         for j in range(x.shape[1]):
-            v = np.float64(x[r, j] + b[j])
-            cdf, pdf = _phi32(v)
-            out[r, j] = gy[r, j] * (cdf + v * pdf)
+            out[r, j] = gy[r, j] * _gelu32_grad(x[r, j] + b[j])
     _column_sums(out, gb)
 
 
