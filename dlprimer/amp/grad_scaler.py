@@ -76,7 +76,7 @@ class GradScaler:
                     continue
                 g.data *= inv
                 if not found:
-                    found = not bool(p.backend.xp.isfinite(g.data).all())
+                    found = not p.backend.all_finite(g.data.reshape(-1))
         st["unscaled"], st["found_inf"] = True, found
 
     def step(self, optimizer):
@@ -87,11 +87,16 @@ class GradScaler:
         st = self._opt_state(optimizer)
         if st["stepped"]:
             raise RuntimeError("GradScaler.step() has already been called since the last update()")
-        if not st["unscaled"]:
+        just_checked = not st["unscaled"]
+        if just_checked:
             self.unscale_(optimizer)
         st["stepped"] = True
         if st["found_inf"]:
             return None
+        if just_checked and hasattr(optimizer, "_step"):
+            # the gradients were checked a moment ago, after unscaling, with nothing in
+            # between: the optimizer need not read them all once more for its own check
+            return optimizer._step(check=False)
         return optimizer.step()
 
     def update(self, new_scale=None):

@@ -407,6 +407,12 @@ class Optimizer:
         """One update of every parameter that holds a gradient; returns True if it ran
         (False when a non-finite gradient made ``skip_nonfinite`` skip it), or None on
         a device backend, where that is decided on the device."""
+        return self._step(self.check_finite)
+
+    def _step(self, check: bool):
+        """``step()``, with the non-finite check only when ``check``: a caller that has just
+        checked these very gradients (``GradScaler.step`` after its own unscale) passes
+        False instead of reading them all once more."""
         plans = []
         for gi, (group, arena) in enumerate(zip(self.param_groups, self._arenas)):
             if not _same_hyper(group, arena.hyper):
@@ -414,7 +420,7 @@ class Optimizer:
                 arena.hyper = _hyper_snapshot(group)
             present = arena.sync()
             plans.append((group, arena, arena.runs(present, self._run_key(arena, group))))
-        if not self.check_finite:
+        if not check:
             self._apply(plans)
             return None if self._backend.defers_checks else True
         if self._backend.defers_checks:

@@ -141,6 +141,35 @@ def test_grad_scaler_matches_torch_scale_sequence(rng):
         np.testing.assert_allclose(lin.weight.numpy(), tlin.weight.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_grad_scaler_step_checks_the_gradients_once(monkeypatch, rng):
+    """scaler.step() unscales and checks the gradients itself, so the optimizer's own
+    non-finite pass is skipped; after a user's unscale_() (and whatever came between, e.g.
+    a clip) the optimizer checks again."""
+    from dlprimer.optim.optimizer import Optimizer
+    calls = []
+    real = Optimizer._first_nonfinite
+    monkeypatch.setattr(Optimizer, "_first_nonfinite",
+                        staticmethod(lambda *a: calls.append(1) or real(*a)))
+    lin, opt = _tiny()
+    ref_lin, ref_opt = _tiny()
+    ref_lin.load_state_dict(lin.state_dict())
+    scaler = GradScaler()
+    x = dp.tensor(rng.standard_normal((4, 3)).astype("float32"))
+    scaler.scale(lin(x).sum()).backward()
+    assert scaler.step(opt) is True and calls == []
+    scaler.update()
+    (ref_lin(x).sum()).backward()
+    ref_opt.step()                       # the same step, unscaled and checked the plain way
+    np.testing.assert_allclose(lin.weight.numpy(), ref_lin.weight.numpy(), rtol=1e-6)
+    opt.zero_grad()
+    scaler.scale(lin(x).sum()).backward()
+    scaler.unscale_(opt)
+    lin.weight.grad.data[0, 0] = np.nan  # a change after unscale_: the optimizer still sees it
+    with pytest.raises(dp.optim.NonFiniteGradientError):
+        scaler.step(opt)
+    assert calls
+
+
 def test_grad_scaler_misuse_raises():
     lin, opt = _tiny()
     scaler = GradScaler()
