@@ -1,5 +1,10 @@
 """The claims where they live: backward_2x on three architectures, backward_memory,
 scaling_table, adam_1b, and checkpointing / GELU on the Transformer."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 import dlprimer as dp
@@ -7,6 +12,7 @@ from dlprimer import claims as C
 from dlprimer import claims_arch as A
 
 TINY = C.SIZES["tiny"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("kind", A.ARCHS)
@@ -49,6 +55,19 @@ def test_scaling_table_fits_table_3_1():
     assert fits["flops"]["batch"] == pytest.approx(1, abs=1e-9)
     assert c.data["grads_equal_params"]
     assert c.verdict == "holds", c.reason
+
+
+def test_scaling_point_in_a_fresh_process_meters_no_kernel_load():
+    """The first point of a fresh process used to count the JIT's kernel loading as
+    activations (16 MB for a 20 KB stack); it must read what a second call reads."""
+    code = ("import json; from dlprimer.claims_arch import _scaling_point; "
+            "from dlprimer.backend import backend_for; be = backend_for('cpu'); "
+            "print(json.dumps([_scaling_point(be, 48, 2, 16)['activations'] for _ in range(2)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    assert out.returncode == 0, out.stderr
+    first, second = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0 < first < 1 << 20 and abs(first - second) <= 0.1 * second
 
 
 def test_scaling_table_differs_when_a_law_breaks(monkeypatch):
