@@ -425,7 +425,9 @@ class Optimizer:
             return None if self._backend.defers_checks else True
         if self._backend.defers_checks:
             return self._step_on_device(plans)
-        for group, arena, runs in plans:
+        if self._apply(plans, check=True):
+            return True
+        for group, arena, runs in plans:   # nothing was written: find the parameter
             bad = self._first_nonfinite(arena, runs)
             if bad is not None:
                 if self.skip_nonfinite:
@@ -435,38 +437,87 @@ class Optimizer:
                     f"the gradient of parameter {arena.names[bad]} contains NaN or inf; "
                     "the step was not applied (pass skip_nonfinite=True to skip such steps, "
                     "or clip/scale the loss)", name=arena.names[bad])
-        self._apply(plans)
-        return True
+        raise RuntimeError(f"{type(self).__name__}.step(): the update found a NaN or inf "
+                           "gradient that a second look did not find; the step was not applied")
 
-    def _apply(self, plans):
+    def _apply(self, plans, check=False):
+        """Run the updates of ``plans``. With ``check``, only when no gradient that takes
+        part holds NaN or inf: False, and nothing written, when one does. The check rides
+        on the first update: every other run is checked first (``backend.all_finite``),
+        then the first run's update checks its own gradients before writing
+        (:meth:`_update_checked`, one kernel call where the backend has one), then the
+        others run. On the first step (state arrays not made yet) every run is checked
+        first, so that a refused step creates no state either."""
         cls = type(self).__name__
+        if check:
+            fresh = any(n not in arena.state for group, arena, _ in plans
+                        for n in self._state_names(group))
+            if not self._check_all_but_first(plans, skip_first=not fresh):
+                return False
+            check = not fresh
         for group, arena, runs in plans:
             for name in self._state_names(group):
                 arena.state_array(name)
-            bound = self._bound_plan(arena, group, runs)
+            first = check and bool(runs)
+            bound = self._bound_plan(arena, group, runs, first)
             if bound is None:
                 for i0, i1 in runs:
-                    self._update(arena, group, i0, i1)
+                    if first:
+                        if not self._update_checked(arena, group, i0, i1):
+                            return False
+                        first = check = False
+                    else:
+                        self._update(arena, group, i0, i1)
             else:
                 for fn in bound:
-                    fn()
+                    if fn() is False:   # only the checked first update can say so
+                        return False
+                check = check and not runs
             arena.note_update(runs, cls)
+        return True
 
-    def _bound_plan(self, arena: Arena, group: dict, runs):
+    @staticmethod
+    def _check_all_but_first(plans, skip_first):
+        """Whether every run's gradients are finite (one ``backend.all_finite`` each), the
+        first run of the step left out when ``skip_first`` (its update checks it)."""
+        for _, arena, runs in plans:
+            for i0, i1 in runs:
+                if skip_first:
+                    skip_first = False
+                    continue
+                s, e = arena.slice(i0, i1)
+                if not arena.backend.all_finite(arena.grad[s:e]):
+                    return False
+        return True
+
+    def _update_checked(self, arena: Arena, group: dict, i0: int, i1: int) -> bool:
+        """``_update(arena, group, i0, i1)`` only when the run's gradients hold no NaN or
+        inf; whether it ran. Here a check, then the update; SGD and Adam pass the check to
+        the backend (``backend.checked_update``: one kernel call on the JIT CPU backend)."""
+        s, e = arena.slice(i0, i1)
+        if not arena.backend.all_finite(arena.grad[s:e]):
+            return False
+        self._update(arena, group, i0, i1)
+        return True
+
+    def _bound_plan(self, arena: Arena, group: dict, runs, check=False):
         """The group's updates as callables bound to their arguments once (no slicing,
         no conversions, no kernel dispatch at each step), or None: each step then calls
-        ``_update``. Reused while what they were bound to holds: the same validated
-        hyperparameters (the same objects), the same runs, fusion on, and the same
+        ``_update``. With ``check`` the first one is :meth:`_update_checked`'s (it returns
+        False, having written nothing, on a NaN or inf; the others return True). Reused
+        while what they were bound to holds: the same validated hyperparameters (the same
+        objects), the same runs, the same ``check``, fusion on, and the same
         :meth:`_plan_key`; any change (a new lr, a parameter without a gradient this
         step, a momentum buffer that is now initialised) binds them again."""
         hyper = arena.hyper
         if hyper is None:
             return None
-        key = (runs, self._plan_key(arena, group, runs), fusion_enabled())
+        key = (runs, check, self._plan_key(arena, group, runs), fusion_enabled())
         plan = arena.plan
         if plan is not None and plan[0] is hyper and plan[1] == key:
             return plan[2]
-        bound = [self._bound_update(arena, group, i0, i1) for i0, i1 in runs]
+        bound = [self._bound_update(arena, group, i0, i1, check=check and k == 0)
+                 for k, (i0, i1) in enumerate(runs)]
         if any(b is None for b in bound):
             bound = None
         arena.plan = (hyper, key, bound)
@@ -477,10 +528,11 @@ class Optimizer:
         momentum buffer is initialised)."""
         return None
 
-    def _bound_update(self, arena: Arena, group: dict, i0: int, i1: int):
-        """``_update(arena, group, i0, i1)`` as a callable of no arguments that later
-        steps may call instead while :meth:`_bound_plan`'s key holds, or None (the
-        default: every step calls ``_update``)."""
+    def _bound_update(self, arena: Arena, group: dict, i0: int, i1: int, check=False):
+        """``_update(arena, group, i0, i1)`` (``_update_checked`` with ``check``) as a
+        callable of no arguments returning whether it ran, that later steps may call
+        instead while :meth:`_bound_plan`'s key holds, or None (the default: every step
+        calls ``_update``)."""
         return None
 
     def _step_on_device(self, plans):
