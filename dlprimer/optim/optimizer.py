@@ -274,9 +274,11 @@ class Optimizer:
     None; the error is raised by ``dp.check_deferred()`` (``fit`` calls it when it
     logs) and ``skipped_steps`` is read when asked for. A step skipped there still
     advances Adam's step count ``t``. ``DLPRIMER_EAGER_CHECKS=1`` (or
-    ``dp.eager_checks()``) brings back the eager check. ``check_finite=False`` drops the
+    ``dp.eager_checks()``) brings back the eager check. On the CPU the check rides on the
+    step's first update (one kernel call that reads the run's gradients before writing, on
+    the JIT backend); every other run is checked before it. ``check_finite=False`` drops the
     check, as PyTorch's optimizers have none: the step no longer reads every gradient once
-    more before the update (a 10M-parameter Adam step about 0.8x the time), and a NaN or
+    more before the update (a 10M-parameter Adam step about 0.85x the time), and a NaN or
     inf gradient then goes into the weights.
 
     Subclasses define ``_validate(group, where)``, ``_state_names(group)`` and
