@@ -324,6 +324,13 @@ class Backend:
         True."""
         return None
 
+    def bind_adam_update(self, param, grad, m, v, decoupled=False):
+        """``adam_update`` on these arrays as a callable ``(lr, beta1, beta2, eps,
+        weight_decay, step, check=False) -> bool`` (the scalars change from step to step;
+        with ``check`` it is ``checked_update("adam", ...)``), or None where each step
+        should call ``adam_update`` itself (here: every backend but the JIT CPU one)."""
+        return None
+
     def checked_update(self, kind, *args, **kwargs) -> bool:
         """``<kind>_update(*args, **kwargs)`` (kind ``"sgd"``, ``"adam"``, ``"lamb"`` or
         ``"lars"``) only when its gradient ``args[1]`` holds no NaN or inf; returns whether

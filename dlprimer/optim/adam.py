@@ -70,6 +70,25 @@ class Adam(_Moments):
     def _update_checked(self, arena, group, i0, i1):
         return self._update(arena, group, i0, i1, check=True)
 
+    def _bound_update(self, arena, group, i0, i1, check=False):
+        s, e = arena.slice(i0, i1)
+        fn = arena.backend.bind_adam_update(
+            arena.data[s:e], arena.grad[s:e], arena.state["exp_avg"][s:e],
+            arena.state["exp_avg_sq"][s:e], decoupled=self._decoupled)
+        if fn is None:
+            return None
+        b1, b2 = group["betas"]
+        hyper = (float(group["lr"]), float(b1), float(b2), float(group["eps"]),
+                 float(group["weight_decay"]))
+        counts = arena.counts
+
+        def update():    # the step count t changes at every step: read when called
+            if not fn(*hyper, int(counts[i0]) + 1, check):
+                return False
+            counts[i0:i1] += 1
+            return True
+        return update
+
 
 class AdamW(Adam):
     """AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay,

@@ -115,3 +115,36 @@ def test_checked_update_on_a_dtype_without_kernels_takes_the_numpy_path(rng):
     assert be.checked_update(name, *args, **kw) is False
     for got, want in zip(_arrays(args), before):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_a_bound_adam_update_is_adam_update_and_checks(dtype, decoupled, rng):
+    """bind_adam_update: the kernel bound to its arrays, the scalars passed at each call (the
+    bias corrections change every step); bit for bit adam_update, and with ``check`` False
+    and nothing written on a NaN or inf."""
+    be = BACKENDS["jit"]
+    name, args, kw = _case("adamw" if decoupled else "adam", rng, dtype)
+    p, g, m, v = args[:4]
+    hyper = (1e-2, 0.9, 0.999, 1e-8, 0.01)
+    fn = be.bind_adam_update(p, g, m, v, decoupled=decoupled)
+    other = _copy(args[:4])
+    for step, check in ((1, False), (2, True), (3, False)):
+        be.adam_update(*other, *hyper, step, decoupled=decoupled)
+        assert fn(*hyper, step, check) is True
+        for got, want in zip((p, g, m, v), other):
+            np.testing.assert_array_equal(got, want)
+    g[N - 1] = np.nan
+    before = [x.copy() for x in (p, m, v)]
+    assert fn(*hyper, 4, True) is False
+    for got, want in zip((p, m, v), before):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_bind_adam_update_declines_what_it_cannot_bind(rng):
+    name, args, kw = _case("adam", rng, "float32")
+    assert BACKENDS["numpy"].bind_adam_update(*args[:4]) is None
+    half = _case("adam", rng, "float16")[1]
+    assert BACKENDS["jit"].bind_adam_update(*half[:4]) is None
+    with dp.fusion(False):
+        assert backend_for("cpu").bind_adam_update(*args[:4]) is None

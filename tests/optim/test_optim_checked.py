@@ -110,6 +110,19 @@ def test_a_nonfinite_gradient_anywhere_writes_nothing(backend, rng, name, where,
         _assert_same(_snapshot(skipping, pb), before)
 
 
+@pytest.mark.parametrize("name", ["SGD", "SGD momentum", "Adam", "AdamW"])
+def test_the_usual_step_is_bound_where_the_kernels_are(backend, rng, name):
+    """On the JIT CPU backend SGD's and Adam's steps bind their kernels, and unchanged
+    steps take the usual step (Optimizer._usual_step); elsewhere nothing is bound."""
+    init = [rng.standard_normal(s) for s in SHAPES]
+    params, opt = _make(name, backend, "float32", init, "one run")
+    for _ in range(3):
+        _set_grads(params, [rng.standard_normal(s) for s in SHAPES])
+        assert opt.step() is not False
+    jit = bool(getattr(dp.get_backend(), "jit", False))
+    assert (opt.arenas[0].usual is not None) == jit
+
+
 @pytest.mark.parametrize("name", ["SGD momentum", "Adam"])
 def test_a_refused_first_step_creates_no_state(backend, rng, name):
     init = [rng.standard_normal(s) for s in SHAPES]

@@ -54,6 +54,15 @@ def _targets(target):
     return np.ascontiguousarray(target)
 
 
+def _adam_scalars(lr, beta1, beta2, eps, weight_decay, step):
+    """The ``adam`` kernel's scalars (see CPUBackend.adam_update): -a_t, 1 - b1, b2, 1 - b2,
+    eps sqrt(1 - b2^t), wd, 1 - lr wd, with a_t = lr sqrt(1 - b2^t) / (1 - b1^t)."""
+    bc1 = 1.0 - beta1 ** step
+    bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
+    return (-lr * bc2_sqrt / bc1, 1.0 - beta1, beta2, 1.0 - beta2, eps * bc2_sqrt,
+            weight_decay, 1.0 - lr * weight_decay)
+
+
 class JitMemoryMeter(CPUMemoryMeter):
     """The CPU meter with numba and the kernels imported before tracing starts: imported
     under tracemalloc, numba's Python objects were counted in the metered step's peak, and
@@ -270,12 +279,8 @@ class JitCPUBackend(CPUBackend):
         dt = _same_float(param, grad, m, v)
         if dt is None or "adam_update" in vars(self):
             return None
-        c = dt.type
-        bc1 = 1.0 - beta1 ** step
-        bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
-        return (param, grad, m, v, c(-lr * bc2_sqrt / bc1), c(1.0 - beta1), c(beta2),
-                c(1.0 - beta2), c(eps * bc2_sqrt), c(weight_decay), c(1.0 - lr * weight_decay),
-                bool(decoupled))
+        scalars = _adam_scalars(lr, beta1, beta2, eps, weight_decay, step)
+        return (param, grad, m, v, *map(dt.type, scalars), bool(decoupled))
 
     def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
                    weight_decay=0.0, first_step=False):
@@ -305,6 +310,26 @@ class JitCPUBackend(CPUBackend):
             return param
         return super().adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay,
                                    step, decoupled)
+
+    def bind_adam_update(self, param, grad, m, v, decoupled=False):
+        """The ``adam`` kernel's entry point bound to its arrays (:func:`.bind` with the
+        scalars left free: the bias corrections change at every step): a callable
+        ``(lr, beta1, beta2, eps, weight_decay, step, check=False) -> bool`` that runs
+        ``adam_update`` (``checked_update("adam", ...)`` with ``check``), bit for bit; None
+        where ``adam_update`` would not run the kernel."""
+        dt = _same_float(param, grad, m, v)
+        if dt is None or "adam_update" in vars(self):
+            return None
+        z = dt.type(0)
+        fn = bind("adam", param, grad, m, v, free=(z,) * 7 + (False, False))
+        if fn is NO:
+            return None
+        decoupled = bool(decoupled)
+
+        def update(lr, beta1, beta2, eps, weight_decay, step, check=False):
+            return fn(*_adam_scalars(lr, beta1, beta2, eps, weight_decay, step), decoupled,
+                      check)
+        return update
 
     def checked_update(self, kind, *args, **kwargs) -> bool:
         """SGD and Adam/AdamW: the check and the update in one kernel call (the kernel reads
