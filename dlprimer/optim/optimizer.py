@@ -480,7 +480,10 @@ class Optimizer:
     def _arm_usual(self, group, arena, runs, check, bound):
         """After a step of the only group that ran ``bound`` updates over the whole arena
         (``check``: the first one checks), what :meth:`_usual_step` repeats; nothing when
-        the step changed what the bound updates depend on (SGD's first momentum step)."""
+        the step changed what the bound updates depend on (SGD's first momentum step), and
+        never on a device backend (its step decides the skip on the device)."""
+        if arena.backend.device_queue:
+            return
         key = self._plan_key(arena, group, runs)
         if arena.plan is not None and arena.plan[1] == (runs, check, key, fusion_enabled()):
             arena.usual = (check, tuple(group.values()), runs, key, bound)
