@@ -13,8 +13,9 @@ class SGD(Optimizer):
         w = w - lr*d
 
     One fused ``backend.sgd_update`` per group (with the step's non-finite check in the
-    same kernel call on the JIT CPU backend: ``backend.checked_update``). State: the momentum buffer
-    (4 bytes per float32 parameter) when ``momentum != 0``, nothing otherwise.
+    same kernel call on the JIT CPU backend: ``backend.checked_update``). State: the
+    momentum buffer (4 bytes per float32 parameter) when ``momentum != 0``, nothing
+    otherwise.
     """
 
     graph_safe = True  # lr and momentum are the same arguments at every step
