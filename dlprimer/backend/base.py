@@ -314,13 +314,35 @@ class Backend:
         raise NotImplementedError
 
     def bind_sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0,
-                        nesterov=False, weight_decay=0.0, first_step=False):
+                        nesterov=False, weight_decay=0.0, first_step=False, check=False):
         """``sgd_update`` with these arguments as a callable of none, for an optimizer
         that runs the same update step after step (the arrays are updated in place, so a
         bound call sees their new values), or None where each step should call
         ``sgd_update`` itself (here: every backend but the JIT CPU one, whose bound call
-        skips the kernel's per-call dispatch)."""
+        skips the kernel's per-call dispatch). With ``check`` the callable is
+        ``checked_update("sgd", ...)``'s and returns what it returns; without, it returns
+        True."""
         return None
+
+    def bind_adam_update(self, param, grad, m, v, decoupled=False):
+        """``adam_update`` on these arrays as a callable ``(lr, beta1, beta2, eps,
+        weight_decay, step, check=False) -> bool`` (the scalars change from step to step;
+        with ``check`` it is ``checked_update("adam", ...)``), or None where each step
+        should call ``adam_update`` itself (here: every backend but the JIT CPU one)."""
+        return None
+
+    def checked_update(self, kind, *args, **kwargs) -> bool:
+        """``<kind>_update(*args, **kwargs)`` (kind ``"sgd"``, ``"adam"``, ``"lamb"`` or
+        ``"lars"``) only when its gradient ``args[1]`` holds no NaN or inf; returns whether
+        it ran (False: nothing was written). An optimizer's step calls it for the first
+        update it runs, after checking every other gradient of the step: a step with a
+        non-finite gradient then writes nothing. Here a check (:meth:`all_finite`, a host
+        read) and then the update; the JIT CPU backend does both in one kernel call where
+        its kernel covers ``kind`` (SGD, Adam/AdamW)."""
+        if not self.all_finite(args[1].reshape(-1)):
+            return False
+        getattr(self, f"{kind}_update")(*args, **kwargs)
+        return True
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
                     decoupled=False):

@@ -42,7 +42,8 @@ class Adam(_Moments):
 
     ``t`` counts each parameter's own updates. State: m and v (8 bytes per float32
     parameter, the chapter's "4 for optimizer state" per moment). One fused
-    ``backend.adam_update`` per group.
+    ``backend.adam_update`` per group (with the step's non-finite check in the same
+    kernel call on the JIT CPU backend: ``backend.checked_update``).
     """
 
     _decoupled = False
@@ -51,15 +52,42 @@ class Adam(_Moments):
                  skip_nonfinite=False, check_finite=True):
         super().__init__(params, lr, betas, eps, weight_decay, skip_nonfinite, check_finite)
 
-    def _update(self, arena, group, i0, i1):
+    def _update(self, arena, group, i0, i1, check=False):
         s, e = arena.slice(i0, i1)
-        arena.counts[i0:i1] += 1
         b1, b2 = group["betas"]
-        arena.backend.adam_update(
+        args = (arena.data[s:e], arena.grad[s:e], arena.state["exp_avg"][s:e],
+                arena.state["exp_avg_sq"][s:e], float(group["lr"]), float(b1), float(b2),
+                float(group["eps"]), float(group["weight_decay"]), int(arena.counts[i0]) + 1)
+        be = arena.backend
+        if check:
+            if not be.checked_update("adam", *args, decoupled=self._decoupled):
+                return False
+        else:
+            be.adam_update(*args, decoupled=self._decoupled)
+        arena.counts[i0:i1] += 1
+        return True
+
+    def _update_checked(self, arena, group, i0, i1):
+        return self._update(arena, group, i0, i1, check=True)
+
+    def _bound_update(self, arena, group, i0, i1, check=False):
+        s, e = arena.slice(i0, i1)
+        fn = arena.backend.bind_adam_update(
             arena.data[s:e], arena.grad[s:e], arena.state["exp_avg"][s:e],
-            arena.state["exp_avg_sq"][s:e], float(group["lr"]), float(b1), float(b2),
-            float(group["eps"]), float(group["weight_decay"]), int(arena.counts[i0]),
-            decoupled=self._decoupled)
+            arena.state["exp_avg_sq"][s:e], decoupled=self._decoupled)
+        if fn is None:
+            return None
+        b1, b2 = group["betas"]
+        hyper = (float(group["lr"]), float(b1), float(b2), float(group["eps"]),
+                 float(group["weight_decay"]))
+        counts = arena.counts
+
+        def update():    # the step count t changes at every step: read when called
+            if not fn(*hyper, int(counts[i0]) + 1, check):
+                return False
+            counts[i0:i1] += 1
+            return True
+        return update
 
 
 class AdamW(Adam):

@@ -127,6 +127,7 @@ class Arena:
         self.hyper = None  # the hyperparameters last validated (_hyper_snapshot)
         self._messages: dict = {}  # optimizer name -> its lazy write message (note_update)
         self.plan = None   # the last step's bound updates (Optimizer._bound_plan)
+        self.usual = None  # what the usual step repeats (Optimizer._usual_step)
 
     def __len__(self):
         return len(self.params)
@@ -135,7 +136,7 @@ class Arena:
         """Pickled or deep-copied without the bound plan (compiled entry points belong to
         this process, and a copy's arrays are new): the next step binds it again."""
         state = dict(self.__dict__)
-        state["plan"] = None
+        state["plan"] = state["usual"] = None
         return state
 
     def slice(self, i0, i1=None):
@@ -175,6 +176,17 @@ class Arena:
                 p.grad = Tensor(gview, False, self.backend)
             add(True)
         return present
+
+    def holds_views(self):
+        """Whether every parameter still holds the arena's views as ``.data`` and as a
+        gradient (what :meth:`sync` would then leave as it is, finding every gradient
+        present): the usual step, checked in one loop."""
+        for p, view, gview in zip(self.params, self.views, self.grad_views):
+            g = p.grad
+            if (p.data is not view or g is None or g.data is not gview
+                    or p._grad_buffer is not gview):
+                return False
+        return True
 
     def note_update(self, runs, by):
         """Record the in-place write of an update of ``runs`` (each parameter's version
@@ -262,9 +274,11 @@ class Optimizer:
     None; the error is raised by ``dp.check_deferred()`` (``fit`` calls it when it
     logs) and ``skipped_steps`` is read when asked for. A step skipped there still
     advances Adam's step count ``t``. ``DLPRIMER_EAGER_CHECKS=1`` (or
-    ``dp.eager_checks()``) brings back the eager check. ``check_finite=False`` drops the
+    ``dp.eager_checks()``) brings back the eager check. On the CPU the check rides on the
+    step's first update (one kernel call that reads the run's gradients before writing, on
+    the JIT backend); every other run is checked before it. ``check_finite=False`` drops the
     check, as PyTorch's optimizers have none: the step no longer reads every gradient once
-    more before the update (a 10M-parameter Adam step about 0.8x the time), and a NaN or
+    more before the update (a 10M-parameter Adam step about 0.85x the time), and a NaN or
     inf gradient then goes into the weights.
 
     Subclasses define ``_validate(group, where)``, ``_state_names(group)`` and
@@ -413,8 +427,12 @@ class Optimizer:
         """``step()``, with the non-finite check only when ``check``: a caller that has just
         checked these very gradients (``GradScaler.step`` after its own unscale) passes
         False instead of reading them all once more."""
+        usual = self._arenas[0].usual if len(self._arenas) == 1 else None
+        if usual is not None and self._usual_step(usual, check):
+            return True
         plans = []
         for gi, (group, arena) in enumerate(zip(self.param_groups, self._arenas)):
+            arena.usual = None
             if not _same_hyper(group, arena.hyper):
                 self._validate(group, f" (param_groups[{gi}])")
                 arena.hyper = _hyper_snapshot(group)
@@ -425,7 +443,9 @@ class Optimizer:
             return None if self._backend.defers_checks else True
         if self._backend.defers_checks:
             return self._step_on_device(plans)
-        for group, arena, runs in plans:
+        if self._apply(plans, check=True):
+            return True
+        for group, arena, runs in plans:   # nothing was written: find the parameter
             bad = self._first_nonfinite(arena, runs)
             if bad is not None:
                 if self.skip_nonfinite:
@@ -435,38 +455,119 @@ class Optimizer:
                     f"the gradient of parameter {arena.names[bad]} contains NaN or inf; "
                     "the step was not applied (pass skip_nonfinite=True to skip such steps, "
                     "or clip/scale the loss)", name=arena.names[bad])
-        self._apply(plans)
+        raise RuntimeError(f"{type(self).__name__}.step(): the update found a NaN or inf "
+                           "gradient that a second look did not find; the step was not applied")
+
+    def _usual_step(self, usual, check):
+        """The usual step in a few operations: one param group whose hyperparameters
+        (equal values), gradients (every parameter's, in the arena) and plan key are those
+        of the last step, which ran bound updates over the whole arena: those updates are
+        called again. False when anything differs (the full step then runs), or when the
+        checked update found a NaN or inf (nothing written: the full step looks again and
+        names the parameter). What it skips, against the full step (64-32-10 MLP, SGD, in
+        a training step): validation, view adoption, run splitting and plan lookup."""
+        bound_check, values, runs, key, bound = usual
+        arena, group = self._arenas[0], self.param_groups[0]
+        if (bound_check != check or values != tuple(group.values()) or not fusion_enabled()
+                or not arena.holds_views() or self._plan_key(arena, group, runs) != key):
+            return False
+        for fn in bound:
+            if fn() is False:
+                return False
+        arena.note_update(runs, type(self).__name__)
         return True
 
-    def _apply(self, plans):
+    def _arm_usual(self, group, arena, runs, check, bound):
+        """After a step of the only group that ran ``bound`` updates over the whole arena
+        (``check``: the first one checks), what :meth:`_usual_step` repeats; nothing when
+        the step changed what the bound updates depend on (SGD's first momentum step), and
+        never on a device backend (its step decides the skip on the device)."""
+        if arena.backend.device_queue:
+            return
+        key = self._plan_key(arena, group, runs)
+        if arena.plan is not None and arena.plan[1] == (runs, check, key, fusion_enabled()):
+            arena.usual = (check, tuple(group.values()), runs, key, bound)
+
+    def _apply(self, plans, check=False):
+        """Run the updates of ``plans``. With ``check``, only when no gradient that takes
+        part holds NaN or inf: False, and nothing written, when one does. The check rides
+        on the first update: every other run is checked first (``backend.all_finite``),
+        then the first run's update checks its own gradients before writing
+        (:meth:`_update_checked`, one kernel call where the backend has one), then the
+        others run. On the first step (state arrays not made yet) every run is checked
+        first, so that a refused step creates no state either."""
         cls = type(self).__name__
+        if check:
+            fresh = any(n not in arena.state for group, arena, _ in plans
+                        for n in self._state_names(group))
+            if not self._check_all_but_first(plans, skip_first=not fresh):
+                return False
+            check = not fresh
         for group, arena, runs in plans:
             for name in self._state_names(group):
                 arena.state_array(name)
-            bound = self._bound_plan(arena, group, runs)
+            first = check and bool(runs)
+            bound = self._bound_plan(arena, group, runs, first)
             if bound is None:
                 for i0, i1 in runs:
-                    self._update(arena, group, i0, i1)
+                    if first:
+                        if not self._update_checked(arena, group, i0, i1):
+                            return False
+                        first = check = False
+                    else:
+                        self._update(arena, group, i0, i1)
             else:
                 for fn in bound:
-                    fn()
+                    if fn() is False:   # only the checked first update can say so
+                        return False
+                if len(plans) == 1 and runs == [(0, len(arena))]:
+                    self._arm_usual(group, arena, runs, first, bound)
+                check = check and not runs
             arena.note_update(runs, cls)
+        return True
 
-    def _bound_plan(self, arena: Arena, group: dict, runs):
+    @staticmethod
+    def _check_all_but_first(plans, skip_first):
+        """Whether every run's gradients are finite (one ``backend.all_finite`` each), the
+        first run of the step left out when ``skip_first`` (its update checks it)."""
+        for _, arena, runs in plans:
+            for i0, i1 in runs:
+                if skip_first:
+                    skip_first = False
+                    continue
+                s, e = arena.slice(i0, i1)
+                if not arena.backend.all_finite(arena.grad[s:e]):
+                    return False
+        return True
+
+    def _update_checked(self, arena: Arena, group: dict, i0: int, i1: int) -> bool:
+        """``_update(arena, group, i0, i1)`` only when the run's gradients hold no NaN or
+        inf; whether it ran. Here a check, then the update; SGD and Adam pass the check to
+        the backend (``backend.checked_update``: one kernel call on the JIT CPU backend)."""
+        s, e = arena.slice(i0, i1)
+        if not arena.backend.all_finite(arena.grad[s:e]):
+            return False
+        self._update(arena, group, i0, i1)
+        return True
+
+    def _bound_plan(self, arena: Arena, group: dict, runs, check=False):
         """The group's updates as callables bound to their arguments once (no slicing,
         no conversions, no kernel dispatch at each step), or None: each step then calls
-        ``_update``. Reused while what they were bound to holds: the same validated
-        hyperparameters (the same objects), the same runs, fusion on, and the same
+        ``_update``. With ``check`` the first one is :meth:`_update_checked`'s (it returns
+        False, having written nothing, on a NaN or inf; the others return True). Reused
+        while what they were bound to holds: the same validated hyperparameters (the same
+        objects), the same runs, the same ``check``, fusion on, and the same
         :meth:`_plan_key`; any change (a new lr, a parameter without a gradient this
         step, a momentum buffer that is now initialised) binds them again."""
         hyper = arena.hyper
         if hyper is None:
             return None
-        key = (runs, self._plan_key(arena, group, runs), fusion_enabled())
+        key = (runs, check, self._plan_key(arena, group, runs), fusion_enabled())
         plan = arena.plan
         if plan is not None and plan[0] is hyper and plan[1] == key:
             return plan[2]
-        bound = [self._bound_update(arena, group, i0, i1) for i0, i1 in runs]
+        bound = [self._bound_update(arena, group, i0, i1, check=check and k == 0)
+                 for k, (i0, i1) in enumerate(runs)]
         if any(b is None for b in bound):
             bound = None
         arena.plan = (hyper, key, bound)
@@ -477,10 +578,11 @@ class Optimizer:
         momentum buffer is initialised)."""
         return None
 
-    def _bound_update(self, arena: Arena, group: dict, i0: int, i1: int):
-        """``_update(arena, group, i0, i1)`` as a callable of no arguments that later
-        steps may call instead while :meth:`_bound_plan`'s key holds, or None (the
-        default: every step calls ``_update``)."""
+    def _bound_update(self, arena: Arena, group: dict, i0: int, i1: int, check=False):
+        """``_update(arena, group, i0, i1)`` (``_update_checked`` with ``check``) as a
+        callable of no arguments returning whether it ran, that later steps may call
+        instead while :meth:`_bound_plan`'s key holds, or None (the default: every step
+        calls ``_update``)."""
         return None
 
     def _step_on_device(self, plans):
@@ -621,6 +723,7 @@ class Optimizer:
             group.clear()
             group.update(new)
             arena.counts[:] = 0
+            arena.usual = None
             for a in arena.state.values():
                 a.fill(0)
             for i, key in enumerate(saved["params"]):

@@ -12,8 +12,10 @@ class SGD(Optimizer):
         d = d + mu*b (Nesterov) or d = b
         w = w - lr*d
 
-    One fused ``backend.sgd_update`` per group. State: the momentum buffer
-    (4 bytes per float32 parameter) when ``momentum != 0``, nothing otherwise.
+    One fused ``backend.sgd_update`` per group (with the step's non-finite check in the
+    same kernel call on the JIT CPU backend: ``backend.checked_update``). State: the
+    momentum buffer (4 bytes per float32 parameter) when ``momentum != 0``, nothing
+    otherwise.
     """
 
     graph_safe = True  # lr and momentum are the same arguments at every step
@@ -49,11 +51,20 @@ class SGD(Optimizer):
                      nesterov=bool(group["nesterov"]), weight_decay=float(group["weight_decay"]),
                      first_step=bool(momentum) and arena.counts[i0] == 0))
 
-    def _update(self, arena, group, i0, i1):
+    def _update(self, arena, group, i0, i1, check=False):
         args, kwargs = self._args(arena, group, i0, i1)
-        arena.backend.sgd_update(*args, **kwargs)
+        be = arena.backend
+        if check:
+            if not be.checked_update("sgd", *args, **kwargs):
+                return False
+        else:
+            be.sgd_update(*args, **kwargs)
         if kwargs["momentum"]:
             arena.counts[i0:i1] += 1
+        return True
+
+    def _update_checked(self, arena, group, i0, i1):
+        return self._update(arena, group, i0, i1, check=True)
 
     def _plan_key(self, arena, group, runs):
         if not group["momentum"]:
@@ -61,14 +72,16 @@ class SGD(Optimizer):
         counts = arena.counts
         return tuple(bool(counts[i0]) for i0, _ in runs)
 
-    def _bound_update(self, arena, group, i0, i1):
+    def _bound_update(self, arena, group, i0, i1, check=False):
         args, kwargs = self._args(arena, group, i0, i1)
-        fn = arena.backend.bind_sgd_update(*args, **kwargs)
+        fn = arena.backend.bind_sgd_update(*args, check=check, **kwargs)
         if fn is None or not kwargs["momentum"]:
             return fn
         counts = arena.counts
 
         def update():
-            fn()
+            if not fn():
+                return False
             counts[i0:i1] += 1
+            return True
         return update

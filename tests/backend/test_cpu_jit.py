@@ -178,6 +178,24 @@ def test_all_finite_kernel_finds_one_nonfinite_element(n, where, bad, dtype, rng
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 23, 8 * 1250 + 5])
+def test_all_finite_kernel_reads_every_stream_and_the_tail(n, dtype, rng):
+    """The kernel reads ``a`` as 8 side-by-side streams (its eighths) and then the tail: a
+    NaN or inf at each stream's first and last element and at every tail element is found,
+    through the backend and by the kernel itself (below, at and above the 8-element split)."""
+    from dlprimer.backend.jit import kernels
+    q = n // 8
+    spots = {k * q + j for k in range(8) for j in ((0, q - 1) if q else ())} | set(range(8 * q, n))
+    for i in sorted(spots):
+        g = (rng.standard_normal(n) * 1e3).astype(dtype)
+        assert kernels.all_finite(g) and fast.all_finite(g)
+        g[i] = rng.choice([np.nan, np.inf, -np.inf])
+        assert not kernels.all_finite(g), i
+        assert not fast.all_finite(g), i
+        assert not ref.all_finite(g), i
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_all_finite_kernel_edges(dtype):
     big = np.finfo(dtype).max
     assert fast.all_finite(np.empty(0, dtype))
@@ -401,6 +419,33 @@ def test_a_bound_sgd_update_repeats_sgd_update(dtype, kw, rng):
     _same(p, p2, dtype)
     if buf is not None:
         _same(buf, buf2, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_bound_checked_sgd_update_writes_nothing_on_a_nonfinite_gradient(dtype, momentum,
+                                                                           rng):
+    """bind_sgd_update(check=True): True and bit for bit sgd_update's result on finite
+    gradients; False with nothing written (weights, momentum buffer) on a NaN or inf."""
+    p, g = rng.standard_normal(1003).astype(dtype), rng.standard_normal(1003).astype(dtype)
+    buf = rng.standard_normal(1003).astype(dtype) if momentum else None
+    kw = dict(momentum=momentum, weight_decay=0.01)
+    fn = fast.bind_sgd_update(p, g, buf, 0.05, check=True, **kw)
+    want_p, want_b = p.copy(), None if buf is None else buf.copy()
+    fast.sgd_update(want_p, g, want_b, 0.05, **kw)
+    assert fn() is True
+    np.testing.assert_array_equal(p, want_p)
+    if momentum:
+        np.testing.assert_array_equal(buf, want_b)
+    for where in (0, 500, 1002):
+        g[where] = rng.choice([np.nan, np.inf, -np.inf])
+        before = (p.copy(), None if buf is None else buf.copy())
+        assert fn() is False
+        np.testing.assert_array_equal(p, before[0])
+        if momentum:
+            np.testing.assert_array_equal(buf, before[1])
+        g[where] = 1.0
+    assert fast.bind_sgd_update(p, g, buf, 0.05, **kw)() is True   # unchecked: always runs
 
 
 def test_bind_declines_what_it_cannot_bind(rng, monkeypatch):

@@ -69,9 +69,11 @@ def cuda_mod():
 # check_range are written once in xp code (a few tiny reductions, recorded as a device
 # flag where checks defer); all_finite (the optimizer's eager non-finite check) and
 # broadcast_to (a sum's gradient) are xp.dot / xp.isfinite and xp.broadcast_to;
-# bind_sgd_update is None (an optimizer calls sgd_update at each step) but on the JIT CPU.
+# bind_sgd_update and bind_adam_update are None (an optimizer calls the update at each
+# step) but on the JIT CPU; checked_update is all_finite then the update (one kernel call
+# only on the JIT CPU).
 GENERIC = ("class_range", "check_class_targets", "check_range", "all_finite", "broadcast_to",
-           "bind_sgd_update")
+           "bind_sgd_update", "bind_adam_update", "checked_update")
 CONTRACT = sorted(n for n, f in vars(Backend).items()
                   if callable(f) and not n.startswith("_")
                   and n not in ("manual_seed", "get_rng_state", "set_rng_state", "next_key")

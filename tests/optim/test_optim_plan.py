@@ -79,7 +79,38 @@ def test_unchanged_steps_reuse_the_plan_and_match_the_reference(backend, rng, mo
         _step(params, opt, ref, rng)
     assert opt.arenas[0].plan is plan
     # bound only where the backend can skip a kernel's dispatch (the JIT CPU backend)
-    assert _bound(opt) == bool(getattr(dp.get_backend(), "jit", False))
+    jit = bool(getattr(dp.get_backend(), "jit", False))
+    assert _bound(opt) == jit
+    # and there the unchanged steps are the usual step: the bound update called again
+    assert (opt.arenas[0].usual is not None) == jit
+
+
+CHANGES = {
+    "new lr": lambda opt, params: opt.param_groups[0].__setitem__("lr", 0.05),
+    "no gradient": lambda opt, params: setattr(params[1], "grad", None),
+    "user's grad": lambda opt, params: setattr(params[0], "grad", dp.tensor(
+        np.ones(SHAPES[0]), dtype="float64", backend=params[0].backend)),
+    "user's data": lambda opt, params: setattr(params[2], "data", params[2].data.copy()),
+    "loaded state": lambda opt, params: opt.load_state_dict(opt.state_dict()),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_the_usual_step_declines_any_change(rng, change):
+    """The usual step (Optimizer._usual_step) repeats the last bound update only while
+    nothing it was bound to changed: each change here makes it decline (the full step then
+    runs and arms it again)."""
+    params, opt, ref = _setup("cpu", rng, 0.9)
+    if not getattr(dp.get_backend(), "jit", False):
+        pytest.skip("the usual step binds the JIT backend's kernels")
+    for _ in range(3):
+        _step(params, opt, ref, rng)
+    usual = opt.arenas[0].usual
+    assert usual is not None and opt._usual_step(usual, True)   # a repeat of the last
+    assert not opt._usual_step(usual, False)                    # GradScaler's unchecked step
+    CHANGES[change](opt, params)
+    usual = opt.arenas[0].usual     # load_state_dict disarms it
+    assert usual is None or not opt._usual_step(usual, True)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -188,6 +219,6 @@ def test_pickled_and_copied_optimizers_leave_the_plan_behind(backend, rng):
     _step(params, opt, ref, rng)
     _step(params, opt, ref, rng)
     for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
-        assert clone.arenas[0].plan is None
+        assert clone.arenas[0].plan is None and clone.arenas[0].usual is None
     assert opt.arenas[0].plan is not None
     _step(params, opt, ref, rng)

@@ -89,12 +89,15 @@ def call(name: str, *args):
         return NO
 
 
-def bind(name: str, *args):
+def bind(name: str, *args, free=()):
     """Kernel ``name`` bound to ``args``: a callable of no arguments that runs the compiled
     code for exactly these argument types on these objects, without numba's per-call
     dispatch (typing every argument: ~0.2 us each, more than a small kernel's work); NO
     when the kernel is unavailable. The caller must keep the arguments as they are (arrays
-    may change in value, never be replaced): the compiled code trusts their types."""
+    may change in value, never be replaced): the compiled code trusts their types.
+    ``free``: examples of trailing scalar arguments that the caller passes at each call
+    instead (their types fix the signature; a Python float is converted to it as
+    ``numpy.float32(x)`` would), for values that change from call to call."""
     if name in _failed:
         return NO
     ks = _kernels or _load()
@@ -102,7 +105,7 @@ def bind(name: str, *args):
         return NO
     disp = getattr(ks, name)
     try:
-        entry = disp.compile(tuple(disp.typeof_pyval(a) for a in args))
+        entry = disp.compile(tuple(disp.typeof_pyval(a) for a in args + tuple(free)))
     except Exception as e:  # as in call(): a compile error takes the NumPy path
         _failed[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         warnings.warn(f"dlprimer JIT: kernel {name!r} failed to compile ({_failed[name]}); "

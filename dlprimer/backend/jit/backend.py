@@ -54,6 +54,15 @@ def _targets(target):
     return np.ascontiguousarray(target)
 
 
+def _adam_scalars(lr, beta1, beta2, eps, weight_decay, step):
+    """The ``adam`` kernel's scalars (see CPUBackend.adam_update): -a_t, 1 - b1, b2, 1 - b2,
+    eps sqrt(1 - b2^t), wd, 1 - lr wd, with a_t = lr sqrt(1 - b2^t) / (1 - b1^t)."""
+    bc1 = 1.0 - beta1 ** step
+    bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
+    return (-lr * bc2_sqrt / bc1, 1.0 - beta1, beta2, 1.0 - beta2, eps * bc2_sqrt,
+            weight_decay, 1.0 - lr * weight_decay)
+
+
 class JitMemoryMeter(CPUMemoryMeter):
     """The CPU meter with numba and the kernels imported before tracing starts: imported
     under tracemalloc, numba's Python objects were counted in the metered step's peak, and
@@ -251,47 +260,90 @@ class JitCPUBackend(CPUBackend):
         return super().class_range(target)
 
     # -- optimizer updates: one pass over the arena ------------------------------------------------
-    def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
-                   weight_decay=0.0, first_step=False):
-        dt = _same_float(param, grad) if (buf is None or not momentum) else _same_float(
-            param, grad, buf)
-        if dt is not None:
-            c = dt.type
-            b = buf if (buf is not None and momentum) else param[:0]
-            if call("sgd", param, grad, b, c(lr), c(momentum), c(1.0 - dampening),
-                    bool(nesterov), c(weight_decay), bool(first_step)) is not NO:
-                return param
-        return super().sgd_update(param, grad, buf, lr, momentum, dampening, nesterov,
-                                  weight_decay, first_step)
-
-    def bind_sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0,
-                        nesterov=False, weight_decay=0.0, first_step=False):
-        """The numba kernel's compiled entry point with its arguments converted once
-        (:func:`.bind`); None where ``sgd_update`` would not run the kernel (another dtype,
-        or the method shadowed, e.g. by ``dp.fusion(False)``)."""
+    def _sgd_args(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                  weight_decay=0.0, first_step=False):
+        """The ``sgd`` kernel's arguments (all but ``check``), or None where it cannot run
+        (another dtype, or ``sgd_update`` shadowed, e.g. by ``dp.fusion(False)``)."""
         dt = _same_float(param, grad) if (buf is None or not momentum) else _same_float(
             param, grad, buf)
         if dt is None or "sgd_update" in vars(self):
             return None
         c = dt.type
         b = buf if (buf is not None and momentum) else param[:0]
-        fn = bind("sgd", param, grad, b, c(lr), c(momentum), c(1.0 - dampening),
-                  bool(nesterov), c(weight_decay), bool(first_step))
+        return (param, grad, b, c(lr), c(momentum), c(1.0 - dampening), bool(nesterov),
+                c(weight_decay), bool(first_step))
+
+    def _adam_args(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                   decoupled=False):
+        """The ``adam`` kernel's arguments (all but ``check``), or None (as _sgd_args)."""
+        dt = _same_float(param, grad, m, v)
+        if dt is None or "adam_update" in vars(self):
+            return None
+        scalars = _adam_scalars(lr, beta1, beta2, eps, weight_decay, step)
+        return (param, grad, m, v, *map(dt.type, scalars), bool(decoupled))
+
+    def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                   weight_decay=0.0, first_step=False):
+        args = self._sgd_args(param, grad, buf, lr, momentum, dampening, nesterov,
+                              weight_decay, first_step)
+        if args is not None and call("sgd", *args, False) is not NO:
+            return param
+        return super().sgd_update(param, grad, buf, lr, momentum, dampening, nesterov,
+                                  weight_decay, first_step)
+
+    def bind_sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0,
+                        nesterov=False, weight_decay=0.0, first_step=False, check=False):
+        """The numba kernel's compiled entry point with its arguments converted once
+        (:func:`.bind`); None where ``sgd_update`` would not run the kernel (another dtype,
+        or the method shadowed, e.g. by ``dp.fusion(False)``). With ``check`` the bound
+        call is :meth:`checked_update`'s: one kernel call that reads every gradient first."""
+        args = self._sgd_args(param, grad, buf, lr, momentum, dampening, nesterov,
+                              weight_decay, first_step)
+        fn = NO if args is None else bind("sgd", *args, bool(check))
         return None if fn is NO else fn
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
                     decoupled=False):
-        dt = _same_float(param, grad, m, v)
-        if dt is not None:
-            c = dt.type
-            bc1 = 1.0 - beta1 ** step
-            bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
-            if call("adam", param, grad, m, v, c(-lr * bc2_sqrt / bc1), c(1.0 - beta1),
-                    c(beta2), c(1.0 - beta2), c(eps * bc2_sqrt), c(weight_decay),
-                    c(1.0 - lr * weight_decay), bool(decoupled)) is not NO:
-                return param
+        args = self._adam_args(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                               decoupled)
+        if args is not None and call("adam", *args, False) is not NO:
+            return param
         return super().adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay,
                                    step, decoupled)
+
+    def bind_adam_update(self, param, grad, m, v, decoupled=False):
+        """The ``adam`` kernel's entry point bound to its arrays (:func:`.bind` with the
+        scalars left free: the bias corrections change at every step): a callable
+        ``(lr, beta1, beta2, eps, weight_decay, step, check=False) -> bool`` that runs
+        ``adam_update`` (``checked_update("adam", ...)`` with ``check``), bit for bit; None
+        where ``adam_update`` would not run the kernel."""
+        dt = _same_float(param, grad, m, v)
+        if dt is None or "adam_update" in vars(self):
+            return None
+        z = dt.type(0)
+        fn = bind("adam", param, grad, m, v, free=(z,) * 7 + (False, False))
+        if fn is NO:
+            return None
+        decoupled = bool(decoupled)
+
+        def update(lr, beta1, beta2, eps, weight_decay, step, check=False):
+            return fn(*_adam_scalars(lr, beta1, beta2, eps, weight_decay, step), decoupled,
+                      check)
+        return update
+
+    def checked_update(self, kind, *args, **kwargs) -> bool:
+        """SGD and Adam/AdamW: the check and the update in one kernel call (the kernel reads
+        every gradient first and writes nothing on a NaN or inf); the rest, and whatever the
+        kernel does not cover, as the base class does (a check, then the update)."""
+        make = self._CHECKED.get(kind)
+        kargs = None if make is None else make(self, *args, **kwargs)
+        if kargs is not None:
+            r = call(kind, *kargs, True)
+            if r is not NO:
+                return bool(r)
+        return super().checked_update(kind, *args, **kwargs)
+
+    _CHECKED = {"sgd": _sgd_args, "adam": _adam_args}
 
     def lamb_update(self, param, grad, m, v, offsets, lr, beta1, beta2, eps, weight_decay, step):
         dt = _same_float(param, grad, m, v)
@@ -346,7 +398,7 @@ class JitCPUBackend(CPUBackend):
     def all_finite(self, a) -> bool:
         dt = _same_float(a)
         if dt is not None:
-            r = call("all_finite", _flat(a), dt.type(0))
+            r = call("all_finite", _flat(a))
             if r is not NO:
                 return bool(r)
         return super().all_finite(a)

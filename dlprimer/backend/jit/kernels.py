@@ -364,11 +364,43 @@ def int_range(a):
 
 
 # -- optimizer updates: one pass over the arena -------------------------------------------------
+@jit_sum
+def all_finite(a):
+    """True when no element of ``a`` is NaN or inf: ``sum(a[i] * 0)`` is 0 for finite
+    values and NaN as soon as one is not (inf * 0 is NaN). One read of ``a``, no early
+    exit, so that the loop vectorises (reassoc lets LLVM keep several partial sums;
+    without nnan/nsz it cannot fold ``x * 0`` to 0). The array is read as 8 streams (its
+    eighths side by side, then the tail): a single stream is bound by memory latency
+    (10M float32 out of cache: 3.1 ms with one stream, 2.6 with 2, 2.3 with 4, 2.1-2.2 with
+    8 or 16; float64 5.7, 4.9, 4.5, 4.2 ms; in cache 1.6-1.9 ms, float64 3.1-3.3, whatever
+    the count)."""
+    zero = a.dtype.type(0)
+    n = a.size
+    q = n // 8
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
+    for i in range(q):
+        s0 += a[i] * zero
+        s1 += a[i + q] * zero
+        s2 += a[i + 2 * q] * zero
+        s3 += a[i + 3 * q] * zero
+        s4 += a[i + 4 * q] * zero
+        s5 += a[i + 5 * q] * zero
+        s6 += a[i + 6 * q] * zero
+        s7 += a[i + 7 * q] * zero
+    for i in range(8 * q, n):
+        s0 += a[i] * zero
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) == zero
+
+
 @jit
-def sgd(p, g, buf, lr, momentum, undamped, nesterov, wd, first_step):
+def sgd(p, g, buf, lr, momentum, undamped, nesterov, wd, first_step, check):
     """PyTorch's SGD: d = g + wd w; b = d (first) or mu b + (1 - damp) d; d = d + mu b
     (Nesterov) or b; w -= lr d. ``undamped`` = 1 - dampening. One branch-free loop per
-    case, so each vectorises."""
+    case, so each vectorises. With ``check``, every gradient is read first
+    (:func:`all_finite`) and a NaN or inf returns False before anything is written: the
+    check and the update in one call. Returns True once updated."""
+    if check and not all_finite(g):
+        return False
     if momentum == 0:
         for i in range(p.size):
             p[i] = p[i] - lr * (g[i] + wd * p[i])
@@ -383,6 +415,7 @@ def sgd(p, g, buf, lr, momentum, undamped, nesterov, wd, first_step):
             b = momentum * buf[i] + undamped * d
             buf[i] = b
             p[i] = p[i] - lr * (d + momentum * b if nesterov else b)
+    return True
 
 
 @helper
@@ -394,11 +427,14 @@ def _adam_elem(w, gi, m, v, neg_alpha, c1, b2, c2, eps_hat):
 
 
 @jit
-def adam(p, g, m, v, neg_alpha, c1, b2, c2, eps_hat, wd, keep, decoupled):
+def adam(p, g, m, v, neg_alpha, c1, b2, c2, eps_hat, wd, keep, decoupled, check):
     """Adam / AdamW in the paper's efficient form (see CPUBackend.adam_update):
     m += c1 (g - m); v = b2 v + c2 g^2; w += -a_t m / (sqrt v + eps_hat),
     c1 = 1 - b1, c2 = 1 - b2; AdamW first scales w by keep = 1 - lr wd, Adam adds wd w
-    to g. Two loops, so that neither has a branch in it (and both vectorise)."""
+    to g. Two loops, so that neither has a branch in it (and both vectorise). With
+    ``check``, False and nothing written when a gradient is NaN or inf (as :func:`sgd`)."""
+    if check and not all_finite(g):
+        return False
     if decoupled:
         for i in range(p.size):
             p[i], m[i], v[i] = _adam_elem(p[i] * keep, g[i], m[i], v[i], neg_alpha, c1, b2,
@@ -407,6 +443,7 @@ def adam(p, g, m, v, neg_alpha, c1, b2, c2, eps_hat, wd, keep, decoupled):
         for i in range(p.size):
             p[i], m[i], v[i] = _adam_elem(p[i], g[i] + wd * p[i], m[i], v[i], neg_alpha, c1,
                                           b2, c2, eps_hat)
+    return True
 
 
 @jit_sum
@@ -489,13 +526,3 @@ def sum_abs_pow(a, q):
     return s
 
 
-@jit_sum
-def all_finite(a, zero):
-    """True when no element of ``a`` is NaN or inf: ``sum(a[i] * 0)`` is 0 for finite
-    values and NaN as soon as one is not (inf * 0 is NaN). One read of ``a``, no early
-    exit, so that the loop vectorises (reassoc lets LLVM keep several partial sums;
-    without nnan/nsz it cannot fold ``x * 0`` to 0). ``zero`` carries a's dtype."""
-    s = zero
-    for i in range(a.size):
-        s += a[i] * zero
-    return s == zero
