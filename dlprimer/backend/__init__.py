@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 
+import numpy as np
+
+from . import blas
 from .base import Backend, MemoryMeter, Timer
 from .cpu import CPUBackend
 from .unfused import adopt_backend, fusion, fusion_enabled
@@ -59,6 +62,7 @@ def cuda_available() -> bool:
 
 def _make(name: str) -> Backend:
     if name == "cpu":
+        blas.load()   # before any thread limit is set, so that the limit covers MKL
         from . import jit
         if jit.enabled():
             from .jit.backend import JitCPUBackend
@@ -156,6 +160,13 @@ def use_backend(name):
         _current = prev
 
 
+def matmul_for(xp):
+    """The matmul of the backend whose array module is ``xp``: NumPy's goes through
+    :mod:`.blas` (MKL's GEMM for large 2-D products when ``DLPRIMER_BLAS`` selects it,
+    else ``numpy.matmul`` itself); any other module's is its own ``matmul``."""
+    return blas.matmul_function() if xp is np else xp.matmul
+
+
 def backend_of_array(a) -> Backend:
     """The backend whose library owns array ``a`` (NumPy arrays are the CPU's)."""
     cpu = backend_for("cpu")
@@ -171,6 +182,7 @@ def backend_of_array(a) -> Backend:
 
 __all__ = ["Backend", "MemoryMeter", "Timer", "set_backend", "get_backend", "use_backend",
            "cuda_available", "cuda_unavailable_reason", "backend_for", "backend_of_array",
+           "matmul_for",
            "fusion", "fusion_enabled", "live_backends", "global_seed", "set_global_seed"]
 
 

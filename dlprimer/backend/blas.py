@@ -1,0 +1,251 @@
+"""Matrix products on the CPU: NumPy's BLAS, or Intel MKL's GEMM where it is installed.
+
+NumPy's wheels carry OpenBLAS; PyTorch's CPU wheels carry MKL, which runs the GEMMs of a
+large MLP 5-10% faster on recent Intel cores (and a skinny classifier head up to 2.5x), so
+a step against PyTorch is a comparison of BLAS libraries as much as of frameworks. The
+optional extra ``dlprimer[mkl]`` installs the ``mkl`` wheel; this module then calls its
+``cblas_sgemm`` / ``cblas_dgemm`` through ctypes for a 2-D float32/float64 product
+C = A B (the chapter's matrix multiply, the forward and both backward products of a
+Linear layer) whose m*n*k reaches :data:`MIN_MNK`; everything else, and every product
+when MKL is absent, is NumPy's ``matmul``.
+
+Selection: ``DLPRIMER_BLAS=numpy|mkl|auto`` (default ``auto``: MKL when installed).
+``mkl`` without the package, or a library that fails to load, warns once and stays on
+NumPy; it never raises.
+
+Threads: MKL runs on the GNU OpenMP runtime (libgomp, ``MKL_THREADING_LAYER=GNU``), the
+one PyTorch's wheel, scikit-learn and numba's ``omp`` layer use, so the process keeps one
+OpenMP family; threadpoolctl sees ``libmkl_rt`` and ``dp.set_num_threads`` limits it. Intel's
+own runtime (INTEL, MKL's default) returned wrong products with PyTorch imported first and
+two threads (libgomp's ``omp_*`` symbols, global, answer for libiomp5's team); TBB needs a
+libtbb this wheel set does not put on the loader's path, and MKL then exits the process.
+Without a loadable libgomp the layer is SEQUENTIAL (one thread). ``MKL_THREADING_LAYER``
+set to GNU or SEQUENTIAL is honoured; any other value is replaced, with a warning.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+
+import numpy as np
+
+ENV = "DLPRIMER_BLAS"
+CHOICES = ("numpy", "mkl", "auto")
+
+#: m*n*k from which a product goes to MKL. Below it MKL's fixed cost per call (about 3 us
+#: through ctypes against NumPy's 1) outweighs what it saves: one thread, float32, MKL/NumPy
+#: was 1.9x at 64^3, 1.13x at 96^3 (0.9M), 0.92x at 128^3 (2.1M), 1.0x at 128x256x10
+#: (0.3M) and 0.67x at 256x512x10 (1.3M); float64 1.5x, 0.99x, 0.87x, 0.79x, 0.60x.
+MIN_MNK = 1 << 20
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_LAYERS = {"INTEL": 0, "SEQUENTIAL": 1, "GNU": 3}
+_INT_MAX = 2**31 - 1   # MKL's LP64 interface: 32-bit dimensions
+
+
+class _State:
+    """What was chosen and loaded: one instance, filled by :func:`load`."""
+    resolved = False
+    choice = "auto"          # DLPRIMER_BLAS as read
+    lib = None               # the ctypes handle of libmkl_rt, when loaded
+    path = None
+    version = None
+    layer = None             # the MKL threading layer in use
+    why = None               # why MKL is not used (None when it is)
+    gemm = {}                # dtype (native float32, float64) -> cblas function
+
+
+_state = _State()
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def choice() -> str:
+    """``DLPRIMER_BLAS`` lower-cased (``auto`` when unset); ValueError naming a bad value."""
+    raw = os.environ.get(ENV, "auto")
+    value = raw.strip().lower() or "auto"
+    if value not in CHOICES:
+        raise ValueError(f"{ENV}={raw!r} is not one of {', '.join(CHOICES)}")
+    return value
+
+
+def library_path() -> str | None:
+    """``libmkl_rt.so.*`` from the installed ``mkl`` distribution's file list, or None."""
+    import importlib.metadata as md
+    try:
+        dist = md.distribution("mkl")
+    except md.PackageNotFoundError:
+        return None
+    for f in dist.files or ():
+        if f.name.startswith("libmkl_rt.so"):
+            path = dist.locate_file(f)
+            if os.path.exists(path):
+                return os.path.normpath(str(path))
+    return None
+
+
+def _pick_layer(libdir: str) -> str:
+    """GNU when libgomp and MKL's GNU threading library load, else SEQUENTIAL. A layer
+    MKL cannot open makes it print a fatal error and exit, so this is checked first."""
+    asked = os.environ.get("MKL_THREADING_LAYER", "").strip().upper()
+    if asked == "SEQUENTIAL":
+        return asked
+    if asked and asked != "GNU":
+        _warn_once(f"MKL_THREADING_LAYER={asked!r} is not used by dlprimer's MKL path "
+                   "(GNU or SEQUENTIAL are: Intel's OpenMP beside PyTorch's libgomp gave "
+                   "wrong products); using GNU")
+    if not os.path.exists(os.path.join(libdir, "libmkl_gnu_thread.so.3")):
+        return "SEQUENTIAL"
+    try:   # the GNU layer's one dependency outside MKL (MKL's own libraries need each other)
+        ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        return "SEQUENTIAL"
+    return "GNU"
+
+
+def _bind(lib) -> dict:
+    ci, vp = ctypes.c_int, ctypes.c_void_p
+    fns = {}
+    for dt, name, real in ((np.dtype(np.float32), "cblas_sgemm", ctypes.c_float),
+                           (np.dtype(np.float64), "cblas_dgemm", ctypes.c_double)):
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = [ci, ci, ci, ci, ci, ci, real, vp, ci, vp, ci, real, vp, ci]
+        fns[dt] = fn
+    return fns
+
+
+def _open(path: str) -> None:
+    """Load libmkl_rt, fix its threading layer, bind the GEMMs and check one product."""
+    libdir = os.path.dirname(path)
+    layer = _pick_layer(libdir)
+    lib = ctypes.CDLL(path)
+    lib.MKL_Set_Threading_Layer.restype = ctypes.c_int
+    lib.MKL_Set_Threading_Layer(_LAYERS[layer])
+    buf = ctypes.create_string_buffer(256)
+    lib.MKL_Get_Version_String(buf, 256)
+    gemm = _bind(lib)
+    _state.lib, _state.path, _state.layer, _state.gemm = lib, path, layer, gemm
+    _state.version = buf.value.decode(errors="replace").strip()
+    _apply_thread_policy()
+    a = np.arange(6, dtype=np.float64).reshape(2, 3)
+    got = _gemm(a, a.T, None, 0)
+    if got is None or not np.array_equal(got, a @ a.T):
+        raise RuntimeError(f"a 2x3 test product through MKL gave {got!r}")
+
+
+def _apply_thread_policy() -> None:
+    """MKL loaded after ``dp.set_num_threads(n)`` starts with ``n`` threads too."""
+    from ..measure import threads
+    if threads._policy is not None and _state.lib is not None:
+        _state.lib.MKL_Set_Num_Threads(int(threads._policy))
+
+
+def load() -> bool:
+    """Resolve ``DLPRIMER_BLAS`` once: True when MKL's GEMM is in use. Warns once (never
+    raises) when MKL was asked for and cannot be used."""
+    if _state.resolved:
+        return _state.why is None
+    _state.choice = choice()
+    _state.resolved = True
+    if _state.choice == "numpy":
+        _state.why = f"{ENV}=numpy"
+        return False
+    if _state.lib is not None:   # loaded before a reset: a library stays loaded
+        _state.why = None
+        return True
+    path = library_path()
+    if path is None:
+        _state.why = "the mkl package is not installed (pip install 'dlprimer[mkl]')"
+        if _state.choice == "mkl":
+            _warn_once(f"{ENV}=mkl but {_state.why}; matrix products use NumPy")
+        return False
+    try:
+        _open(path)
+    except Exception as e:  # a broken or foreign library: NumPy, with one warning
+        _state.lib, _state.gemm = None, {}
+        _state.why = f"{path} failed to load ({type(e).__name__}: {e})"
+        _warn_once(f"MKL's GEMM is not used: {_state.why}; matrix products use NumPy")
+        return False
+    _state.why = None
+    return True
+
+
+def reset() -> None:
+    """Read ``DLPRIMER_BLAS`` again on the next product (for tests and long sessions)."""
+    _state.resolved = False
+    _state.why = None
+
+
+def active() -> str:
+    """``"mkl"`` or ``"numpy"``: which library runs the products above the threshold."""
+    return "mkl" if load() else "numpy"
+
+
+def info() -> dict:
+    """The selection and what it resolved to, for ``dlprimer doctor`` and fingerprints."""
+    on = load()
+    return {"choice": _state.choice, "active": "mkl" if on else "numpy",
+            "why_not_mkl": _state.why, "library": _state.path, "version": _state.version,
+            "threading_layer": _state.layer if on else None,
+            "min_mnk": MIN_MNK}
+
+
+def _layout(a, rows, cols):
+    """(transpose flag, leading dimension) of a 2-D operand, or None when it is neither
+    C-contiguous nor a transposed C-contiguous array."""
+    if a.flags.c_contiguous:
+        return _NO_TRANS, max(1, cols)
+    if a.flags.f_contiguous:
+        return _TRANS, max(1, rows)
+    return None
+
+
+def _gemm(a, b, out, min_mnk=MIN_MNK):
+    """``a @ b`` through MKL, or None when this product is not MKL's to do."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m * n * k < min_mnk or k != b.shape[0] or max(m, n, k) > _INT_MAX:
+        return None
+    dt = a.dtype
+    fn = _state.gemm.get(dt)   # byte-swapped or other dtypes: None
+    if fn is None or b.dtype != dt or type(a) is not np.ndarray or type(b) is not np.ndarray:
+        return None
+    la, lb = _layout(a, m, k), _layout(b, k, n)
+    if la is None or lb is None:
+        return None
+    if out is None:
+        c = np.empty((m, n), dt)
+    elif (type(out) is np.ndarray and out.shape == (m, n) and out.dtype == dt
+          and out.flags.c_contiguous and out.flags.writeable
+          and not np.may_share_memory(out, a) and not np.may_share_memory(out, b)):
+        c = out
+    else:
+        return None
+    fn(_ROW_MAJOR, la[0], lb[0], m, n, k, 1.0, a.ctypes.data, la[1],
+       b.ctypes.data, lb[1], 0.0, c.ctypes.data, max(1, n))
+    return c
+
+
+def mkl_matmul(a, b, out=None):
+    """``np.matmul(a, b, out=out)`` with 2-D float32/float64 products of at least
+    :data:`MIN_MNK` multiply-adds computed by MKL's ``cblas_?gemm`` (operands C-contiguous
+    or transposed views of such, ``out`` C-contiguous and not overlapping them); any other
+    product is NumPy's."""
+    if a.ndim == 2 and b.ndim == 2:
+        c = _gemm(a, b, out)
+        if c is not None:
+            return c
+    return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
+
+
+def matmul_function():
+    """The function the CPU backend multiplies with: :func:`mkl_matmul` when MKL is in
+    use, else ``numpy.matmul`` itself (no cost added)."""
+    return mkl_matmul if load() else np.matmul
