@@ -135,7 +135,7 @@ def _open(path: str) -> None:
     _state.version = buf.value.decode(errors="replace").strip()
     _apply_thread_policy()
     a = np.arange(6, dtype=np.float64).reshape(2, 3)
-    got = _gemm(a, a.T, None, 0)
+    got = _gemm(a, a.T, None, min_mnk=0)
     if got is None or not np.array_equal(got, a @ a.T):
         raise RuntimeError(f"a 2x3 test product through MKL gave {got!r}")
 
@@ -207,11 +207,15 @@ def _layout(a, rows, cols):
     return None
 
 
-def _gemm(a, b, out, min_mnk=MIN_MNK):
-    """``a @ b`` through MKL, or None when this product is not MKL's to do."""
+def _gemm(a, b, out, min_mnk=None):
+    """``a @ b`` through MKL, or None when this product is not MKL's to do (below
+    ``min_mnk``, default :data:`MIN_MNK`; an empty or mismatched one; a layout, dtype or
+    ``out`` MKL cannot take)."""
     m, k = a.shape
     n = b.shape[1]
-    if m * n * k < min_mnk or k != b.shape[0] or max(m, n, k) > _INT_MAX:
+    mnk = m * n * k
+    if (mnk < (MIN_MNK if min_mnk is None else min_mnk) or mnk == 0 or k != b.shape[0]
+            or max(m, n, k) > _INT_MAX):
         return None
     dt = a.dtype
     fn = _state.gemm.get(dt)   # byte-swapped or other dtypes: None
