@@ -100,7 +100,7 @@ def _pick_layer(libdir: str) -> str:
         _warn_once(f"MKL_THREADING_LAYER={asked!r} is not used by dlprimer's MKL path "
                    "(GNU or SEQUENTIAL are: Intel's OpenMP beside PyTorch's libgomp gave "
                    "wrong products); using GNU")
-    if not os.path.exists(os.path.join(libdir, "libmkl_gnu_thread.so.3")):
+    if not any(f.startswith("libmkl_gnu_thread.so") for f in os.listdir(libdir)):
         return "SEQUENTIAL"
     try:   # the GNU layer's one dependency outside MKL (MKL's own libraries need each other)
         ctypes.CDLL("libgomp.so.1")
@@ -141,10 +141,18 @@ def _open(path: str) -> None:
 
 
 def _apply_thread_policy() -> None:
-    """MKL loaded after ``dp.set_num_threads(n)`` starts with ``n`` threads too."""
+    """MKL starts with the process's thread cap: ``dp.set_num_threads(n)``'s when one was
+    set; else ``MKL_NUM_THREADS`` / ``OMP_NUM_THREADS`` when set (MKL reads them); else the
+    smallest BLAS pool already loaded (a ``threadpool_limits`` set before MKL was loaded)."""
     from ..measure import threads
-    if threads._policy is not None and _state.lib is not None:
-        _state.lib.MKL_Set_Num_Threads(int(threads._policy))
+    n = threads._policy
+    if n is None and not any(os.environ.get(v) for v in ("MKL_NUM_THREADS", "OMP_NUM_THREADS")):
+        from threadpoolctl import threadpool_info
+        sizes = [p["num_threads"] for p in threadpool_info()
+                 if p.get("user_api") == "blas" and p.get("internal_api") != "mkl"]
+        n = min(sizes) if sizes else None
+    if n:
+        _state.lib.MKL_Set_Num_Threads(int(n))
 
 
 def load() -> bool:

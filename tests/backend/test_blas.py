@@ -314,6 +314,30 @@ def _run(code, **env):
 
 
 @needs_mkl
+@pytest.mark.parametrize("before", ["threadpool_limits", "MKL_NUM_THREADS", "nothing"])
+def test_mkl_loaded_late_starts_at_the_process_cap(before):
+    """A threadpoolctl limit (or MKL's own variable) set before MKL was loaded holds for it."""
+    env = {v: "" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    if before == "MKL_NUM_THREADS":
+        env["MKL_NUM_THREADS"] = "1"
+    out = _run(f"""
+        import numpy
+        from threadpoolctl import threadpool_info, threadpool_limits
+        before = {before!r}
+        if before == "threadpool_limits":
+            threadpool_limits(1, user_api="blas")
+        import dlprimer as dp
+        from dlprimer.backend import blas
+        dp.tensor([1.0])               # creates the CPU backend, which loads MKL
+        assert blas.info()["active"] == "mkl", blas.info()
+        openblas = [p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"]
+        want = 1 if before != "nothing" else min(openblas)
+        print(blas._state.lib.MKL_Get_Max_Threads() == want)
+    """, DLPRIMER_BLAS="mkl", **env)
+    assert out.strip() == "True"
+
+
+@needs_mkl
 def test_thread_limits_cover_mkl():
     out = _run("""
         from threadpoolctl import threadpool_info, threadpool_limits
