@@ -250,7 +250,7 @@ def mkl_matmul(a, b, out=None):
     :data:`MIN_MNK` multiply-adds computed by MKL's ``cblas_?gemm`` (operands C-contiguous
     or transposed views of such, ``out`` C-contiguous and not overlapping them); any other
     product is NumPy's."""
-    if a.ndim == 2 and b.ndim == 2:
+    if b.ndim == 2 and a.size * b.shape[1] >= MIN_MNK and a.ndim == 2:   # small: two tests
         c = _gemm(a, b, out)
         if c is not None:
             return c
@@ -260,4 +260,6 @@ def mkl_matmul(a, b, out=None):
 def matmul_function():
     """The function the CPU backend multiplies with: :func:`mkl_matmul` when MKL is in
     use, else ``numpy.matmul`` itself (no cost added)."""
+    if _state.resolved:
+        return mkl_matmul if _state.why is None else np.matmul
     return mkl_matmul if load() else np.matmul
