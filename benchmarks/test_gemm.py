@@ -6,7 +6,10 @@ forward ``x @ W.T``, weight gradient ``gy.T @ x``, input gradient ``gy @ W``. Ea
 ``blas.mkl_matmul`` (A) against ``numpy.matmul`` and against ``torch.matmul`` (B), interleaved
 A B, B A, ... in this process; the figure is the median of per-pair ratios A/B with its ~95%
 interval (``test_cpu_kernels.paired``), recorded in ``extra_info`` and printed (``-s``).
-Reported, not asserted. Skipped without the ``mkl`` wheel (extra ``mkl``).
+``test_mlp_step_blas`` times the MLP SGD steps of ``test_cpu_kernels`` (the same models,
+batch and peers) with dlprimer's products on MKL and on NumPy's BLAS in the same process
+(switched between calls through ``DLPRIMER_BLAS``), paired against each other and each
+against PyTorch. Reported, not asserted. Skipped without the ``mkl`` wheel (extra ``mkl``).
 ``python benchmarks/test_gemm.py`` prints the table; ``DLPRIMER_BENCH_QUICK=1`` shrinks it.
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bench import QUICK, tag  # noqa: E402
-from test_cpu_kernels import PAIRS, paired  # noqa: E402
+from test_cpu_kernels import MLPS, PAIRS, _inner as mlp_inner, mlp_peers, paired  # noqa: E402
 
 from dlprimer.backend import blas  # noqa: E402
 
@@ -59,6 +62,44 @@ def test_gemm_mkl_vs_numpy_and_torch(benchmark, layer, product):
         benchmark.extra_info[f"vs_{peer}"] = dict(median=med, lo=lo, hi=hi)
         print(f"\n{workload:36s} mkl / {peer:6s} {med:6.2f}x  [{lo:.2f}, {hi:.2f}]")
     benchmark.pedantic(lambda: blas.mkl_matmul(a, b), rounds=1, iterations=1)
+
+
+def on_blas(choice, step):
+    """``step`` run with dlprimer's products on ``choice`` ("mkl" or "numpy")."""
+    def run():
+        before = os.environ.get(blas.ENV)
+        os.environ[blas.ENV] = choice
+        blas.reset()
+        try:
+            step()
+        finally:
+            if before is None:
+                del os.environ[blas.ENV]
+            else:
+                os.environ[blas.ENV] = before
+            blas.reset()
+    return run
+
+
+@pytest.mark.parametrize("workload", list(MLPS))
+def test_mlp_step_blas(benchmark, workload):
+    if not blas.load():
+        pytest.skip(f"MKL's GEMM is not in use: {blas.info()['why_not_mkl']}")
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    sizes, batch = MLPS[workload]
+    if QUICK:
+        sizes, batch = [min(s, 64) for s in sizes], min(batch, 16)
+    mine, _, torch_step = mlp_peers(torch, sizes, batch)
+    mkl_step, numpy_step = on_blas("mkl", mine), on_blas("numpy", mine)
+    k = mlp_inner(sizes, batch)
+    tag(benchmark, f"blas {workload}", "dlprimer", pairs=PAIRS, mkl=blas.info()["version"])
+    for name, a, b in (("mkl / numpy-blas", mkl_step, numpy_step), ("mkl / torch", mkl_step, torch_step),
+                       ("numpy-blas / torch", numpy_step, torch_step)):
+        med, lo, hi = paired(a, b, inner=k)
+        benchmark.extra_info[name] = dict(median=med, lo=lo, hi=hi)
+        print(f"\n{workload:28s} dlprimer {name:18s} {med:6.2f}x  [{lo:.2f}, {hi:.2f}]")
+    benchmark.pedantic(mkl_step, rounds=1, iterations=1)
 
 
 if __name__ == "__main__":
