@@ -9,10 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-import numpy as np
-
 from . import blas
 from .base import Backend, MemoryMeter, Timer
+from .blas import matmul_for  # the CPU's products through NumPy's BLAS or MKL (DLPRIMER_BLAS)
 from .cpu import CPUBackend
 from .unfused import adopt_backend, fusion, fusion_enabled
 
@@ -158,13 +157,6 @@ def use_backend(name):
         yield _current
     finally:
         _current = prev
-
-
-def matmul_for(xp):
-    """The matmul of the backend whose array module is ``xp``: NumPy's goes through
-    :mod:`.blas` (MKL's GEMM for large 2-D products when ``DLPRIMER_BLAS`` selects it,
-    else ``numpy.matmul`` itself); any other module's is its own ``matmul``."""
-    return blas.matmul_function() if xp is np else xp.matmul
 
 
 def backend_of_array(a) -> Backend:

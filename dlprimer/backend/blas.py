@@ -257,9 +257,12 @@ def mkl_matmul(a, b, out=None):
     return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
 
 
-def matmul_function():
-    """The function the CPU backend multiplies with: :func:`mkl_matmul` when MKL is in
-    use, else ``numpy.matmul`` itself (no cost added)."""
+def matmul_for(xp):
+    """The matmul of the backend whose array module is ``xp``: for NumPy :func:`mkl_matmul`
+    when MKL is in use, else ``numpy.matmul`` itself (nothing added per product); any other
+    module's own ``matmul`` (CuPy's). ``ops._util.mm`` calls it once per product."""
+    if xp is not np:
+        return xp.matmul
     if _state.resolved:
         return mkl_matmul if _state.why is None else np.matmul
     return mkl_matmul if load() else np.matmul
