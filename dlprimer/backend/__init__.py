@@ -61,7 +61,10 @@ def cuda_available() -> bool:
 
 def _make(name: str) -> Backend:
     if name == "cpu":
-        blas.load()   # before any thread limit is set, so that the limit covers MKL
+        try:   # MKL (when selected) loads now, before a thread limit, so the limit covers it
+            blas.load()
+        except ValueError as e:   # a bad DLPRIMER_BLAS, not a bad DLPRIMER_BACKEND
+            raise RuntimeError(f"the CPU backend cannot start: {e}") from None
         from . import jit
         if jit.enabled():
             from .jit.backend import JitCPUBackend

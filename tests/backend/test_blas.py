@@ -241,6 +241,16 @@ def test_a_bad_choice_names_the_value(select, monkeypatch):
         blas.load()
 
 
+def test_a_bad_choice_stops_the_cpu_backend_with_its_name():
+    out = subprocess.run([sys.executable, "-c", "import dlprimer as dp; dp.tensor([1.0])"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env=dict(os.environ, DLPRIMER_BLAS="openblas", DLPRIMER_BACKEND="cpu",
+                                  PYTHONPATH=ROOT))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == ("RuntimeError: the CPU backend cannot start: "
+                                                   "DLPRIMER_BLAS='openblas' is not one of numpy, mkl, auto")
+
+
 def _forget_mkl(monkeypatch):
     """As if MKL had never been loaded in this process."""
     for name, value in (("lib", None), ("gemm", {}), ("layer", None), ("version", None)):
