@@ -1,17 +1,18 @@
 """Matrix products on the CPU: NumPy's BLAS, or Intel MKL's GEMM where it is installed.
 
-NumPy's wheels carry OpenBLAS; PyTorch's CPU wheels carry MKL, which runs the GEMMs of a
-large MLP 5-10% faster on recent Intel cores (and a skinny classifier head up to 2.5x), so
-a step against PyTorch is a comparison of BLAS libraries as much as of frameworks. The
-optional extra ``dlprimer[mkl]`` installs the ``mkl`` wheel; this module then calls its
-``cblas_sgemm`` / ``cblas_dgemm`` through ctypes for a 2-D float32/float64 product
-C = A B (the chapter's matrix multiply, the forward and both backward products of a
-Linear layer) whose m*n*k reaches :data:`MIN_MNK`; everything else, and every product
-when MKL is absent, is NumPy's ``matmul``.
+NumPy's wheels carry OpenBLAS; PyTorch's CPU wheels carry MKL, which on a recent Xeon runs
+a large MLP's GEMMs in 0.88-0.99x OpenBLAS's time and a 10-class head's in about half
+(``benchmarks/test_gemm.py``), so a step against PyTorch compares BLAS libraries as much as
+frameworks. The optional extra ``dlprimer[mkl]`` installs the ``mkl`` wheel; this module
+then calls its ``cblas_sgemm`` / ``cblas_dgemm`` through ctypes for a 2-D float32/float64
+product C = A B whose m*n*k reaches :data:`MIN_MNK`: the W x of the chapter's layer
+h = sigma(W x + b) (Linear's forward, as x W^T) and both products of its backward
+dL/dW = dL/dh . dh/dW (gW = gy^T x, gx = gy W). Everything else, and every product when MKL
+is absent, is NumPy's ``matmul``.
 
-Selection: ``DLPRIMER_BLAS=numpy|mkl|auto`` (default ``auto``: MKL when installed).
-``mkl`` without the package, or a library that fails to load, warns once and stays on
-NumPy; it never raises.
+Selection: ``DLPRIMER_BLAS=numpy|mkl|auto`` (default ``auto``: MKL when installed); another
+value is a ValueError naming it. ``mkl`` without the package, or a library that fails to
+load, warns once and stays on NumPy, never a crash.
 
 Threads: MKL runs on the GNU OpenMP runtime (libgomp, ``MKL_THREADING_LAYER=GNU``), the
 one PyTorch's wheel, scikit-learn and numba's ``omp`` layer use, so the process keeps one
@@ -177,7 +178,7 @@ def load() -> bool:
     try:
         _open(path)
     except Exception as e:  # a broken or foreign library: NumPy, with one warning
-        _state.lib, _state.gemm = None, {}
+        _state.lib, _state.gemm, _state.layer, _state.version = None, {}, None, None
         _state.why = f"{path} failed to load ({type(e).__name__}: {e})"
         _warn_once(f"MKL's GEMM is not used: {_state.why}; matrix products use NumPy")
         return False
@@ -197,7 +198,7 @@ def active() -> str:
 
 
 def info() -> dict:
-    """The selection and what it resolved to, for ``dlprimer doctor`` and fingerprints."""
+    """The selection and what it resolved to (``dlprimer doctor``, the benchmarks' tags)."""
     on = load()
     return {"choice": _state.choice, "active": "mkl" if on else "numpy",
             "why_not_mkl": _state.why, "library": _state.path, "version": _state.version,

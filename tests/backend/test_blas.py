@@ -284,10 +284,13 @@ def test_a_library_that_fails_to_load_warns_and_stays_on_numpy(select, monkeypat
     np.testing.assert_array_equal((dp.tensor(a) @ dp.tensor(a)).numpy(), a @ a)
 
 
-def test_an_unusable_threading_layer_request_is_replaced(select, monkeypatch):
-    monkeypatch.setenv("MKL_THREADING_LAYER", "tbb")
+@pytest.mark.parametrize("asked", ["tbb", "intel"])
+def test_an_unusable_threading_layer_request_is_replaced(select, monkeypatch, asked):
+    """TBB: MKL exits the process when libtbb is not on the loader's path; INTEL: wrong
+    products beside PyTorch's libgomp (see blas's docstring)."""
+    monkeypatch.setenv("MKL_THREADING_LAYER", asked)
     monkeypatch.setattr(blas, "_warned", set())
-    with pytest.warns(RuntimeWarning, match="MKL_THREADING_LAYER='TBB' is not used"):
+    with pytest.warns(RuntimeWarning, match=f"MKL_THREADING_LAYER='{asked.upper()}' is not used"):
         assert blas._pick_layer(os.path.dirname(blas.library_path() or "/nonexistent")) in (
             "GNU", "SEQUENTIAL")
     monkeypatch.setenv("MKL_THREADING_LAYER", "sequential")
