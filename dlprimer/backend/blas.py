@@ -206,14 +206,39 @@ def info() -> dict:
             "min_mnk": MIN_MNK}
 
 
-def _layout(a, rows, cols):
-    """(transpose flag, leading dimension) of a 2-D operand, or None when it is neither
-    C-contiguous nor a transposed C-contiguous array."""
-    if a.flags.c_contiguous:
-        return _NO_TRANS, max(1, cols)
-    if a.flags.f_contiguous:
-        return _TRANS, max(1, rows)
+def _address(a) -> int:
+    """Address of a C-contiguous array's first element, through the buffer protocol (about
+    0.6 us against 1.4 for ``a.ctypes.data``, paid three times a product); a read-only
+    array takes ``a.ctypes.data``."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data
+
+
+def _operand(a, rows, cols):
+    """(transpose flag, leading dimension, address) of a 2-D operand, or None when it is
+    neither C-contiguous nor a transposed C-contiguous array."""
+    flags = a.flags
+    if flags.c_contiguous:
+        return _NO_TRANS, max(1, cols), _address(a)
+    if flags.f_contiguous:
+        return _TRANS, max(1, rows), _address(a.T)
     return None
+
+
+def _result(out, a, b, m, n, dt):
+    """The C-contiguous (m, n) array MKL writes: a new one, or ``out`` when MKL can write
+    it (right shape and dtype, C-contiguous, writable, not overlapping an operand)."""
+    if out is None:
+        return np.empty((m, n), dt)
+    if type(out) is not np.ndarray or out.shape != (m, n) or out.dtype != dt:
+        return None
+    flags = out.flags
+    if (not flags.c_contiguous or not flags.writeable or np.may_share_memory(out, a)
+            or np.may_share_memory(out, b)):
+        return None
+    return out
 
 
 def _gemm(a, b, out, min_mnk=None):
@@ -230,19 +255,14 @@ def _gemm(a, b, out, min_mnk=None):
     fn = _state.gemm.get(dt)   # byte-swapped or other dtypes: None
     if fn is None or b.dtype != dt or type(a) is not np.ndarray or type(b) is not np.ndarray:
         return None
-    la, lb = _layout(a, m, k), _layout(b, k, n)
+    la, lb = _operand(a, m, k), _operand(b, k, n)
     if la is None or lb is None:
         return None
-    if out is None:
-        c = np.empty((m, n), dt)
-    elif (type(out) is np.ndarray and out.shape == (m, n) and out.dtype == dt
-          and out.flags.c_contiguous and out.flags.writeable
-          and not np.may_share_memory(out, a) and not np.may_share_memory(out, b)):
-        c = out
-    else:
+    c = _result(out, a, b, m, n, dt)
+    if c is None:
         return None
-    fn(_ROW_MAJOR, la[0], lb[0], m, n, k, 1.0, a.ctypes.data, la[1],
-       b.ctypes.data, lb[1], 0.0, c.ctypes.data, max(1, n))
+    fn(_ROW_MAJOR, la[0], lb[0], m, n, k, 1.0, la[2], la[1], lb[2], lb[1], 0.0,
+       _address(c), max(1, n))
     return c
 
 
