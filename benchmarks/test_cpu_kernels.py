@@ -4,7 +4,9 @@ medians (issue 18's table).
 Each row times dlprimer (A) and its peer (B) in the same process, interleaved A B, B A,
 A B, ... so that load from other processes hits both alike; the figure is the median of
 the per-pair ratios A/B with a ~95% interval (order statistics of the median), and is
-recorded in the test's ``extra_info`` and printed (``-s``). Rows and targets:
+recorded in the test's ``extra_info`` and printed (``-s``) with the library dlprimer's
+matrix products ran on (``DLPRIMER_BLAS``: NumPy's OpenBLAS, or MKL with the ``mkl`` extra;
+the hand-written NumPy peer always uses OpenBLAS). Rows and targets:
 
   adam 10M        optim.Adam.step() on 10M float32 params  / torch Adam(fused=True)  <= 1.0
                   (and with check_finite=False: no non-finite check, as torch has none)
@@ -178,11 +180,13 @@ def _report(benchmark, workload, peer, fig):
     med, lo, hi = fig
     target = TARGETS.get(workload) if peer != "torch" or workload.startswith(
         ("adam", "gelu", "silu", "xent")) else 1.0
+    gemm = dp.backend.blas.active()   # DLPRIMER_BLAS: whose GEMM dlprimer's products ran on
     tag(benchmark, f"cpu kernels {workload}", "dlprimer", pairs=PAIRS,
-        jit=getattr(dp.backend.backend_for("cpu"), "jit", False))
+        jit=getattr(dp.backend.backend_for("cpu"), "jit", False), blas=gemm)
     benchmark.extra_info[f"vs_{peer}"] = dict(median=med, lo=lo, hi=hi, target=target)
     goal = "no target" if target is None else f"target <= {target}"
-    print(f"\n{workload:28s} / {peer:6s} {med:6.2f}x  [{lo:.2f}, {hi:.2f}]  {goal}")
+    print(f"\n{workload:28s} / {peer:6s} {med:6.2f}x  [{lo:.2f}, {hi:.2f}]  {goal}"
+          f"  (dlprimer's GEMM: {gemm})")
 
 
 @pytest.mark.parametrize("op", ["gelu", "silu"])

@@ -2,6 +2,8 @@
 
 It reports the versions (Python, NumPy, SciPy, CuPy, the CUDA runtime and driver, NVRTC,
 NCCL, MPI, numba), the GPU and its memory or why CUDA is unavailable, the thread pools,
+which library multiplies matrices on the CPU (``DLPRIMER_BLAS``: NumPy's BLAS or MKL, and
+MKL's products checked against a float64 reference),
 whether every kernel family compiles (NVRTC, no GPU needed), and a self-test of every
 fused op on every available backend against a reference: on the CPU the same formula
 as a chain of primitive ops (``dlprimer/backend/unfused.py``), on CUDA the CPU backend's op;
@@ -13,6 +15,7 @@ without a GPU is not a failure.
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import sys
 import time
@@ -59,6 +62,32 @@ def thread_pools() -> list[dict]:
         return [{"note": "threadpoolctl is not installed (pip install threadpoolctl)"}]
     return [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "version")}
             for p in threadpool_info()]
+
+
+def cpu_blas() -> dict:
+    """Which library multiplies matrices on the CPU (``DLPRIMER_BLAS``, :mod:`.backend.blas`)
+    and, when it is MKL, a check of its products against NumPy's (float32 and float64, every
+    operand layout, float64 reference): ``max_rel_err`` and ``ok``."""
+    from .backend import blas
+    try:
+        out = blas.info()
+    except ValueError as e:   # a bad DLPRIMER_BLAS: reported as a failed check
+        return {"choice": os.environ.get(blas.ENV), "active": "numpy",
+                "why_not_mkl": str(e), "ok": False}
+    if out["active"] != "mkl":
+        return out
+    rng = np.random.default_rng()
+    worst = 0.0
+    for dt in (np.float32, np.float64):
+        a, b = rng.standard_normal((96, 160)).astype(dt), rng.standard_normal((160, 80)).astype(dt)
+        for x, y in ((a, b), (np.asfortranarray(a), b), (a, np.asfortranarray(b)),
+                     (np.asfortranarray(a), np.asfortranarray(b))):
+            got = blas._gemm(x, y, None, min_mnk=0)
+            ref = x.astype(np.float64) @ y.astype(np.float64)
+            worst = max(worst, float(np.abs(got - ref).max() / np.abs(ref).max()))
+    out["max_rel_err"] = worst
+    out["ok"] = bool(worst < 1e-5)   # float32 GEMM over k=160: about 1e-7 expected
+    return out
 
 
 # -- the kernels ----------------------------------------------------------------------------
@@ -280,7 +309,8 @@ def collect(full: bool = False) -> dict:
     arch = device_arch() if status["available"] else None
     from .backend._kernels import CHECK_ARCHS
     archs = CHECK_ARCHS if full else ((arch,) if arch else CHECK_ARCHS[:1])
-    rep = {"versions": versions(), "cuda": status, "thread_pools": thread_pools(),
+    blas = cpu_blas()    # first: loading MKL puts it among the thread pools
+    rep = {"versions": versions(), "cuda": status, "thread_pools": thread_pools(), "blas": blas,
            "kernels": kernel_compiles(archs),
            "self_test": self_test(["cpu"] + (["cuda"] if status["available"] else []))}
     rep["cpu_jit"] = cpu_jit()     # after the self-test, which compiled (or loaded) the kernels
@@ -307,6 +337,7 @@ def format_report(rep: dict) -> str:
     lines.append("== thread pools ==")
     for p in rep["thread_pools"]:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in p.items()))
+    lines += _blas_lines(rep.get("blas"))
     lines.append("== kernel families (NVRTC) ==")
     for k in rep["kernels"]:
         if k["ok"] is None:
@@ -340,8 +371,24 @@ def format_report(rep: dict) -> str:
     return "\n".join(lines)
 
 
+def _blas_lines(b) -> list[str]:
+    if not b:
+        return []
+    lines = ["== matrix products (BLAS) =="]
+    if b["active"] != "mkl":
+        return lines + [f"  DLPRIMER_BLAS={b['choice']}: NumPy's BLAS ({b['why_not_mkl']})"]
+    lines += [f"  DLPRIMER_BLAS={b['choice']}: MKL for 2-D float32/float64 products of "
+              f"m*n*k >= {b['min_mnk']}, threading layer {b['threading_layer']}",
+              f"  {b['version']}", f"  {b['library']}"]
+    verdict = "ok   " if b["ok"] else "FAIL "
+    lines.append(f"  {verdict} mkl   sgemm/dgemm, 4 layouts, against float64 "
+                 f"max rel err {b['max_rel_err']:.1e}")
+    return lines
+
+
 def failures(rep: dict) -> int:
     return (sum(1 for k in rep["kernels"] if k["ok"] is False)
+            + int(rep.get("blas", {}).get("ok") is False)
             + sum(1 for r in rep["self_test"] if not r["ok"]))
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 
+from . import blas
 from .base import Backend, MemoryMeter, Timer
+from .blas import matmul_for  # the CPU's products through NumPy's BLAS or MKL (DLPRIMER_BLAS)
 from .cpu import CPUBackend
 from .unfused import adopt_backend, fusion, fusion_enabled
 
@@ -59,6 +61,10 @@ def cuda_available() -> bool:
 
 def _make(name: str) -> Backend:
     if name == "cpu":
+        try:   # MKL (when selected) loads now, before a thread limit, so the limit covers it
+            blas.load()
+        except ValueError as e:   # a bad DLPRIMER_BLAS, not a bad DLPRIMER_BACKEND
+            raise RuntimeError(f"the CPU backend cannot start: {e}") from None
         from . import jit
         if jit.enabled():
             from .jit.backend import JitCPUBackend
@@ -171,6 +177,7 @@ def backend_of_array(a) -> Backend:
 
 __all__ = ["Backend", "MemoryMeter", "Timer", "set_backend", "get_backend", "use_backend",
            "cuda_available", "cuda_unavailable_reason", "backend_for", "backend_of_array",
+           "matmul_for",
            "fusion", "fusion_enabled", "live_backends", "global_seed", "set_global_seed"]
 
 

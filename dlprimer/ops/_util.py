@@ -4,6 +4,7 @@ from __future__ import annotations
 import numbers
 
 from .. import _dtype
+from ..backend import matmul_for
 from ..tensor import Tensor, tensor
 
 
@@ -53,10 +54,13 @@ def prod(shape):
 
 
 def mm(xp, a, b, out=None):
-    """``a @ b``; half-precision operands (float16, bfloat16) are multiplied in float32
-    and the float32 product is returned, as tensor cores accumulate in float32 (and
-    NumPy has no fast half-precision matmul). The caller casts the result down."""
+    """``a @ b`` through the backend's matmul (``backend.matmul_for``: on the CPU, MKL's
+    GEMM for large 2-D float32/float64 products when ``DLPRIMER_BLAS`` selects it).
+    Half-precision operands (float16, bfloat16) are multiplied in float32 and the float32
+    product is returned, as tensor cores accumulate in float32 (and NumPy has no fast
+    half-precision matmul). The caller casts the result down."""
+    matmul = matmul_for(xp)
     if (a.itemsize == 2 or b.itemsize == 2) and (
             _dtype.is_half(a.dtype) or _dtype.is_half(b.dtype)):
-        return xp.matmul(a.astype(_dtype.float32), b.astype(_dtype.float32))
-    return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
+        return matmul(a.astype(_dtype.float32), b.astype(_dtype.float32))
+    return matmul(a, b) if out is None else matmul(a, b, out=out)
