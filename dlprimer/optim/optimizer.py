@@ -66,6 +66,29 @@ def _same_hyper(group, snap):
     return True
 
 
+def _equal_values(old, group):
+    """Whether ``group``'s values equal ``old`` (a tuple of its values at an earlier step):
+    the same objects, or equal plain immutable values (a scheduler's new float equal to
+    the last). Anything else (an array, a new params list) is a change, never compared
+    with ``==``, whose answer for an array is not a bool."""
+    if len(old) != len(group):
+        return False
+    for a, b in zip(old, group.values()):
+        if a is b:
+            continue
+        t = type(b)
+        if t is not type(a):
+            return False
+        if t is tuple:
+            if not all(type(e) in _PLAIN for e in a + b):
+                return False
+        elif t not in _PLAIN:
+            return False
+        if a != b:
+            return False
+    return True
+
+
 class NonFiniteGradientError(RuntimeError):
     """A gradient holds NaN or inf; ``step()`` refused to write it into the weights."""
 
@@ -468,7 +491,7 @@ class Optimizer:
         a training step): validation, view adoption, run splitting and plan lookup."""
         bound_check, values, runs, key, bound = usual
         arena, group = self._arenas[0], self.param_groups[0]
-        if (bound_check != check or values != tuple(group.values()) or not fusion_enabled()
+        if (bound_check != check or not _equal_values(values, group) or not fusion_enabled()
                 or not arena.holds_views() or self._plan_key(arena, group, runs) != key):
             return False
         for fn in bound:

@@ -92,6 +92,9 @@ CHANGES = {
         np.ones(SHAPES[0]), dtype="float64", backend=params[0].backend)),
     "user's data": lambda opt, params: setattr(params[2], "data", params[2].data.copy()),
     "loaded state": lambda opt, params: opt.load_state_dict(opt.state_dict()),
+    "an array lr": lambda opt, params: opt.param_groups[0].update(lr=np.array([0.1, 0.1])),
+    "a new params list": lambda opt, params: opt.param_groups[0].update(
+        params=list(opt.param_groups[0]["params"])),
 }
 
 
@@ -111,6 +114,20 @@ def test_the_usual_step_declines_any_change(rng, change):
     CHANGES[change](opt, params)
     usual = opt.arenas[0].usual     # load_state_dict disarms it
     assert usual is None or not opt._usual_step(usual, True)
+
+
+def test_an_array_lr_after_usual_steps_is_refused_by_name(rng):
+    """An lr replaced by an array after the usual step was armed: the step's validation
+    names it (the usual step never compares an array with ==)."""
+    params, opt, ref = _setup("cpu", rng, 0.9)
+    for _ in range(3):
+        _step(params, opt, ref, rng)
+    before = [p.data.copy() for p in params]
+    opt.param_groups[0]["lr"] = np.array([0.1, 0.2])
+    with pytest.raises(ValueError, match="lr: array.*is not a number"):
+        opt.step()
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.data, b)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
