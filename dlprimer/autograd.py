@@ -382,6 +382,12 @@ def run_backward(root, grad, retain_graph: bool = False):
         retaining_graph = prev
 
 
+def _freed_error(n):
+    return RuntimeError(
+        f"trying to backward through the graph a second time (the saved arrays of "
+        f"{n.name} were freed); pass retain_graph=True to the first backward")
+
+
 def _consumers(node0):
     """Per node reachable from ``node0``: how many recorded nodes consume its output
     (leaves and constants are not nodes). Raises if a node's graph was freed."""
@@ -391,9 +397,7 @@ def _consumers(node0):
     while stack:
         n = pop()
         if n._freed:
-            raise RuntimeError(
-                f"trying to backward through the graph a second time (the saved arrays of "
-                f"{n.name} were freed); pass retain_graph=True to the first backward")
+            raise _freed_error(n)
         for e in n.next_edges:
             if e is None or isinstance(e, Tensor):
                 continue
@@ -406,7 +410,77 @@ def _consumers(node0):
     return deps
 
 
+def _chain(node0):
+    """The nodes from ``node0`` down, when each has at most one edge to another node (a
+    sequential model, a chain of ops): then each node's only consumer is the one before
+    it, and that order is the reverse topological order. None as soon as a node has two
+    edges to nodes (a branch, a node used twice). Raises if a node's graph was freed,
+    before any backward has run, as the general walk does."""
+    path = []
+    n = node0
+    while n is not None:
+        if n._freed:
+            raise _freed_error(n)
+        path.append(n)
+        nxt = None
+        for e in n.next_edges:
+            if e is None or isinstance(e, Tensor):
+                continue
+            if nxt is not None:
+                return None
+            nxt = e
+        n = nxt
+    return path
+
+
 def _run_backward(node0, grad, retain_graph):
+    """Backpropagate ``grad`` from node ``node0``: along the chain when the graph is one
+    (:func:`_chain`) and nothing observes the nodes, else in Kahn's order
+    (:func:`_run_graph`). Both free each node's saved arrays once it has run (unless
+    ``retain_graph``), check its saved arrays against the in-place write clock, and
+    attach leaf gradients the same way."""
+    path = None if (_observers or _anomaly_enabled) else _chain(node0)
+    if path is None:
+        _run_graph(node0, grad, retain_graph)
+        return
+    gy = grad
+    clock = _write_clock
+    recent = None
+    release = not retain_graph
+    for n in path:
+        edges = n.next_edges
+        if gy is None:   # no gradient reached this node: nothing to pass on
+            if release:
+                n.saved = None
+                n._freed = True
+            continue
+        if n._clock < clock:
+            if recent is None:
+                recent = _RecentWrites()
+            recent.check(n)
+        gxs = n.backward(gy)
+        if not isinstance(gxs, tuple):
+            gxs = (gxs,)
+        gy = None  # the incoming gradient is dead once the node has run
+        if release:
+            n.saved = None
+            n._freed = True
+        for e, g in zip(edges, gxs):
+            if e is None:
+                continue
+            if isinstance(e, Tensor):
+                if g is not None:
+                    if g is e._grad_buffer and e.grad is None:  # computed in its arena slot
+                        e.grad = Tensor(g, False, e._backend)
+                        continue
+                    # as in _run_graph: nothing else holds or views g, the leaf owns it
+                    owned = g.base is None and _refcount(g) == _SOLE
+                    e._accumulate_grad(g, owned=owned)
+                continue
+            gy = g   # the one edge to a node: the next node on the path
+
+
+def _run_graph(node0, grad, retain_graph):
     """Process the nodes in a reverse topological order: a node runs once every node that
     consumes its output has passed its gradient on (Kahn's algorithm on the counts).
     This loop is the engine's fixed cost per node (``benchmarks/test_autograd.py``): what
