@@ -64,13 +64,14 @@ def test_the_chain_path_runs_each_node_once_in_order(rng, monkeypatch):
     path = autograd._chain(y.grad_fn)
     for n in path:
         orig = n.backward
-        monkeypatch.setattr(n, "backward", lambda gy, n=n, orig=orig: (order.append(n), orig(gy))[1])
+        monkeypatch.setattr(n, "backward",
+                            lambda gy, n=n, orig=orig: (order.append(n), orig(gy))[1])
     y.backward()
     assert order == path
     np.testing.assert_allclose(w.grad.numpy(), 2 * np.exp(2 * w.numpy()))
 
 
-# -- same gradients on both paths -------------------------------------------------------------
+# -- same gradients on both paths ------------------------------------------------------------
 def test_mlp_gradients_agree(rng, monkeypatch):
     net = nn.MLP([6, 8, 8, 3]).to("float64")
     x = dp.tensor(rng.standard_normal((5, 6)), dtype="float64", requires_grad=True)
@@ -152,7 +153,7 @@ def test_gradients_accumulate_across_backward_calls(rng, engine):
     np.testing.assert_allclose(x.grad.numpy(), 3 + 2 * (1 - np.tanh(x.numpy()) ** 2))
 
 
-# -- retain_graph, freed graphs, release -----------------------------------------------------------
+# -- retain_graph, freed graphs, release -----------------------------------------------------
 def test_retain_graph_twice_doubles_and_a_third_backward_raises(rng, engine):
     x = _leaf(rng, 5)
     y = (x.exp() * 2).tanh().sum()
@@ -190,7 +191,7 @@ def test_saved_arrays_are_released(rng, engine):
     assert ref() is None
 
 
-# -- in-place writes and ownership -------------------------------------------------------------------
+# -- in-place writes and ownership -----------------------------------------------------------
 def test_an_inplace_write_after_the_forward_raises(rng, engine):
     net = nn.MLP([4, 5, 3]).to("float64")
     opt = optim.SGD(net.parameters(), lr=0.1)
