@@ -223,6 +223,7 @@ class Function:
     needs_input_grad = ()
     next_edges = ()
     _freed = False
+    _prev = None    # the one node among next_edges, _MANY if more than one (set with them)
     trace = None
     in_shapes = ()
     out_shape = ()
@@ -264,6 +265,7 @@ class Function:
         edges = []
         record = False
         backend = None
+        prev = None
         for x in inputs:
             if isinstance(x, Tensor):
                 b = x._backend
@@ -278,7 +280,11 @@ class Function:
                     record = True
                     needs.append(True)
                     n = x._node
-                    edges.append(x if n is None else n)
+                    if n is None:
+                        edges.append(x)
+                    else:
+                        edges.append(n)
+                        prev = n if prev is None else _MANY
                 else:
                     needs.append(False)
                     edges.append(None)
@@ -301,6 +307,7 @@ class Function:
         result = Tensor(out, record, node.backend)
         if record:
             node.next_edges = tuple(edges)
+            node._prev = prev
             result._node = node
             if _anomaly_enabled:
                 node.trace = traceback.extract_stack()[:-1]
@@ -327,15 +334,18 @@ class Function:
         """
         edges = self.next_edges
         e = edges[i]
-        if not isinstance(e, Tensor):
+        if e is None:
             return None
-        buf = e._grad_buffer
+        buf = e._grad_buffer   # None for a node (the class attribute below)
         if buf is None or e.grad is not None or buf.shape != shape or buf.dtype != dtype:
             return None
-        for j, other in enumerate(edges):
-            if other is e and j != i:
-                return None
-        return buf
+        k = 0
+        for other in edges:   # a leaf at two inputs gets two gradients: not one buffer
+            if other is e:
+                k += 1
+        return buf if k == 1 else None
+
+    _grad_buffer = None   # a node has no arena slot (leaf_grad_out reads it off any edge)
 
     def describe(self) -> str:
         """The op's name and, under anomaly mode, the user line that created it."""
@@ -410,26 +420,26 @@ def _consumers(node0):
     return deps
 
 
+#: a node's ``_prev`` when two or more of its edges lead to nodes
+_MANY = object()
+
+
 def _chain(node0):
     """The nodes from ``node0`` down, when each has at most one edge to another node (a
     sequential model, a chain of ops): then each node's only consumer is the one before
     it, and that order is the reverse topological order. None as soon as a node has two
-    edges to nodes (a branch, a node used twice). Raises if a node's graph was freed,
-    before any backward has run, as the general walk does."""
+    edges to nodes (a branch, a node used twice). ``Function.apply`` notes that one node
+    (``_prev``) when it sets the edges, which never change after. Raises if a node's
+    graph was freed, before any backward has run, as the general walk does."""
     path = []
     n = node0
     while n is not None:
+        if n is _MANY:
+            return None
         if n._freed:
             raise _freed_error(n)
         path.append(n)
-        nxt = None
-        for e in n.next_edges:
-            if e is None or isinstance(e, Tensor):
-                continue
-            if nxt is not None:
-                return None
-            nxt = e
-        n = nxt
+        n = n._prev
     return path
 
 
@@ -449,6 +459,7 @@ def _run_backward(node0, grad, retain_graph):
     release = not retain_graph
     for n in path:
         edges = n.next_edges
+        nxt = n._prev
         if gy is None:   # no gradient reached this node: nothing to pass on
             if release:
                 n.saved = None
@@ -468,16 +479,15 @@ def _run_backward(node0, grad, retain_graph):
         for e, g in zip(edges, gxs):
             if e is None:
                 continue
-            if isinstance(e, Tensor):
-                if g is not None:
-                    if g is e._grad_buffer and e.grad is None:  # computed in its arena slot
-                        e.grad = Tensor(g, False, e._backend)
-                        continue
-                    # as in _run_graph: nothing else holds or views g, the leaf owns it
-                    owned = g.base is None and _refcount(g) == _SOLE
-                    e._accumulate_grad(g, owned=owned)
-                continue
-            gy = g   # the one edge to a node: the next node on the path
+            if e is nxt:   # the one edge to a node: the next node on the path
+                gy = g
+            elif g is not None:   # every other edge is a leaf's
+                if g is e._grad_buffer and e.grad is None:  # computed in its arena slot
+                    e.grad = Tensor(g, False, e._backend)
+                    continue
+                # as in _run_graph: nothing else holds or views g, the leaf owns it
+                owned = g.base is None and _refcount(g) == _SOLE
+                e._accumulate_grad(g, owned=owned)
 
 
 def _run_graph(node0, grad, retain_graph):

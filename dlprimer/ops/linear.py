@@ -87,10 +87,8 @@ def _column_sums(xp, backend, g2, out=None):
             return g2.sum(axis=0, out=out)
         return g2.sum(axis=0, dtype=_dtype.float32)
     m = g2.shape[0]
-    key = (backend, dt)
-    ones = _ones.get(key)
+    ones = _ones.get((backend, dt))
     if ones is None or ones.shape[0] < m:
-        ones = _ones[key] = xp.ones(m, dt)
-    if ones.shape[0] != m:
-        ones = ones[:m]
-    return xp.matmul(ones, g2) if out is None else xp.matmul(ones, g2, out=out)
+        ones = _ones[backend, dt] = xp.ones(m, dt)
+    n = ones.shape[0]
+    return xp.matmul(ones if n == m else ones[:m], g2, out=out)
