@@ -370,6 +370,7 @@ def test_a_kernel_that_fails_to_compile_warns_once_and_falls_back(monkeypatch, r
     ks = jit._load()
     monkeypatch.setattr(ks, "silu_forward", broken)
     monkeypatch.setattr(jit, "_failed", {})
+    monkeypatch.delitem(jit._ready, "silu_forward", raising=False)   # the glue's cache
     x = rng.standard_normal(50)
     with pytest.warns(RuntimeWarning, match=r"kernel 'silu_forward' failed to compile \(Typing"):
         y = fast.silu_forward(x)
@@ -379,6 +380,39 @@ def test_a_kernel_that_fails_to_compile_warns_once_and_falls_back(monkeypatch, r
         warnings.simplefilter("error")
         np.testing.assert_allclose(fast.silu_forward(x), ref.silu_forward(x), rtol=1e-15)
     assert "silu_forward" in jit.failed()
+
+
+@pytest.mark.parametrize("name", ["relu_backward", "int_range", "softmax_xent_backward"])
+def test_glue_that_calls_a_kernel_directly_falls_back_once_too(monkeypatch, rng, name):
+    """The activation and cross-entropy glue calls the kernels' dispatchers itself
+    (jit.kernel); a compile error there warns once and takes the NumPy path, as jit.call."""
+    import warnings
+
+    import numba
+
+    @numba.njit
+    def broken(*args):
+        return args[0].no_such_attribute
+
+    ks = jit._load()
+    monkeypatch.setattr(ks, name, broken)
+    monkeypatch.setattr(jit, "_failed", {})
+    monkeypatch.delitem(jit._ready, name, raising=False)
+    y = np.maximum(rng.standard_normal((6, 5)), 0)
+    gy = rng.standard_normal((6, 5))
+    t = rng.integers(0, 5, 6)
+    probs = ref.softmax_cross_entropy_forward(gy, t)[1]
+    run = {"relu_backward": lambda b: b.relu_backward(y, gy),
+           "int_range": lambda b: np.array(b.class_range(t)),
+           "softmax_xent_backward": lambda b: b.softmax_cross_entropy_backward(
+               probs, t, np.asarray(0.5), 0.1)}[name]
+    with pytest.warns(RuntimeWarning, match=rf"kernel '{name}' failed to compile"):
+        got = run(fast)
+    np.testing.assert_allclose(got, run(ref), rtol=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(run(fast), run(ref), rtol=1e-15)
+    assert name in jit.failed() and name not in jit._ready
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ..cpu import CPUBackend, CPUMemoryMeter
-from . import NO, _load, bind, call
+from . import NO, _load, _ready, bind, call, fail, kernel
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -80,18 +80,24 @@ class JitCPUBackend(CPUBackend):
 
     # -- elementwise activations ----------------------------------------------------------
     # The glue below runs once per op: for a small model's arrays it costs as much as the
-    # kernel, so it tests the dtype inline and converts constants only when there are any.
+    # kernel, so it tests the dtype inline, converts constants only when there are any, and
+    # calls the kernel's dispatcher itself (jit.kernel) rather than through jit.call.
     def _unary(self, name, x, *consts):
         """out = kernel(x) with ``consts`` cast to x's dtype; NO when not JIT-able."""
         dt = x.dtype
         if dt not in _FLOATS:
             return NO
-        out = np.empty(x.shape, dtype=dt)
-        args = (x.ravel(), out.reshape(-1))   # ravel: C-contiguous, a view when x is
-        if consts:
-            args += tuple(map(dt.type, consts))
-        if call(name, *args) is NO:
+        k = _ready.get(name) or kernel(name)
+        if k is None:
             return NO
+        out = np.empty(x.shape, dtype=dt)
+        try:   # ravel: C-contiguous, a view when x is
+            if consts:
+                k(x.ravel(), out.reshape(-1), *map(dt.type, consts))
+            else:
+                k(x.ravel(), out.reshape(-1))
+        except Exception as e:  # a compile error (see jit.call)
+            return fail(name, e)
         return out
 
     def _binary(self, name, a, gy, *consts):
@@ -99,12 +105,17 @@ class JitCPUBackend(CPUBackend):
         dt = a.dtype
         if a.shape != gy.shape or dt not in _FLOATS or gy.dtype != dt:
             return NO
-        out = np.empty(gy.shape, dtype=dt)
-        args = (a.ravel(), gy.ravel(), out.reshape(-1))
-        if consts:
-            args += tuple(map(dt.type, consts))
-        if call(name, *args) is NO:
+        k = _ready.get(name) or kernel(name)
+        if k is None:
             return NO
+        out = np.empty(gy.shape, dtype=dt)
+        try:
+            if consts:
+                k(a.ravel(), gy.ravel(), out.reshape(-1), *map(dt.type, consts))
+            else:
+                k(a.ravel(), gy.ravel(), out.reshape(-1))
+        except Exception as e:
+            return fail(name, e)
         return out
 
     def relu_forward(self, x):
@@ -219,7 +230,7 @@ class JitCPUBackend(CPUBackend):
         logits = np.ascontiguousarray(logits)
         target = _targets(target)
         eps = float(label_smoothing)
-        redo = call("softmax_xent_forward", logits, logits[:, 0].copy(), target, probs, loss, eps)
+        redo = call("softmax_xent_forward", logits, loss[:0], target, probs, loss, eps)
         if redo is NO:
             return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
         if redo:    # rows the first value could not shift (overflow, NaN, inf): by the max
@@ -245,9 +256,14 @@ class JitCPUBackend(CPUBackend):
 
     def class_range(self, target):
         if target.size and target.dtype.kind in "iu" and target.ndim == 1:
-            r = call("int_range", _targets(target))
-            if r is not NO:
-                return int(r[0]), int(r[1])
+            k = _ready.get("int_range") or kernel("int_range")
+            if k is not None:
+                try:
+                    lo, hi = k(_targets(target))
+                except Exception as e:
+                    fail("int_range", e)
+                else:
+                    return int(lo), int(hi)
         return super().class_range(target)
 
     # -- optimizer updates: one pass over the arena ------------------------------------------------
