@@ -269,12 +269,12 @@ class Function:
         for x in inputs:
             if isinstance(x, Tensor):
                 b = x._backend
-                if backend is None:
+                if b is not backend:
+                    if backend is not None:
+                        raise RuntimeError(
+                            f"{cls.__name__}: tensors on two backends, {backend.name!r} and "
+                            f"{b.name!r}; move one with .to({backend.name!r})")
                     backend = b
-                elif b is not backend:
-                    raise RuntimeError(
-                        f"{cls.__name__}: tensors on two backends, {backend.name!r} and "
-                        f"{b.name!r}; move one with .to({backend.name!r})")
                 arrays.append(x.data)
                 if x.requires_grad:
                     record = True

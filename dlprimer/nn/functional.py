@@ -271,10 +271,12 @@ def _reduction(reduction, fn):
 
 def _class_target(logits, target, fn, fused=None):
     """Validate (N, C) float logits and (N,) integer targets in [0, C); return the target array."""
-    logits = _float(logits, fn, "logits", fused=fused)
-    if logits.ndim != 2:
+    dt = logits.data.dtype if isinstance(logits, Tensor) else None
+    if dt is None or dt.kind != "f" or dt.itemsize <= 2:  # float32/64 need no cast (_float)
+        logits = _float(logits, fn, "logits", fused=fused)
+    if logits.data.ndim != 2:
         raise ValueError(f"{fn}: logits must have shape (N, C), got {logits.shape}")
-    n, c = logits.shape
+    n, c = logits.data.shape
     be = logits._backend
     if isinstance(target, Tensor):
         if target._backend is not be:
@@ -285,7 +287,7 @@ def _class_target(logits, target, fn, fused=None):
         arr = be.asarray(np.asarray(target))
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{fn}: target must hold integer class indices, got dtype {arr.dtype}")
-    if tuple(arr.shape) != (n,):
+    if arr.shape != (n,):
         raise ValueError(f"{fn}: target of shape {tuple(arr.shape)} does not match logits of "
                          f"shape {logits.shape}; expected ({n},) class indices")
     be.check_class_targets(arr, c, fn)  # a device flag on CUDA: no host sync
@@ -323,9 +325,12 @@ def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean"):
     is (softmax - smoothed onehot), never a division by a probability.
     """
     logits, t = _class_target(logits, target, "cross_entropy", fused="cross_entropy")
-    eps = _number(label_smoothing, "cross_entropy", "label_smoothing", 0.0, 1.0)
-    return CrossEntropy.apply(logits, t, label_smoothing=eps,
-                              reduction=_reduction(reduction, "cross_entropy"))
+    eps = label_smoothing   # a float in [0, 1] is checked here; anything else by _number
+    if type(eps) is not float or not 0.0 <= eps <= 1.0:
+        eps = _number(label_smoothing, "cross_entropy", "label_smoothing", 0.0, 1.0)
+    if reduction not in REDUCTIONS:
+        _reduction(reduction, "cross_entropy")
+    return CrossEntropy.apply(logits, t, label_smoothing=eps, reduction=reduction)
 
 
 def mse_loss(input, target, reduction="mean"):
