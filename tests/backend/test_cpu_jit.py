@@ -113,6 +113,20 @@ def test_softmax_cross_entropy_kernels_match_numpy_path(eps, dtype, rng):
               ref.softmax_cross_entropy_backward(probs, target, g, eps), dtype)
 
 
+def test_check_class_targets_passes_and_raises_as_the_numpy_path(rng):
+    t = rng.integers(0, 7, 40)
+    for ok in (t, t.astype(np.uint8), t.astype(np.int32)[::2], t[:0]):
+        assert fast.check_class_targets(ok, 7, "f") is None
+        assert ref.check_class_targets(ok, 7, "f") is None
+    for bad, first in ((np.r_[t, -3], -3), (np.r_[t, 7], 7), (np.r_[t, 9, -1], -1)):
+        msgs = []
+        for b in (fast, ref):
+            with pytest.raises(ValueError, match="out of range for 7 classes") as e:
+                b.check_class_targets(bad, 7, "cross_entropy")
+            msgs.append(str(e.value))
+        assert msgs[0] == msgs[1] and f"class {first} " in msgs[0]
+
+
 def test_class_range_is_min_and_max(rng):
     t = rng.integers(-5, 50, 999)
     assert fast.class_range(t) == ref.class_range(t) == (int(t.min()), int(t.max()))
@@ -412,6 +426,10 @@ def test_glue_that_calls_a_kernel_directly_falls_back_once_too(monkeypatch, rng,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_allclose(run(fast), run(ref), rtol=1e-15)
+        if name == "int_range":
+            fast.check_class_targets(t, 5, "f")
+            with pytest.raises(ValueError, match="class 5 is out of range"):
+                fast.check_class_targets(np.r_[t, 5], 5, "f")
     assert name in jit.failed() and name not in jit._ready
 
 
