@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import _dtype
 from .. import amp as _amp
+from ..amp import _state as _amp_state
 from ..ops.activation import (ELU, GELU, BiasGELU, Dropout, LeakyReLU, LogSoftmax, ReLU,
                               Sigmoid, SiLU, Softmax, Tanh)
 from ..ops.attention import scaled_dot_product_attention
@@ -157,27 +158,38 @@ def log_softmax(x, axis=-1):
 
 # -- layers --------------------------------------------------------------------------------
 def linear(x, weight, bias=None):
-    """x W^T + b with ``weight`` of shape (out, in), ``bias`` (out,)."""
-    if not (isinstance(x, Tensor) and x.data.dtype.kind == "f"):
+    """x W^T + b with ``weight`` of shape (out, in), ``bias`` (out,).
+
+    The checks run at every call of every Linear layer, so the common case (float32 or
+    float64 Tensors of matching shapes) is tested with as few reads as tell it apart."""
+    if not (isinstance(x, Tensor) and x.data.dtype in _F3264):
         x = _float(x, "linear", amp=False)
-    if not (isinstance(weight, Tensor) and weight.data.dtype.kind == "f"):
+    if not (isinstance(weight, Tensor) and weight.data.dtype in _F3264):
         weight = _float(weight, "linear", "weight", amp=False)
-    ws, xs = weight.data.shape, x.data.shape
+    ws = weight.data.shape
+    if len(ws) != 2 or x.data.shape[-1:] != ws[1:]:
+        _linear_shape_error(x.data.shape, ws)
+    if bias is not None:
+        if not (isinstance(bias, Tensor) and bias.data.dtype in _F3264):
+            bias = _float(bias, "linear", "bias", amp=False)
+        if bias.data.shape != ws[:1]:
+            raise ValueError(f"linear: bias of shape {bias.data.shape} does not match weight "
+                             f"of shape {ws}; expected ({ws[0]},)")
+    if _amp_state["dtype"] is not None:   # _amp.autocast_dtype(), read without a call
+        x, weight, bias = _amp.cast_low(x), _amp.cast_low(weight), _amp.cast_low(bias)
+    return Linear.apply(x, weight, bias)
+
+
+#: float32 and float64: the dtypes a Linear takes as they are (``in`` tests identity first)
+_F3264 = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _linear_shape_error(xs, ws):
     if len(ws) != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), "
                          f"got shape {ws}")
-    if not xs or xs[-1] != ws[1]:
-        raise ValueError(f"linear: input of shape {xs} does not match weight of shape "
-                         f"{ws}: the input's last axis must be {ws[1]}")
-    if bias is not None:
-        if not (isinstance(bias, Tensor) and bias.data.dtype.kind == "f"):
-            bias = _float(bias, "linear", "bias", amp=False)
-        if bias.data.shape != (ws[0],):
-            raise ValueError(f"linear: bias of shape {bias.data.shape} does not match weight "
-                             f"of shape {ws}; expected ({ws[0]},)")
-    if _amp.autocast_dtype() is not None:
-        x, weight, bias = _amp.cast_low(x), _amp.cast_low(weight), _amp.cast_low(bias)
-    return Linear.apply(x, weight, bias)
+    raise ValueError(f"linear: input of shape {xs} does not match weight of shape "
+                     f"{ws}: the input's last axis must be {ws[1]}")
 
 
 def dropout(x, p=0.5, training=True):

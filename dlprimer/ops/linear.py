@@ -27,36 +27,42 @@ class Linear(Function):
     def forward(self, x, w, b=None):
         nx, nw, _ = self.needs_input_grad or (False, False, False)
         self.save(x if nw else None, w if nx else None)
-        self.xshape = x.shape
         xp = self.backend.xp
         if x.ndim == 2:   # the usual (batch, in) input: no reshape either side
             y = mm(xp, x, w.T)
         else:
+            self.xshape = x.shape
             y = mm(xp, x.reshape(-1, x.shape[-1]), w.T).reshape(*x.shape[:-1], w.shape[0])
         if b is not None:
             y += b
-        return y if y.dtype == x.dtype else y.astype(x.dtype)
+        dt = x.dtype
+        return y if y.dtype is dt or y.dtype == dt else y.astype(dt)
 
     def backward(self, gy):
+        # gy has x's number of dims (y's shape is x's with the last axis replaced)
         x, w = self.saved
         nx, nw, nb = self.needs_input_grad
         xp = self.backend.xp
-        out = gy.shape[-1]
-        g2 = gy if gy.ndim == 2 else gy.reshape(-1, out)
-        gx = None
+        flat = gy.ndim == 2
+        g2 = gy if flat else gy.reshape(-1, gy.shape[-1])
+        gx = gw = gb = None
         if nx:   # one (M, out) @ (out, in) gemm, whatever the leading dims
             gx = mm(xp, g2, w)
-            gx = gx if gy.ndim == 2 else gx.reshape(self.xshape)
-        gw = gb = None
+            if not flat:
+                gx = gx.reshape(self.xshape)
+        if nw or nb:
+            out = g2.shape[1]
+            dt = gy.dtype
         if nw:
-            x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
-            dt = gy.dtype if gy.dtype == x.dtype else xp.result_type(gy, x)
-            buf = self.leaf_grad_out(1, (out, x2.shape[-1]), dt)
+            x2 = x if flat else x.reshape(-1, x.shape[-1])
+            xdt = x2.dtype
+            buf = self.leaf_grad_out(1, (out, x2.shape[1]),
+                                     dt if xdt is dt or xdt == dt else xp.result_type(gy, x))
             gw = mm(xp, g2.T, x2, out=buf)
         if nb:
-            buf = self.leaf_grad_out(2, (out,), gy.dtype)
-            gb = _column_sums(xp, self.backend, g2, buf)
+            gb = _column_sums(xp, self.backend, g2, self.leaf_grad_out(2, (out,), dt))
         return gx, gw, gb
+
     def flops(self):
         sx, sw = self.in_shapes[0], self.in_shapes[1]
         m = prod(sx[:-1])
@@ -88,7 +94,6 @@ def _column_sums(xp, backend, g2, out=None):
         return g2.sum(axis=0, dtype=_dtype.float32)
     m = g2.shape[0]
     ones = _ones.get((backend, dt))
-    if ones is None or ones.shape[0] < m:
+    if ones is None or len(ones) < m:
         ones = _ones[backend, dt] = xp.ones(m, dt)
-    n = ones.shape[0]
-    return xp.matmul(ones if n == m else ones[:m], g2, out=out)
+    return xp.matmul(ones if len(ones) == m else ones[:m], g2, out=out)
