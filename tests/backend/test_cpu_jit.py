@@ -396,7 +396,8 @@ def test_a_kernel_that_fails_to_compile_warns_once_and_falls_back(monkeypatch, r
     assert "silu_forward" in jit.failed()
 
 
-@pytest.mark.parametrize("name", ["relu_backward", "int_range", "softmax_xent_backward"])
+@pytest.mark.parametrize("name", ["relu_backward", "int_range", "softmax_xent_forward",
+                                  "softmax_xent_backward"])
 def test_glue_that_calls_a_kernel_directly_falls_back_once_too(monkeypatch, rng, name):
     """The activation and cross-entropy glue calls the kernels' dispatchers itself
     (jit.kernel); a compile error there warns once and takes the NumPy path, as jit.call."""
@@ -418,6 +419,7 @@ def test_glue_that_calls_a_kernel_directly_falls_back_once_too(monkeypatch, rng,
     probs = ref.softmax_cross_entropy_forward(gy, t)[1]
     run = {"relu_backward": lambda b: b.relu_backward(y, gy),
            "int_range": lambda b: np.array(b.class_range(t)),
+           "softmax_xent_forward": lambda b: b.softmax_cross_entropy_forward(gy, t, 0.1)[0],
            "softmax_xent_backward": lambda b: b.softmax_cross_entropy_backward(
                probs, t, np.asarray(0.5), 0.1)}[name]
     with pytest.warns(RuntimeWarning, match=rf"kernel '{name}' failed to compile"):

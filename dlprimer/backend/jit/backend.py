@@ -228,9 +228,13 @@ class JitCPUBackend(CPUBackend):
         probs = np.empty(logits.shape, dtype=dt)
         loss = np.empty(n, dtype=dt)
         logits = np.ascontiguousarray(logits)
-        target = _targets(target)
+        target = np.ascontiguousarray(target) if target.dtype is _INT64 else _targets(target)
         eps = float(label_smoothing)
-        redo = call("softmax_xent_forward", logits, loss[:0], target, probs, loss, eps)
+        k = _ready.get("softmax_xent_forward") or kernel("softmax_xent_forward")
+        try:
+            redo = NO if k is None else k(logits, loss[:0], target, probs, loss, eps)
+        except Exception as e:
+            redo = fail("softmax_xent_forward", e)
         if redo is NO:
             return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
         if redo:    # rows the first value could not shift (overflow, NaN, inf): by the max
@@ -249,7 +253,8 @@ class JitCPUBackend(CPUBackend):
         g = np.empty(n, dtype=dt)       # writable: a read-only array is another signature
         g[...] = gy                     # a 0-d gy (mean, sum) broadcast, or one per row
         out = np.empty(probs.shape, dtype=dt)
-        if call("softmax_xent_backward", np.ascontiguousarray(probs), _targets(target), g, out,
+        t = np.ascontiguousarray(target) if target.dtype is _INT64 else _targets(target)
+        if call("softmax_xent_backward", np.ascontiguousarray(probs), t, g, out,
                 dt.type(label_smoothing)) is NO:
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
         return out
@@ -269,11 +274,12 @@ class JitCPUBackend(CPUBackend):
     def check_class_targets(self, target, num_classes, fn):
         """The base check (ValueError naming the first bad class) with the range read by the
         kernel inline: a loss's fixed cost on a small batch is its calls, not its pass."""
-        if target.ndim == 1 and target.size and target.dtype.kind in "iu":
+        dt = target.dtype
+        if target.ndim == 1 and target.size and dt.kind in "iu":
             k = _ready.get("int_range") or kernel("int_range")
             if k is not None:
                 try:
-                    lo, hi = k(_targets(target))
+                    lo, hi = k(np.ascontiguousarray(target) if dt is _INT64 else _targets(target))
                 except Exception as e:
                     fail("int_range", e)
                 else:
