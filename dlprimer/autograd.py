@@ -35,6 +35,7 @@ _observers: list = []
 _write_clock = 0     # counts in-place writes (see note_inplace_write)
 _writes: dict = {}   # id(array) -> (weakref to the array, clock of its last write, by whom)
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_new = object.__new__
 
 
 # -- grad mode -------------------------------------------------------------------
@@ -304,11 +305,17 @@ class Function:
                     if hasattr(o, "on_forward_begin"):
                         o.on_forward_begin(node, arrays)
         out = node.forward(*arrays, **kwargs)
-        result = Tensor(out, record, node.backend)
-        if record:
+        result = _new(Tensor)   # Tensor(out, record, node.backend) without its __init__ call
+        result.data = out
+        result.requires_grad = record
+        result.grad = None
+        result._backend = node.backend
+        if not record:
+            result._node = None
+        else:
+            result._node = node
             node.next_edges = tuple(edges)
             node._prev = prev
-            result._node = node
             if _anomaly_enabled:
                 node.trace = traceback.extract_stack()[:-1]
             if _observers:

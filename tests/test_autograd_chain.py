@@ -244,3 +244,17 @@ def test_observers_and_anomaly_take_the_general_path(rng, monkeypatch):
     (x * 2).sum().backward()
     assert len(calls) == 1
     np.testing.assert_allclose(x.grad.numpy(), 6.0)
+
+
+def test_an_ops_output_has_every_field_a_tensor_gets_from_its_init(rng):
+    """Function.apply builds its output without Tensor.__init__ (one call less per op): it
+    must set the same fields, and a recorded output points at its node."""
+    x = _leaf(rng, 3)
+    fields = [s for s in dp.Tensor.__slots__ if not s.startswith("__")]
+    plain = dp.Tensor(x.data, True, x.backend)
+    for out, node in (((x * 2), True), (x.detach() * 2, False)):
+        for f in fields:
+            assert hasattr(out, f) and hasattr(plain, f), f
+        assert type(out) is dp.Tensor and out.grad is None and out._backend is x.backend
+        assert out.requires_grad is node and (out.grad_fn is not None) is node
+        assert out.__dict__ == {}
