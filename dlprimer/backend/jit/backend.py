@@ -54,6 +54,52 @@ def _targets(target):
     return np.ascontiguousarray(target)
 
 
+def _unary_op(name):
+    """The backend method ``name(x)``: kernel ``name`` into a new array, or the NumPy path's
+    method where the JIT cannot run it. The activations without constants are these (one
+    call per op: ``_unary``'s work without its frame, a small model's fixed cost)."""
+    numpy_path = getattr(CPUBackend, name)
+
+    def op(self, x):
+        dt = x.dtype
+        if dt in _FLOATS:
+            k = _ready.get(name) or kernel(name)
+            if k is not None:
+                out = np.empty(x.shape, dtype=dt)
+                try:   # ravel: C-contiguous, a view when x is
+                    k(x.ravel(), out.reshape(-1))
+                except Exception as e:  # a compile error (see jit.call)
+                    fail(name, e)
+                else:
+                    return out
+        return numpy_path(self, x)
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = numpy_path.__doc__
+    return op
+
+
+def _binary_op(name):
+    """The backend method ``name(a, gy)`` (a backward; ``a`` is x or y), as :func:`_unary_op`."""
+    numpy_path = getattr(CPUBackend, name)
+
+    def op(self, a, gy):
+        dt = a.dtype
+        if dt in _FLOATS and gy.dtype == dt and a.shape == gy.shape:
+            k = _ready.get(name) or kernel(name)
+            if k is not None:
+                out = np.empty(gy.shape, dtype=dt)
+                try:
+                    k(a.ravel(), gy.ravel(), out.reshape(-1))
+                except Exception as e:
+                    fail(name, e)
+                else:
+                    return out
+        return numpy_path(self, a, gy)
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = numpy_path.__doc__
+    return op
+
+
 class JitMemoryMeter(CPUMemoryMeter):
     """The CPU meter with numba and the kernels imported before tracing starts: imported
     under tracemalloc, numba's Python objects were counted in the metered step's peak, and
@@ -118,13 +164,8 @@ class JitCPUBackend(CPUBackend):
             return fail(name, e)
         return out
 
-    def relu_forward(self, x):
-        out = self._unary("relu_forward", x)
-        return super().relu_forward(x) if out is NO else out
-
-    def relu_backward(self, y, gy):
-        out = self._binary("relu_backward", y, gy)
-        return super().relu_backward(y, gy) if out is NO else out
+    relu_forward = _unary_op("relu_forward")
+    relu_backward = _binary_op("relu_backward")
 
     def leaky_relu_forward(self, x, negative_slope):
         out = self._unary("leaky_relu_forward", x, negative_slope)
@@ -152,29 +193,12 @@ class JitCPUBackend(CPUBackend):
         out = self._binary(f"gelu_{_variant(x, approximate)}_backward", x, gy)
         return super().gelu_backward(x, gy, approximate) if out is NO else out
 
-    def silu_forward(self, x):
-        out = self._unary("silu_forward", x)
-        return super().silu_forward(x) if out is NO else out
-
-    def silu_backward(self, x, gy):
-        out = self._binary("silu_backward", x, gy)
-        return super().silu_backward(x, gy) if out is NO else out
-
-    def sigmoid_forward(self, x):
-        out = self._unary("sigmoid_forward", x)
-        return super().sigmoid_forward(x) if out is NO else out
-
-    def sigmoid_backward(self, y, gy):
-        out = self._binary("sigmoid_backward", y, gy)
-        return super().sigmoid_backward(y, gy) if out is NO else out
-
-    def tanh_forward(self, x):
-        out = self._unary("tanh_forward", x)
-        return super().tanh_forward(x) if out is NO else out
-
-    def tanh_backward(self, y, gy):
-        out = self._binary("tanh_backward", y, gy)
-        return super().tanh_backward(y, gy) if out is NO else out
+    silu_forward = _unary_op("silu_forward")
+    silu_backward = _binary_op("silu_backward")
+    sigmoid_forward = _unary_op("sigmoid_forward")
+    sigmoid_backward = _binary_op("sigmoid_backward")
+    tanh_forward = _unary_op("tanh_forward")
+    tanh_backward = _binary_op("tanh_backward")
 
     # -- bias + GELU ------------------------------------------------------------------------
     def _bias_rows(self, x, b, *others):
