@@ -490,7 +490,9 @@ def _run_backward(node0, grad, retain_graph):
                 gy = g
             elif g is not None:   # every other edge is a leaf's
                 if g is e._grad_buffer and e.grad is None:  # computed in its arena slot
-                    e.grad = Tensor(g, False, e._backend)
+                    t = e.grad = _new(Tensor)   # Tensor(g, False, e._backend), no __init__ call
+                    t.data, t.requires_grad, t.grad, t._node, t._backend = (
+                        g, False, None, None, e._backend)
                     continue
                 # as in _run_graph: nothing else holds or views g, the leaf owns it
                 owned = g.base is None and _refcount(g) == _SOLE
@@ -540,7 +542,9 @@ def _run_graph(node0, grad, retain_graph):
             if isinstance(e, Tensor):
                 if g is not None:
                     if g is e._grad_buffer and e.grad is None:  # computed in its arena slot
-                        e.grad = Tensor(g, False, e._backend)
+                        t = e.grad = _new(Tensor)   # as in the chain loop
+                        t.data, t.requires_grad, t.grad, t._node, t._backend = (
+                            g, False, None, None, e._backend)
                         continue
                     # no base and no reference beyond this loop's own: nothing else holds
                     # or views the array, so the leaf may own it instead of copying it

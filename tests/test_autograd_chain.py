@@ -258,3 +258,19 @@ def test_an_ops_output_has_every_field_a_tensor_gets_from_its_init(rng):
         assert type(out) is dp.Tensor and out.grad is None and out._backend is x.backend
         assert out.requires_grad is node and (out.grad_fn is not None) is node
         assert out.__dict__ == {}
+
+
+@pytest.mark.parametrize("chain", [True, False], ids=["chain", "graph"])
+def test_a_gradient_attached_in_its_arena_slot_is_a_plain_tensor(rng, monkeypatch, chain):
+    if not chain:
+        monkeypatch.setattr(autograd, "_chain", lambda node0: None)
+    lin = nn.Linear(3, 2, dtype="float64")
+    optim.SGD(lin.parameters(), lr=0.1)
+    x = dp.tensor(rng.standard_normal((4, 3)), dtype="float64")
+    lin(x).sum().backward()
+    for p in lin.parameters():
+        g = p.grad
+        assert type(g) is dp.Tensor and g.data.base is not None   # the arena's view
+        assert not g.requires_grad and g.grad is None and g.grad_fn is None
+        assert g._backend is p._backend and g.__dict__ == {}
+    np.testing.assert_allclose(lin.bias.grad.numpy(), [4.0, 4.0])
