@@ -10,8 +10,10 @@ the saved arrays alive and nothing more.
 The engine (:func:`run_backward`) is iterative: one pass counts how many
 consumers each node has, a second processes nodes once all their consumers are
 done (a reverse topological order), so a graph of any depth backpropagates
-without recursion. Each node's saved arrays are released as soon as it has run,
-unless ``retain_graph=True``.
+without recursion. A chain (each node with at most one edge to another node: a
+sequential model, a chain of ops) is walked in order without the counts, as
+``Function.apply`` noted each node's one producer. Each node's saved arrays are
+released as soon as it has run, unless ``retain_graph=True``.
 
 This is the chapter's backpropagation, dL/dW_l = dL/dh_l * dh_l/dW_l, as
 bookkeeping: each node applies its local Jacobian to the incoming gradient.
