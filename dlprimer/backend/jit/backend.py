@@ -245,14 +245,13 @@ class JitCPUBackend(CPUBackend):
 
     # -- softmax cross-entropy -------------------------------------------------------------------
     def softmax_cross_entropy_forward(self, logits, target, label_smoothing=0.0):
-        dt = logits.dtype
-        if dt not in _FLOATS or logits.ndim != 2 or logits.shape[1] == 0 or target.dtype.kind not in "iu":
+        dt, shape, tdt = logits.dtype, logits.shape, target.dtype
+        if dt not in _FLOATS or len(shape) != 2 or shape[1] == 0 or tdt.kind not in "iu":
             return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
-        n, _ = logits.shape
-        probs = np.empty(logits.shape, dtype=dt)
-        loss = np.empty(n, dtype=dt)
+        probs = np.empty(shape, dtype=dt)
+        loss = np.empty(shape[0], dtype=dt)
         logits = np.ascontiguousarray(logits)
-        target = np.ascontiguousarray(target) if target.dtype is _INT64 else _targets(target)
+        target = np.ascontiguousarray(target) if tdt is _INT64 else _targets(target)
         eps = float(label_smoothing)
         k = _ready.get("softmax_xent_forward") or kernel("softmax_xent_forward")
         try:
@@ -270,14 +269,13 @@ class JitCPUBackend(CPUBackend):
         return loss, probs
 
     def softmax_cross_entropy_backward(self, probs, target, gy, label_smoothing=0.0):
-        dt = probs.dtype
-        if dt not in _FLOATS or probs.ndim != 2 or target.dtype.kind not in "iu":
+        dt, shape, tdt = probs.dtype, probs.shape, target.dtype
+        if dt not in _FLOATS or len(shape) != 2 or tdt.kind not in "iu":
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
-        n, _ = probs.shape
-        g = np.empty(n, dtype=dt)       # writable: a read-only array is another signature
+        g = np.empty(shape[0], dtype=dt)   # writable: a read-only array is another signature
         g[...] = gy                     # a 0-d gy (mean, sum) broadcast, or one per row
-        out = np.empty(probs.shape, dtype=dt)
-        t = np.ascontiguousarray(target) if target.dtype is _INT64 else _targets(target)
+        out = np.empty(shape, dtype=dt)
+        t = np.ascontiguousarray(target) if tdt is _INT64 else _targets(target)
         if call("softmax_xent_backward", np.ascontiguousarray(probs), t, g, out,
                 dt.type(label_smoothing)) is NO:
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
