@@ -73,7 +73,7 @@ class CrossEntropy(_Loss):
         return self._reduce(loss, reduction)
 
     def backward(self, gy):
-        g = self._expand(gy)
+        g = gy / self.n if self.reduction == "mean" else gy   # _expand, without its call
         if not self.fused:
             probs, target = self.saved
             return self.backend.softmax_cross_entropy_backward(
