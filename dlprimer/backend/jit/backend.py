@@ -276,10 +276,15 @@ class JitCPUBackend(CPUBackend):
         g[...] = gy                     # a 0-d gy (mean, sum) broadcast, or one per row
         out = np.empty(shape, dtype=dt)
         t = np.ascontiguousarray(target) if tdt is _INT64 else _targets(target)
-        if call("softmax_xent_backward", np.ascontiguousarray(probs), t, g, out,
-                dt.type(label_smoothing)) is NO:
-            return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
-        return out
+        k = _ready.get("softmax_xent_backward") or kernel("softmax_xent_backward")
+        if k is not None:
+            try:
+                k(np.ascontiguousarray(probs), t, g, out, dt.type(label_smoothing))
+            except Exception as e:
+                fail("softmax_xent_backward", e)
+            else:
+                return out
+        return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
 
     def class_range(self, target):
         if target.size and target.dtype.kind in "iu" and target.ndim == 1:
