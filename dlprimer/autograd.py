@@ -10,8 +10,10 @@ the saved arrays alive and nothing more.
 The engine (:func:`run_backward`) is iterative: one pass counts how many
 consumers each node has, a second processes nodes once all their consumers are
 done (a reverse topological order), so a graph of any depth backpropagates
-without recursion. Each node's saved arrays are released as soon as it has run,
-unless ``retain_graph=True``.
+without recursion. A chain (each node with at most one edge to another node: a
+sequential model, a chain of ops) is walked in order without the counts, as
+``Function.apply`` noted each node's one producer. Each node's saved arrays are
+released as soon as it has run, unless ``retain_graph=True``.
 
 This is the chapter's backpropagation, dL/dW_l = dL/dh_l * dh_l/dW_l, as
 bookkeeping: each node applies its local Jacobian to the incoming gradient.
@@ -35,6 +37,7 @@ _observers: list = []
 _write_clock = 0     # counts in-place writes (see note_inplace_write)
 _writes: dict = {}   # id(array) -> (weakref to the array, clock of its last write, by whom)
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_new = object.__new__
 
 
 # -- grad mode -------------------------------------------------------------------
@@ -223,6 +226,7 @@ class Function:
     needs_input_grad = ()
     next_edges = ()
     _freed = False
+    _prev = None    # the one node among next_edges, _MANY if more than one (set with them)
     trace = None
     in_shapes = ()
     out_shape = ()
@@ -264,21 +268,26 @@ class Function:
         edges = []
         record = False
         backend = None
+        prev = None
         for x in inputs:
             if isinstance(x, Tensor):
                 b = x._backend
-                if backend is None:
+                if b is not backend:
+                    if backend is not None:
+                        raise RuntimeError(
+                            f"{cls.__name__}: tensors on two backends, {backend.name!r} and "
+                            f"{b.name!r}; move one with .to({backend.name!r})")
                     backend = b
-                elif b is not backend:
-                    raise RuntimeError(
-                        f"{cls.__name__}: tensors on two backends, {backend.name!r} and "
-                        f"{b.name!r}; move one with .to({backend.name!r})")
                 arrays.append(x.data)
                 if x.requires_grad:
                     record = True
                     needs.append(True)
                     n = x._node
-                    edges.append(x if n is None else n)
+                    if n is None:
+                        edges.append(x)
+                    else:
+                        edges.append(n)
+                        prev = n if prev is None else _MANY
                 else:
                     needs.append(False)
                     edges.append(None)
@@ -298,10 +307,17 @@ class Function:
                     if hasattr(o, "on_forward_begin"):
                         o.on_forward_begin(node, arrays)
         out = node.forward(*arrays, **kwargs)
-        result = Tensor(out, record, node.backend)
-        if record:
-            node.next_edges = tuple(edges)
+        result = _new(Tensor)   # Tensor(out, record, node.backend) without its __init__ call
+        result.data = out
+        result.requires_grad = record
+        result.grad = None
+        result._backend = node.backend
+        if not record:
+            result._node = None
+        else:
             result._node = node
+            node.next_edges = tuple(edges)
+            node._prev = prev
             if _anomaly_enabled:
                 node.trace = traceback.extract_stack()[:-1]
             if _observers:
@@ -327,15 +343,18 @@ class Function:
         """
         edges = self.next_edges
         e = edges[i]
-        if not isinstance(e, Tensor):
+        if e is None:
             return None
-        buf = e._grad_buffer
+        buf = e._grad_buffer   # None for a node (the class attribute below)
         if buf is None or e.grad is not None or buf.shape != shape or buf.dtype != dtype:
             return None
-        for j, other in enumerate(edges):
-            if other is e and j != i:
-                return None
-        return buf
+        k = 0
+        for other in edges:   # a leaf at two inputs gets two gradients: not one buffer
+            if other is e:
+                k += 1
+        return buf if k == 1 else None
+
+    _grad_buffer = None   # a node has no arena slot (leaf_grad_out reads it off any edge)
 
     def describe(self) -> str:
         """The op's name and, under anomaly mode, the user line that created it."""
@@ -382,6 +401,12 @@ def run_backward(root, grad, retain_graph: bool = False):
         retaining_graph = prev
 
 
+def _freed_error(n):
+    return RuntimeError(
+        f"trying to backward through the graph a second time (the saved arrays of "
+        f"{n.name} were freed); pass retain_graph=True to the first backward")
+
+
 def _consumers(node0):
     """Per node reachable from ``node0``: how many recorded nodes consume its output
     (leaves and constants are not nodes). Raises if a node's graph was freed."""
@@ -391,9 +416,7 @@ def _consumers(node0):
     while stack:
         n = pop()
         if n._freed:
-            raise RuntimeError(
-                f"trying to backward through the graph a second time (the saved arrays of "
-                f"{n.name} were freed); pass retain_graph=True to the first backward")
+            raise _freed_error(n)
         for e in n.next_edges:
             if e is None or isinstance(e, Tensor):
                 continue
@@ -406,7 +429,79 @@ def _consumers(node0):
     return deps
 
 
+#: a node's ``_prev`` when two or more of its edges lead to nodes
+_MANY = object()
+
+
+def _chain(node0):
+    """The nodes from ``node0`` down, when each has at most one edge to another node (a
+    sequential model, a chain of ops): then each node's only consumer is the one before
+    it, and that order is the reverse topological order. None as soon as a node has two
+    edges to nodes (a branch, a node used twice). ``Function.apply`` notes that one node
+    (``_prev``) when it sets the edges, which never change after. Raises if a node's
+    graph was freed, before any backward has run, as the general walk does."""
+    path = []
+    n = node0
+    while n is not None:
+        if n is _MANY:
+            return None
+        if n._freed:
+            raise _freed_error(n)
+        path.append(n)
+        n = n._prev
+    return path
+
+
 def _run_backward(node0, grad, retain_graph):
+    """Backpropagate ``grad`` from node ``node0``: along the chain when the graph is one
+    (:func:`_chain`) and nothing observes the nodes, else in Kahn's order
+    (:func:`_run_graph`). Both free each node's saved arrays once it has run (unless
+    ``retain_graph``), check its saved arrays against the in-place write clock, and
+    attach leaf gradients the same way."""
+    path = None if (_observers or _anomaly_enabled) else _chain(node0)
+    if path is None:
+        _run_graph(node0, grad, retain_graph)
+        return
+    gy = grad
+    clock = _write_clock
+    recent = None
+    release = not retain_graph
+    for n in path:
+        edges = n.next_edges
+        nxt = n._prev
+        if gy is None:   # no gradient reached this node: nothing to pass on
+            if release:
+                n.saved = None
+                n._freed = True
+            continue
+        if n._clock < clock:
+            if recent is None:
+                recent = _RecentWrites()
+            recent.check(n)
+        gxs = n.backward(gy)
+        if not isinstance(gxs, tuple):
+            gxs = (gxs,)
+        gy = None  # the incoming gradient is dead once the node has run
+        if release:
+            n.saved = None
+            n._freed = True
+        for e, g in zip(edges, gxs):
+            if e is None:
+                continue
+            if e is nxt:   # the one edge to a node: the next node on the path
+                gy = g
+            elif g is not None:   # every other edge is a leaf's
+                if g is e._grad_buffer and e.grad is None:  # computed in its arena slot
+                    t = e.grad = _new(Tensor)   # Tensor(g, False, e._backend), no __init__ call
+                    t.data, t.requires_grad, t.grad, t._node, t._backend = (
+                        g, False, None, None, e._backend)
+                    continue
+                # as in _run_graph: nothing else holds or views g, the leaf owns it
+                owned = g.base is None and _refcount(g) == _SOLE
+                e._accumulate_grad(g, owned=owned)
+
+
+def _run_graph(node0, grad, retain_graph):
     """Process the nodes in a reverse topological order: a node runs once every node that
     consumes its output has passed its gradient on (Kahn's algorithm on the counts).
     This loop is the engine's fixed cost per node (``benchmarks/test_autograd.py``): what
@@ -449,7 +544,9 @@ def _run_backward(node0, grad, retain_graph):
             if isinstance(e, Tensor):
                 if g is not None:
                     if g is e._grad_buffer and e.grad is None:  # computed in its arena slot
-                        e.grad = Tensor(g, False, e._backend)
+                        t = e.grad = _new(Tensor)   # as in the chain loop
+                        t.data, t.requires_grad, t.grad, t._node, t._backend = (
+                            g, False, None, None, e._backend)
                         continue
                     # no base and no reference beyond this loop's own: nothing else holds
                     # or views the array, so the leaf may own it instead of copying it

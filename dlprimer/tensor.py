@@ -96,7 +96,7 @@ class Tensor:
         d = self.data
         if d.size != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape {d.shape}")
-        return self._backend.to_numpy(d).item()  # .item() of a 1-element array of any shape
+        return d.item()  # of a 1-element array of any shape; on a device, one host read
 
     def tolist(self):
         return self.numpy().tolist()

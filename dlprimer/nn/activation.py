@@ -6,8 +6,7 @@ from .module import Module
 
 
 class ReLU(Module):
-    def forward(self, x):
-        return F.relu(x)
+    forward = staticmethod(F.relu)   # F.relu itself: one call less per layer call
 
 
 class LeakyReLU(Module):

@@ -6,6 +6,8 @@ from collections import OrderedDict
 from .activation import ACTIVATIONS, Dropout
 from .linear import Linear
 from .module import Module
+
+_CALL = Module.__call__
 from .normalization import BatchNorm1d, LayerNorm
 
 
@@ -33,7 +35,12 @@ class Sequential(Module):
 
     def forward(self, x):
         for m in self._modules.values():
-            x = m(x)
+            # Module.__call__ without its frame for a layer with no hooks (a small model's
+            # step pays ~0.3 us per call frame); one with hooks, or its own __call__, is called
+            if m._forward_pre_hooks or m._forward_hooks or type(m).__call__ is not _CALL:
+                x = m(x)
+            else:
+                x = m.forward(x)
         return x
 
     def append(self, module):

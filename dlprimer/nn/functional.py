@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import _dtype
 from .. import amp as _amp
+from ..amp import _state as _amp_state
 from ..ops.activation import (ELU, GELU, BiasGELU, Dropout, LeakyReLU, LogSoftmax, ReLU,
                               Sigmoid, SiLU, Softmax, Tanh)
 from ..ops.attention import scaled_dot_product_attention
@@ -157,27 +158,38 @@ def log_softmax(x, axis=-1):
 
 # -- layers --------------------------------------------------------------------------------
 def linear(x, weight, bias=None):
-    """x W^T + b with ``weight`` of shape (out, in), ``bias`` (out,)."""
-    if not (isinstance(x, Tensor) and x.data.dtype.kind == "f"):
+    """x W^T + b with ``weight`` of shape (out, in), ``bias`` (out,).
+
+    The checks run at every call of every Linear layer, so the common case (float32 or
+    float64 Tensors of matching shapes) is tested with as few reads as tell it apart."""
+    if not (isinstance(x, Tensor) and x.data.dtype in _F3264):
         x = _float(x, "linear", amp=False)
-    if not (isinstance(weight, Tensor) and weight.data.dtype.kind == "f"):
+    if not (isinstance(weight, Tensor) and weight.data.dtype in _F3264):
         weight = _float(weight, "linear", "weight", amp=False)
-    ws, xs = weight.data.shape, x.data.shape
+    ws = weight.data.shape
+    if len(ws) != 2 or x.data.shape[-1:] != ws[1:]:
+        _linear_shape_error(x.data.shape, ws)
+    if bias is not None:
+        if not (isinstance(bias, Tensor) and bias.data.dtype in _F3264):
+            bias = _float(bias, "linear", "bias", amp=False)
+        if bias.data.shape != ws[:1]:
+            raise ValueError(f"linear: bias of shape {bias.data.shape} does not match weight "
+                             f"of shape {ws}; expected ({ws[0]},)")
+    if _amp_state["dtype"] is not None:   # _amp.autocast_dtype(), read without a call
+        x, weight, bias = _amp.cast_low(x), _amp.cast_low(weight), _amp.cast_low(bias)
+    return Linear.apply(x, weight, bias)
+
+
+#: float32 and float64: the dtypes a Linear takes as they are (``in`` tests identity first)
+_F3264 = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _linear_shape_error(xs, ws):
     if len(ws) != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), "
                          f"got shape {ws}")
-    if not xs or xs[-1] != ws[1]:
-        raise ValueError(f"linear: input of shape {xs} does not match weight of shape "
-                         f"{ws}: the input's last axis must be {ws[1]}")
-    if bias is not None:
-        if not (isinstance(bias, Tensor) and bias.data.dtype.kind == "f"):
-            bias = _float(bias, "linear", "bias", amp=False)
-        if bias.data.shape != (ws[0],):
-            raise ValueError(f"linear: bias of shape {bias.data.shape} does not match weight "
-                             f"of shape {ws}; expected ({ws[0]},)")
-    if _amp.autocast_dtype() is not None:
-        x, weight, bias = _amp.cast_low(x), _amp.cast_low(weight), _amp.cast_low(bias)
-    return Linear.apply(x, weight, bias)
+    raise ValueError(f"linear: input of shape {xs} does not match weight of shape "
+                     f"{ws}: the input's last axis must be {ws[1]}")
 
 
 def dropout(x, p=0.5, training=True):
@@ -271,10 +283,12 @@ def _reduction(reduction, fn):
 
 def _class_target(logits, target, fn, fused=None):
     """Validate (N, C) float logits and (N,) integer targets in [0, C); return the target array."""
-    logits = _float(logits, fn, "logits", fused=fused)
-    if logits.ndim != 2:
+    dt = logits.data.dtype if isinstance(logits, Tensor) else None
+    if dt is None or dt.kind != "f" or dt.itemsize <= 2:  # float32/64 need no cast (_float)
+        logits = _float(logits, fn, "logits", fused=fused)
+    if logits.data.ndim != 2:
         raise ValueError(f"{fn}: logits must have shape (N, C), got {logits.shape}")
-    n, c = logits.shape
+    n, c = logits.data.shape
     be = logits._backend
     if isinstance(target, Tensor):
         if target._backend is not be:
@@ -285,7 +299,7 @@ def _class_target(logits, target, fn, fused=None):
         arr = be.asarray(np.asarray(target))
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{fn}: target must hold integer class indices, got dtype {arr.dtype}")
-    if tuple(arr.shape) != (n,):
+    if arr.shape != (n,):
         raise ValueError(f"{fn}: target of shape {tuple(arr.shape)} does not match logits of "
                          f"shape {logits.shape}; expected ({n},) class indices")
     be.check_class_targets(arr, c, fn)  # a device flag on CUDA: no host sync
@@ -323,9 +337,12 @@ def cross_entropy(logits, target, label_smoothing=0.0, reduction="mean"):
     is (softmax - smoothed onehot), never a division by a probability.
     """
     logits, t = _class_target(logits, target, "cross_entropy", fused="cross_entropy")
-    eps = _number(label_smoothing, "cross_entropy", "label_smoothing", 0.0, 1.0)
-    return CrossEntropy.apply(logits, t, label_smoothing=eps,
-                              reduction=_reduction(reduction, "cross_entropy"))
+    eps = label_smoothing   # a float in [0, 1] is checked here; anything else by _number
+    if type(eps) is not float or not 0.0 <= eps <= 1.0:
+        eps = _number(label_smoothing, "cross_entropy", "label_smoothing", 0.0, 1.0)
+    if reduction not in REDUCTIONS:
+        _reduction(reduction, "cross_entropy")
+    return CrossEntropy.apply(logits, t, label_smoothing=eps, reduction=reduction)
 
 
 def mse_loss(input, target, reduction="mean"):

@@ -31,12 +31,12 @@ class _Loss(Function):
 
     def _reduce(self, loss, reduction):
         self.reduction = reduction
-        self.n = loss.size
+        self.n = n = loss.size
         if reduction == "none":
             return loss
         s = loss.sum()
         if reduction == "mean":
-            s = s / loss.size if loss.size else s * self.backend.xp.nan
+            s = s / n if n else s * self.backend.xp.nan
         return self.backend.xp.asarray(s, dtype=loss.dtype)
 
     def _expand(self, gy):
@@ -73,7 +73,7 @@ class CrossEntropy(_Loss):
         return self._reduce(loss, reduction)
 
     def backward(self, gy):
-        g = self._expand(gy)
+        g = gy / self.n if self.reduction == "mean" else gy   # _expand, without its call
         if not self.fused:
             probs, target = self.saved
             return self.backend.softmax_cross_entropy_backward(

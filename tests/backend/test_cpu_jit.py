@@ -113,6 +113,20 @@ def test_softmax_cross_entropy_kernels_match_numpy_path(eps, dtype, rng):
               ref.softmax_cross_entropy_backward(probs, target, g, eps), dtype)
 
 
+def test_check_class_targets_passes_and_raises_as_the_numpy_path(rng):
+    t = rng.integers(0, 7, 40)
+    for ok in (t, t.astype(np.uint8), t.astype(np.int32)[::2], t[:0]):
+        assert fast.check_class_targets(ok, 7, "f") is None
+        assert ref.check_class_targets(ok, 7, "f") is None
+    for bad, first in ((np.r_[t, -3], -3), (np.r_[t, 7], 7), (np.r_[t, 9, -1], -1)):
+        msgs = []
+        for b in (fast, ref):
+            with pytest.raises(ValueError, match="out of range for 7 classes") as e:
+                b.check_class_targets(bad, 7, "cross_entropy")
+            msgs.append(str(e.value))
+        assert msgs[0] == msgs[1] and f"class {first} " in msgs[0]
+
+
 def test_class_range_is_min_and_max(rng):
     t = rng.integers(-5, 50, 999)
     assert fast.class_range(t) == ref.class_range(t) == (int(t.min()), int(t.max()))
@@ -388,6 +402,7 @@ def test_a_kernel_that_fails_to_compile_warns_once_and_falls_back(monkeypatch, r
     ks = jit._load()
     monkeypatch.setattr(ks, "silu_forward", broken)
     monkeypatch.setattr(jit, "_failed", {})
+    monkeypatch.delitem(jit._ready, "silu_forward", raising=False)   # the glue's cache
     x = rng.standard_normal(50)
     with pytest.warns(RuntimeWarning, match=r"kernel 'silu_forward' failed to compile \(Typing"):
         y = fast.silu_forward(x)
@@ -397,6 +412,45 @@ def test_a_kernel_that_fails_to_compile_warns_once_and_falls_back(monkeypatch, r
         warnings.simplefilter("error")
         np.testing.assert_allclose(fast.silu_forward(x), ref.silu_forward(x), rtol=1e-15)
     assert "silu_forward" in jit.failed()
+
+
+@pytest.mark.parametrize("name", ["relu_backward", "int_range", "softmax_xent_forward",
+                                  "softmax_xent_backward"])
+def test_glue_that_calls_a_kernel_directly_falls_back_once_too(monkeypatch, rng, name):
+    """The activation and cross-entropy glue calls the kernels' dispatchers itself
+    (jit.kernel); a compile error there warns once and takes the NumPy path, as jit.call."""
+    import warnings
+
+    import numba
+
+    @numba.njit
+    def broken(*args):
+        return args[0].no_such_attribute
+
+    ks = jit._load()
+    monkeypatch.setattr(ks, name, broken)
+    monkeypatch.setattr(jit, "_failed", {})
+    monkeypatch.delitem(jit._ready, name, raising=False)
+    y = np.maximum(rng.standard_normal((6, 5)), 0)
+    gy = rng.standard_normal((6, 5))
+    t = rng.integers(0, 5, 6)
+    probs = ref.softmax_cross_entropy_forward(gy, t)[1]
+    run = {"relu_backward": lambda b: b.relu_backward(y, gy),
+           "int_range": lambda b: np.array(b.class_range(t)),
+           "softmax_xent_forward": lambda b: b.softmax_cross_entropy_forward(gy, t, 0.1)[0],
+           "softmax_xent_backward": lambda b: b.softmax_cross_entropy_backward(
+               probs, t, np.asarray(0.5), 0.1)}[name]
+    with pytest.warns(RuntimeWarning, match=rf"kernel '{name}' failed to compile"):
+        got = run(fast)
+    np.testing.assert_allclose(got, run(ref), rtol=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(run(fast), run(ref), rtol=1e-15)
+        if name == "int_range":
+            fast.check_class_targets(t, 5, "f")
+            with pytest.raises(ValueError, match="class 5 is out of range"):
+                fast.check_class_targets(np.r_[t, 5], 5, "f")
+    assert name in jit.failed() and name not in jit._ready
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

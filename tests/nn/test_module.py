@@ -270,3 +270,34 @@ def test_apply_and_requires_grad_and_repr():
     r = repr(nn.Sequential(nn.Linear(2, 3), nn.GELU()))
     assert "(0): Linear(in_features=2, out_features=3, bias=True)" in r
     assert "(1): GELU(approximate='none')" in r
+
+
+def test_sequential_runs_each_layers_hooks_and_own_call_as_a_call_would(rng):
+    """Sequential calls a hook-free layer's forward itself (no Module.__call__ frame); a
+    layer with hooks, one that gains or loses them, and one with its own __call__ still run
+    as ``layer(x)`` would."""
+    class Doubling(nn.Module):
+        def __call__(self, x):
+            return super().__call__(x) * 2
+
+        def forward(self, x):
+            return x + 1
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Doubling(), nn.Linear(4, 2))
+    x = dp.tensor(rng.standard_normal((5, 3)))
+
+    def by_hand(x):
+        h = net[1](net[0](x))
+        return net[3](net[2](h))
+    np.testing.assert_array_equal(net(x).numpy(), by_hand(x).numpy())
+    seen = []
+    h1 = net[1].register_forward_pre_hook(lambda m, a: (a[0] * 0,))
+    h2 = net[3].register_forward_hook(lambda m, a, o: seen.append(o.shape))
+    out = net(x).numpy()
+    np.testing.assert_array_equal(out, by_hand(x).numpy())
+    assert seen == [(5, 2), (5, 2)]
+    h1.remove()
+    h2.remove()
+    np.testing.assert_array_equal(net(x).numpy(), by_hand(x).numpy())
+    assert seen == [(5, 2), (5, 2)]          # a removed hook no longer runs
+    assert not np.array_equal(out, net(x).numpy())

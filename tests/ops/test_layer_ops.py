@@ -273,3 +273,50 @@ def test_linear_stacked_matches_torch(backend, rng, dtype):
     xt = rng.standard_normal((7, 5, 8))
     _compare(lambda x, w, b: F.linear(x.transpose(1, 0, 2), w, b),
              lambda x, w, b: TF.linear(x.transpose(0, 1), w, b), [xt, w, b], backend, dtype, rng)
+
+
+# -- the bias gradient: column sums as a product with a vector of ones -----------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_linear_bias_gradient_for_any_row_count_after_longer_and_shorter_ones(backend, rng,
+                                                                               dtype):
+    """The ones vector is kept per backend and dtype and grown: rows fewer, more, then
+    fewer again than any seen before give each its own exact column sums."""
+    from dlprimer.ops.linear import _column_sums
+    xp = dp.backend.backend_for(backend).xp
+    be = dp.backend.backend_for(backend)
+    for m in (int(rng.integers(1, 9)), int(rng.integers(200, 300)), 0, int(rng.integers(9, 50))):
+        g = rng.standard_normal((m, 7)).astype(dtype)
+        ref = g.astype(np.float64).sum(axis=0)
+        got = be.to_numpy(_column_sums(xp, be, be.asarray(g)))
+        out = xp.empty(7, dtype)
+        assert _column_sums(xp, be, be.asarray(g), out) is out
+        tol = 1e-12 if dtype == "float64" else 1e-5 * max(1.0, np.sqrt(m))
+        np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
+        np.testing.assert_array_equal(be.to_numpy(out), got)
+        assert got.dtype == np.dtype(dtype)
+
+
+def test_linear_bias_gradient_of_nan_and_inf_propagates(backend, rng):
+    from dlprimer.ops.linear import _column_sums
+    be = dp.backend.backend_for(backend)
+    g = rng.standard_normal((5, 4))
+    g[1, 0], g[2, 1], g[3, 2], g[4, 2] = np.nan, np.inf, np.inf, -np.inf
+    with np.errstate(invalid="ignore"):   # inf - inf: NumPy's sum warns alike
+        got = be.to_numpy(_column_sums(be.xp, be, be.asarray(g)))
+    assert np.isnan(got[0]) and got[1] == np.inf and np.isnan(got[2]) and np.isfinite(got[3])
+
+
+def test_linear_bias_gradient_into_the_arena_matches_the_plain_one(backend, rng):
+    """The bias gradient computed into an optimizer's arena slot equals the one computed
+    without an arena, and the column sums of the incoming gradient in float64."""
+    lin = dp.nn.Linear(5, 3, dtype="float64")
+    opt = dp.optim.SGD(lin.parameters(), lr=0.1)
+    x = dp.tensor(rng.standard_normal((int(rng.integers(2, 40)), 5)), dtype="float64")
+    opt.zero_grad()
+    lin(x).tanh().sum().backward()
+    assert lin.bias.grad.data.base is not None          # computed in its arena slot
+    b = dp.tensor(lin.bias.numpy(), dtype="float64", requires_grad=True)
+    F.linear(x, lin.weight.detach(), b).tanh().sum().backward()
+    ref = (1 - np.tanh(x.numpy() @ lin.weight.numpy().T + lin.bias.numpy()) ** 2).sum(axis=0)
+    np.testing.assert_allclose(lin.bias.grad.numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(b.grad.numpy(), ref, rtol=1e-12)

@@ -22,6 +22,7 @@ import warnings
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _kernels = None            # the kernels module once imported; False when numba is unusable
 _failed: dict[str, str] = {}
+_ready: dict = {}          # kernel name -> its dispatcher, for kernels that have not failed
 _compiled: list[tuple[str, str, float]] = []   # (kernel, argument types, seconds) this process
 _untimed: list[str] = []   # why compiles cannot be timed here (a numba without its events)
 NO = object()              # call()'s answer when the caller must take the NumPy path
@@ -73,20 +74,39 @@ def _load():
     return _kernels
 
 
+def kernel(name: str):
+    """Kernel ``name``'s numba dispatcher, or None when numba is unusable or the kernel
+    failed to compile before. Glue that calls it directly (``_ready.get(name) or
+    kernel(name)``: no call of :func:`call` per op) calls it inside ``try`` and hands an
+    exception to :func:`fail`, as :func:`call` does."""
+    k = _ready.get(name)
+    if k is None and name not in _failed:
+        ks = _kernels or _load()
+        if ks:
+            k = _ready[name] = getattr(ks, name)
+    return k
+
+
+def fail(name: str, e: Exception, stacklevel: int = 3):
+    """Record that kernel ``name`` failed to compile with ``e`` and warn, once: its op runs
+    on the NumPy path from now on. Returns NO."""
+    _failed[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    _ready.pop(name, None)
+    warnings.warn(f"dlprimer JIT: kernel {name!r} failed to compile ({_failed[name]}); "
+                  "it runs on the NumPy path from now on", RuntimeWarning,
+                  stacklevel=stacklevel)
+    return NO
+
+
 def call(name: str, *args):
     """Run kernel ``name``; ``NO`` when it is unavailable (then nothing was written)."""
-    if name in _failed:
-        return NO
-    ks = _kernels or _load()
-    if not ks:
+    k = _ready.get(name) or kernel(name)
+    if k is None:
         return NO
     try:
-        return getattr(ks, name)(*args)
+        return k(*args)
     except Exception as e:  # a compile error: numba typing/lowering, LLVM, unsupported CPU
-        _failed[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        warnings.warn(f"dlprimer JIT: kernel {name!r} failed to compile ({_failed[name]}); "
-                      "it runs on the NumPy path from now on", RuntimeWarning, stacklevel=3)
-        return NO
+        return fail(name, e, 4)
 
 
 def bind(name: str, *args, free=()):
@@ -107,10 +127,7 @@ def bind(name: str, *args, free=()):
     try:
         entry = disp.compile(tuple(disp.typeof_pyval(a) for a in args + tuple(free)))
     except Exception as e:  # as in call(): a compile error takes the NumPy path
-        _failed[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        warnings.warn(f"dlprimer JIT: kernel {name!r} failed to compile ({_failed[name]}); "
-                      "it runs on the NumPy path from now on", RuntimeWarning, stacklevel=3)
-        return NO
+        return fail(name, e, 4)
     return functools.partial(entry, *args)
 
 

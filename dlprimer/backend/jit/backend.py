@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ..cpu import CPUBackend, CPUMemoryMeter
-from . import NO, _load, bind, call
+from . import NO, _load, _ready, bind, call, fail, kernel
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -63,6 +63,52 @@ def _adam_scalars(lr, beta1, beta2, eps, weight_decay, step):
             weight_decay, 1.0 - lr * weight_decay)
 
 
+def _unary_op(name):
+    """The backend method ``name(x)``: kernel ``name`` into a new array, or the NumPy path's
+    method where the JIT cannot run it. The activations without constants are these (one
+    call per op: ``_unary``'s work without its frame, a small model's fixed cost)."""
+    numpy_path = getattr(CPUBackend, name)
+
+    def op(self, x):
+        dt = x.dtype
+        if dt in _FLOATS:
+            k = _ready.get(name) or kernel(name)
+            if k is not None:
+                out = np.empty(x.shape, dtype=dt)
+                try:   # ravel: C-contiguous, a view when x is
+                    k(x.ravel(), out.reshape(-1))
+                except Exception as e:  # a compile error (see jit.call)
+                    fail(name, e)
+                else:
+                    return out
+        return numpy_path(self, x)
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = numpy_path.__doc__
+    return op
+
+
+def _binary_op(name):
+    """The backend method ``name(a, gy)`` (a backward; ``a`` is x or y), as :func:`_unary_op`."""
+    numpy_path = getattr(CPUBackend, name)
+
+    def op(self, a, gy):
+        dt = a.dtype
+        if dt in _FLOATS and gy.dtype == dt and a.shape == gy.shape:
+            k = _ready.get(name) or kernel(name)
+            if k is not None:
+                out = np.empty(gy.shape, dtype=dt)
+                try:
+                    k(a.ravel(), gy.ravel(), out.reshape(-1))
+                except Exception as e:
+                    fail(name, e)
+                else:
+                    return out
+        return numpy_path(self, a, gy)
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = numpy_path.__doc__
+    return op
+
+
 class JitMemoryMeter(CPUMemoryMeter):
     """The CPU meter with numba and the kernels imported before tracing starts: imported
     under tracemalloc, numba's Python objects were counted in the metered step's peak, and
@@ -89,18 +135,24 @@ class JitCPUBackend(CPUBackend):
 
     # -- elementwise activations ----------------------------------------------------------
     # The glue below runs once per op: for a small model's arrays it costs as much as the
-    # kernel, so it tests the dtype inline and converts constants only when there are any.
+    # kernel, so it tests the dtype inline, converts constants only when there are any, and
+    # calls the kernel's dispatcher itself (jit.kernel) rather than through jit.call.
     def _unary(self, name, x, *consts):
         """out = kernel(x) with ``consts`` cast to x's dtype; NO when not JIT-able."""
         dt = x.dtype
         if dt not in _FLOATS:
             return NO
-        out = np.empty(x.shape, dtype=dt)
-        args = (x.ravel(), out.reshape(-1))   # ravel: C-contiguous, a view when x is
-        if consts:
-            args += tuple(map(dt.type, consts))
-        if call(name, *args) is NO:
+        k = _ready.get(name) or kernel(name)
+        if k is None:
             return NO
+        out = np.empty(x.shape, dtype=dt)
+        try:   # ravel: C-contiguous, a view when x is
+            if consts:
+                k(x.ravel(), out.reshape(-1), *map(dt.type, consts))
+            else:
+                k(x.ravel(), out.reshape(-1))
+        except Exception as e:  # a compile error (see jit.call)
+            return fail(name, e)
         return out
 
     def _binary(self, name, a, gy, *consts):
@@ -108,21 +160,21 @@ class JitCPUBackend(CPUBackend):
         dt = a.dtype
         if a.shape != gy.shape or dt not in _FLOATS or gy.dtype != dt:
             return NO
-        out = np.empty(gy.shape, dtype=dt)
-        args = (a.ravel(), gy.ravel(), out.reshape(-1))
-        if consts:
-            args += tuple(map(dt.type, consts))
-        if call(name, *args) is NO:
+        k = _ready.get(name) or kernel(name)
+        if k is None:
             return NO
+        out = np.empty(gy.shape, dtype=dt)
+        try:
+            if consts:
+                k(a.ravel(), gy.ravel(), out.reshape(-1), *map(dt.type, consts))
+            else:
+                k(a.ravel(), gy.ravel(), out.reshape(-1))
+        except Exception as e:
+            return fail(name, e)
         return out
 
-    def relu_forward(self, x):
-        out = self._unary("relu_forward", x)
-        return super().relu_forward(x) if out is NO else out
-
-    def relu_backward(self, y, gy):
-        out = self._binary("relu_backward", y, gy)
-        return super().relu_backward(y, gy) if out is NO else out
+    relu_forward = _unary_op("relu_forward")
+    relu_backward = _binary_op("relu_backward")
 
     def leaky_relu_forward(self, x, negative_slope):
         out = self._unary("leaky_relu_forward", x, negative_slope)
@@ -150,29 +202,12 @@ class JitCPUBackend(CPUBackend):
         out = self._binary(f"gelu_{_variant(x, approximate)}_backward", x, gy)
         return super().gelu_backward(x, gy, approximate) if out is NO else out
 
-    def silu_forward(self, x):
-        out = self._unary("silu_forward", x)
-        return super().silu_forward(x) if out is NO else out
-
-    def silu_backward(self, x, gy):
-        out = self._binary("silu_backward", x, gy)
-        return super().silu_backward(x, gy) if out is NO else out
-
-    def sigmoid_forward(self, x):
-        out = self._unary("sigmoid_forward", x)
-        return super().sigmoid_forward(x) if out is NO else out
-
-    def sigmoid_backward(self, y, gy):
-        out = self._binary("sigmoid_backward", y, gy)
-        return super().sigmoid_backward(y, gy) if out is NO else out
-
-    def tanh_forward(self, x):
-        out = self._unary("tanh_forward", x)
-        return super().tanh_forward(x) if out is NO else out
-
-    def tanh_backward(self, y, gy):
-        out = self._binary("tanh_backward", y, gy)
-        return super().tanh_backward(y, gy) if out is NO else out
+    silu_forward = _unary_op("silu_forward")
+    silu_backward = _binary_op("silu_backward")
+    sigmoid_forward = _unary_op("sigmoid_forward")
+    sigmoid_backward = _binary_op("sigmoid_backward")
+    tanh_forward = _unary_op("tanh_forward")
+    tanh_backward = _binary_op("tanh_backward")
 
     # -- bias + GELU ------------------------------------------------------------------------
     def _bias_rows(self, x, b, *others):
@@ -219,16 +254,19 @@ class JitCPUBackend(CPUBackend):
 
     # -- softmax cross-entropy -------------------------------------------------------------------
     def softmax_cross_entropy_forward(self, logits, target, label_smoothing=0.0):
-        dt = logits.dtype
-        if dt not in _FLOATS or logits.ndim != 2 or logits.shape[1] == 0 or target.dtype.kind not in "iu":
+        dt, shape, tdt = logits.dtype, logits.shape, target.dtype
+        if dt not in _FLOATS or len(shape) != 2 or shape[1] == 0 or tdt.kind not in "iu":
             return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
-        n, _ = logits.shape
-        probs = np.empty(logits.shape, dtype=dt)
-        loss = np.empty(n, dtype=dt)
+        probs = np.empty(shape, dtype=dt)
+        loss = np.empty(shape[0], dtype=dt)
         logits = np.ascontiguousarray(logits)
-        target = _targets(target)
+        target = np.ascontiguousarray(target) if tdt is _INT64 else _targets(target)
         eps = float(label_smoothing)
-        redo = call("softmax_xent_forward", logits, logits[:, 0].copy(), target, probs, loss, eps)
+        k = _ready.get("softmax_xent_forward") or kernel("softmax_xent_forward")
+        try:
+            redo = NO if k is None else k(logits, loss[:0], target, probs, loss, eps)
+        except Exception as e:
+            redo = fail("softmax_xent_forward", e)
         if redo is NO:
             return super().softmax_cross_entropy_forward(logits, target, label_smoothing)
         if redo:    # rows the first value could not shift (overflow, NaN, inf): by the max
@@ -240,24 +278,50 @@ class JitCPUBackend(CPUBackend):
         return loss, probs
 
     def softmax_cross_entropy_backward(self, probs, target, gy, label_smoothing=0.0):
-        dt = probs.dtype
-        if dt not in _FLOATS or probs.ndim != 2 or target.dtype.kind not in "iu":
+        dt, shape, tdt = probs.dtype, probs.shape, target.dtype
+        if dt not in _FLOATS or len(shape) != 2 or tdt.kind not in "iu":
             return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
-        n, _ = probs.shape
-        g = np.empty(n, dtype=dt)       # writable: a read-only array is another signature
+        g = np.empty(shape[0], dtype=dt)   # writable: a read-only array is another signature
         g[...] = gy                     # a 0-d gy (mean, sum) broadcast, or one per row
-        out = np.empty(probs.shape, dtype=dt)
-        if call("softmax_xent_backward", np.ascontiguousarray(probs), _targets(target), g, out,
-                dt.type(label_smoothing)) is NO:
-            return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
-        return out
+        out = np.empty(shape, dtype=dt)
+        t = np.ascontiguousarray(target) if tdt is _INT64 else _targets(target)
+        k = _ready.get("softmax_xent_backward") or kernel("softmax_xent_backward")
+        if k is not None:
+            try:
+                k(np.ascontiguousarray(probs), t, g, out, dt.type(label_smoothing))
+            except Exception as e:
+                fail("softmax_xent_backward", e)
+            else:
+                return out
+        return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
 
     def class_range(self, target):
         if target.size and target.dtype.kind in "iu" and target.ndim == 1:
-            r = call("int_range", _targets(target))
-            if r is not NO:
-                return int(r[0]), int(r[1])
+            k = _ready.get("int_range") or kernel("int_range")
+            if k is not None:
+                try:
+                    lo, hi = k(_targets(target))
+                except Exception as e:
+                    fail("int_range", e)
+                else:
+                    return int(lo), int(hi)
         return super().class_range(target)
+
+    def check_class_targets(self, target, num_classes, fn):
+        """The base check (ValueError naming the first bad class) with the range read by the
+        kernel inline: a loss's fixed cost on a small batch is its calls, not its pass."""
+        dt = target.dtype
+        if target.ndim == 1 and target.size and dt.kind in "iu":
+            k = _ready.get("int_range") or kernel("int_range")
+            if k is not None:
+                try:
+                    lo, hi = k(np.ascontiguousarray(target) if dt is _INT64 else _targets(target))
+                except Exception as e:
+                    fail("int_range", e)
+                else:
+                    if lo >= 0 and hi < num_classes:
+                        return
+        super().check_class_targets(target, num_classes, fn)
 
     # -- optimizer updates: one pass over the arena ------------------------------------------------
     def _sgd_args(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,

@@ -302,7 +302,8 @@ def dropout(x, out, scale, one, threshold, seed, counter):
 # -- softmax cross-entropy ------------------------------------------------------------------
 @jit_sum
 def softmax_xent_forward(logits, shift, target, probs, loss, eps):
-    """Per row, with m = shift[r] (any value of the row; the backend passes its first):
+    """Per row, with m = shift[r] (any value of the row), or the row's first value when
+    ``shift`` is empty (what the backend passes first):
     z = logits - m, s = sum e^z (the stored values, summed in float64),
     loss = (1-eps)(log s - z_t) + eps (log s - mean z), probs = e^z / s (what backward
     needs). log-sum-exp does not depend on m, and terms that underflow are below the
@@ -316,7 +317,7 @@ def softmax_xent_forward(logits, shift, target, probs, loss, eps):
     for r in range(n):
         row = logits[r]
         pr = probs[r]
-        m = np.float64(shift[r])
+        m = np.float64(shift[r]) if shift.size else np.float64(row[0])
         for j in range(c):      # a map loop: vectorises wider than with the sum in it
             pr[j] = M.exp_as(row[j], np.float64(row[j]) - m)
         s = 0.0
