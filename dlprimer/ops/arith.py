@@ -198,7 +198,9 @@ class MatMul(Function):
         xp = self.backend.xp
         sa, sb = self.sa, self.sb
         if len(sa) == 2 and len(sb) == 2:  # the common case, without the batched bookkeeping
-            return (xp.matmul(gy, b.T) if na else None), (xp.matmul(a.T, gy) if nb else None)
+            if gy.itemsize == 2:   # half gradients stay half, as NumPy multiplies them
+                return (xp.matmul(gy, b.T) if na else None), (xp.matmul(a.T, gy) if nb else None)
+            return (mm(xp, gy, b.T) if na else None), (mm(xp, a.T, gy) if nb else None)
         a1, b1 = len(sa) == 1, len(sb) == 1
         if a1 and b1:  # dot product: gy is a scalar
             return (gy * b if na else None), (gy * a if nb else None)

@@ -201,6 +201,19 @@ def test_linear_forward_and_backward_go_through_mkl(mkl, rng):
 
 
 @needs_mkl
+def test_matmul_forward_and_backward_go_through_mkl(mkl, rng):
+    a = dp.tensor(rng.standard_normal((19, 23)).astype(np.float32), requires_grad=True)
+    b = dp.tensor(rng.standard_normal((23, 11)).astype(np.float32), requires_grad=True)
+    y = dp.matmul(a, b)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    y.backward(dp.tensor(gy))
+    assert len(mkl) == 3     # a b, gy b^T, a^T gy
+    assert_gemm_close(y.numpy(), a.numpy(), b.numpy())
+    assert_gemm_close(a.grad.numpy(), gy, b.numpy().T)
+    assert_gemm_close(b.grad.numpy(), a.numpy().T, gy)
+
+
+@needs_mkl
 def test_linear_gradcheck_in_float64_through_mkl(mkl, rng):
     x = dp.tensor(rng.standard_normal((5, 7)), requires_grad=True)
     w = dp.tensor(rng.standard_normal((4, 7)), requires_grad=True)
