@@ -62,6 +62,16 @@ def _versions():
     return v
 
 
+def _gemm(backend):
+    """Which library multiplies the CPU backend's large matrices (``DLPRIMER_BLAS``: "mkl" or
+    "numpy"; the loaded pools in ``blas`` do not say which one dlprimer calls); None for a
+    device backend."""
+    if getattr(backend, "name", "cpu") != "cpu":
+        return None
+    from ..backend import blas
+    return blas.active()
+
+
 def fingerprint(backend=None) -> dict:
     """The environment now. ``load_end`` is filled by :func:`finish` when the
     measurement is over; ``gpu`` is None without a usable GPU."""
@@ -71,7 +81,7 @@ def fingerprint(backend=None) -> dict:
     blas = sorted({f"{p['library']} {p['version']}" for p in pools if p["api"] == "blas"})
     return {"cpu": cpu_model(), "cores": cpu_cores(), "cpu_count": os.cpu_count(),
             "load_start": _loads(), "load_end": None,
-            "thread_pools": pools, "blas": blas,
+            "thread_pools": pools, "blas": blas, "gemm": _gemm(backend),
             "backend": getattr(backend, "name", None), "gpu": device_info(),
             "platform": platform.platform(), "versions": _versions(),
             "dlprimer": __version__, "git_commit": git_commit(),
@@ -94,6 +104,8 @@ def describe(fp: dict) -> str:
     parts = [fp.get("cpu", "?"), f"{fp.get('cores')} cores",
              f"load {load(fp.get('load_start'))} -> {load(fp.get('load_end'))}",
              f"threads: {pools or 'none'}"]
+    if fp.get("gemm"):
+        parts.append(f"GEMM {fp['gemm']}")
     if gpu:
         parts.append(f"GPU {gpu.get('name')} (driver {gpu.get('driver')}, CUDA {gpu.get('runtime')}, "
                      f"CuPy {gpu.get('cupy')})")

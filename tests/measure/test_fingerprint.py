@@ -14,6 +14,9 @@ def test_fingerprint_fields_present():
     assert fp["backend"] == dp.get_backend().name
     assert len(fp["load_start"]) == 3 and len(fp["load_end"]) == 3
     assert fp["blas"] and all(b.strip() for b in fp["blas"])
+    if dp.get_backend().name == "cpu":   # which library runs dlprimer's own products
+        from dlprimer.backend import blas
+        assert fp["gemm"] == blas.active() and f"GEMM {fp['gemm']}" in describe(fp)
     for pool in fp["thread_pools"]:
         assert set(pool) >= {"api", "library", "version", "threads"} and pool["threads"] >= 1
     assert fp["versions"]["numpy"]
