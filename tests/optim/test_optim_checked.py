@@ -171,3 +171,20 @@ def test_with_the_jit_off_the_checked_step_is_the_numpy_path(rng, monkeypatch):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_refusal_that_the_search_cannot_place_raises_and_writes_nothing(monkeypatch):
+    """The update refused the step (a NaN or inf) but the per-parameter search finds none
+    (it cannot, unless the two disagree): the step raises rather than pass as applied, and
+    nothing was written."""
+    rng = np.random.default_rng()
+    init = [rng.standard_normal(s) for s in SHAPES]
+    params, opt = _make("Adam", dp.get_backend(), "float32", init, "one run")
+    gs = [rng.standard_normal(s) for s in SHAPES]
+    gs[1][0] = np.nan
+    _set_grads(params, gs)
+    before = _snapshot(opt, params)
+    monkeypatch.setattr(type(opt), "_first_nonfinite", staticmethod(lambda arena, runs: None))
+    with pytest.raises(RuntimeError, match="a second look did not find; the step was not applied"):
+        opt.step()
+    _assert_same(before, _snapshot(opt, params))
