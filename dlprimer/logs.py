@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import sys
 import warnings
 
 
@@ -45,6 +46,24 @@ def read_jsonl(path) -> list[dict]:
     return out
 
 
+def _summary_writer_class():
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch when PyTorch is not loaded
+    yet: tensorboardX imports torch whenever it can (about 1.2 s, a tenth of a ``primer``
+    run) only so that its writers accept torch tensors, and dlprimer logs Python numbers.
+    torch is marked absent for that one import and unmarked after; tensorboardX still
+    converts a torch tensor it is given later (it imports torch then)."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None     # "import torch" raises ImportError meanwhile
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricLogger:
     """Write metric records to ``log_dir``.
 
@@ -73,7 +92,7 @@ class MetricLogger:
         self._mlflow = None
         if tensorboard:
             try:
-                from tensorboardX import SummaryWriter
+                SummaryWriter = _summary_writer_class()
                 # purge what this log_dir's earlier events hold past the resume point (all
                 # of it for a fresh run), as metrics.jsonl is rewritten above
                 self._tb = SummaryWriter(os.path.join(self.log_dir, "tensorboard"),

@@ -1,10 +1,15 @@
 """MetricLogger: metrics.jsonl and TensorBoard agree after a resume."""
+import json
 import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
 from dlprimer.logs import MetricLogger, read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tb_events(directory):
@@ -38,3 +43,26 @@ def test_resume_purges_tensorboard_past_the_checkpoint(tmp_path):
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     purges = [step for step, start in _tb_events(tmp_path / "tensorboard") if start]
     assert purges[-1] == 6
+
+
+def test_tensorboard_logging_does_not_import_torch(tmp_path):
+    """tensorboardX imports PyTorch whenever it can (seconds of a primer run); the logger
+    imports it with torch held off, writes its events, and leaves torch importable."""
+    pytest.importorskip("tensorboardX")
+    code = (
+        "import importlib.util, json, sys\n"
+        "from dlprimer.logs import MetricLogger\n"
+        f"log = MetricLogger({str(tmp_path)!r}, tensorboard=True, mlflow=False)\n"
+        "log.log({'event': 'step', 'step': 1, 'loss': 0.5}); log.close()\n"
+        "had = 'torch' in sys.modules\n"
+        "later = None\n"
+        "if importlib.util.find_spec('torch') is not None:\n"
+        "    import torch; later = torch.ones(2).sum().item()\n"
+        "print(json.dumps([had, later]))\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    had, later = json.loads(out.stdout.strip().splitlines()[-1])
+    assert had is False and later in (None, 2.0)
+    assert [s for s, _ in _tb_events(tmp_path / "tensorboard") if s == 1]
