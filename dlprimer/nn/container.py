@@ -6,9 +6,9 @@ from collections import OrderedDict
 from .activation import ACTIVATIONS, Dropout
 from .linear import Linear
 from .module import Module
+from .normalization import BatchNorm1d, LayerNorm
 
 _CALL = Module.__call__
-from .normalization import BatchNorm1d, LayerNorm
 
 
 class Sequential(Module):
