@@ -54,6 +54,23 @@ def _targets(target):
     return np.ascontiguousarray(target)
 
 
+def _kernel_range(target):
+    """(min, max) of non-empty 1-D integer targets read by the ``int_range`` kernel, or None
+    where it cannot run (then the caller takes the NumPy path; a compile error warns once)."""
+    dt = target.dtype
+    if not (target.ndim == 1 and target.size and dt.kind in "iu"):
+        return None
+    k = _ready.get("int_range") or kernel("int_range")
+    if k is None:
+        return None
+    try:
+        lo, hi = k(np.ascontiguousarray(target) if dt is _INT64 else _targets(target))
+    except Exception as e:  # a compile error (see jit.call)
+        fail("int_range", e)
+        return None
+    return int(lo), int(hi)
+
+
 def _adam_scalars(lr, beta1, beta2, eps, weight_decay, step):
     """The ``adam`` kernel's scalars (see CPUBackend.adam_update): -a_t, 1 - b1, b2, 1 - b2,
     eps sqrt(1 - b2^t), wd, 1 - lr wd, with a_t = lr sqrt(1 - b2^t) / (1 - b1^t)."""
@@ -296,31 +313,15 @@ class JitCPUBackend(CPUBackend):
         return super().softmax_cross_entropy_backward(probs, target, gy, label_smoothing)
 
     def class_range(self, target):
-        if target.size and target.dtype.kind in "iu" and target.ndim == 1:
-            k = _ready.get("int_range") or kernel("int_range")
-            if k is not None:
-                try:
-                    lo, hi = k(_targets(target))
-                except Exception as e:
-                    fail("int_range", e)
-                else:
-                    return int(lo), int(hi)
-        return super().class_range(target)
+        r = _kernel_range(target)
+        return super().class_range(target) if r is None else r
 
     def check_class_targets(self, target, num_classes, fn):
         """The base check (ValueError naming the first bad class) with the range read by the
         kernel inline: a loss's fixed cost on a small batch is its calls, not its pass."""
-        dt = target.dtype
-        if target.ndim == 1 and target.size and dt.kind in "iu":
-            k = _ready.get("int_range") or kernel("int_range")
-            if k is not None:
-                try:
-                    lo, hi = k(np.ascontiguousarray(target) if dt is _INT64 else _targets(target))
-                except Exception as e:
-                    fail("int_range", e)
-                else:
-                    if lo >= 0 and hi < num_classes:
-                        return
+        r = _kernel_range(target)
+        if r is not None and r[0] >= 0 and r[1] < num_classes:
+            return
         super().check_class_targets(target, num_classes, fn)
 
     # -- optimizer updates: one pass over the arena ------------------------------------------------
